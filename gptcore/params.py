@@ -1,0 +1,239 @@
+"""Typed pipeline parameters: one dataclass per params.yaml section, validated on load.
+
+Defaults live in params.yaml, not here: every field is required, so a key missing from the file
+is an error, as is an unknown key, a wrong type or a value out of range. Errors name the key, the
+value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from gptcore.errors import GptcoreError
+
+PARAMS_FILE = Path("params.yaml")
+
+
+class ParamsError(GptcoreError, ValueError):
+    """A params.yaml value that the pipeline cannot use."""
+
+
+def _fail(key: str, value: Any, allowed: str) -> None:
+    raise ParamsError(f"params.yaml: {key} = {value!r} is invalid: {allowed}")
+
+
+@dataclass(frozen=True)
+class DataParams:
+    source: Union[str, list[str]]
+    sha256: Union[str, None]
+    include: list[str]
+    val_fraction: float
+    seed: int
+
+    def check(self) -> None:
+        sources = [self.source] if isinstance(self.source, str) else self.source
+        if not sources or any(not s.strip() for s in sources):
+            _fail("data.source", self.source, "give a URL, a local path or pip:<requirement>")
+        if self.sha256 is not None:
+            digest = self.sha256.lower()
+            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+                _fail("data.sha256", self.sha256, "must be 64 hex digits or null")
+        if not self.include:
+            _fail("data.include", self.include, "must list at least one glob")
+        if not 0.0 < self.val_fraction < 1.0:
+            _fail("data.val_fraction", self.val_fraction, "must lie strictly between 0 and 1")
+
+
+@dataclass(frozen=True)
+class VocabParams:
+    kind: str
+
+    def check(self) -> None:
+        if self.kind not in ("char",):
+            _fail("vocab.kind", self.kind, "allowed: char")
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    n_layer: int
+    n_head: int
+    n_embd: int
+    block_size: int
+    dropout: float
+    bias: bool
+    batch_size: int
+    grad_accum_steps: int
+    max_iters: int
+    learning_rate: float
+    min_lr: float
+    warmup_iters: int
+    weight_decay: float
+    beta1: float
+    beta2: float
+    grad_clip: float
+    eval_interval: int
+    eval_iters: int
+    log_interval: int
+    seed: int
+    device: str
+    dtype: str
+    compile: bool
+    threads: int
+
+    def check(self) -> None:
+        for key in (
+            "n_layer",
+            "n_head",
+            "n_embd",
+            "block_size",
+            "batch_size",
+            "grad_accum_steps",
+            "max_iters",
+            "eval_interval",
+            "eval_iters",
+            "log_interval",
+        ):
+            _positive(f"train.{key}", getattr(self, key))
+        for key in ("warmup_iters", "threads"):
+            _non_negative(f"train.{key}", getattr(self, key))
+        for key in ("learning_rate", "min_lr", "weight_decay", "grad_clip"):
+            _non_negative(f"train.{key}", getattr(self, key))
+        if self.n_embd % self.n_head:
+            _fail("train.n_embd", self.n_embd, f"must be divisible by train.n_head ({self.n_head})")
+        if not 0.0 <= self.dropout < 1.0:
+            _fail("train.dropout", self.dropout, "must lie in [0, 1)")
+        if self.learning_rate <= 0.0:
+            _fail("train.learning_rate", self.learning_rate, "must be > 0")
+        if self.min_lr > self.learning_rate:
+            _fail("train.min_lr", self.min_lr, f"must not exceed train.learning_rate ({self.learning_rate})")
+        for key in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                _fail(f"train.{key}", getattr(self, key), "must lie in [0, 1)")
+        if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):
+            _fail("train.device", self.device, "allowed: auto, cpu, cuda, cuda:N, mps")
+        if self.dtype not in ("auto", "bfloat16", "float32"):
+            _fail("train.dtype", self.dtype, "allowed: auto, bfloat16, float32")
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    batch_size: int
+    max_tokens: int
+    train_tokens: int
+
+    def check(self) -> None:
+        for key in ("batch_size", "max_tokens", "train_tokens"):
+            _positive(f"evaluate.{key}", getattr(self, key))
+
+
+@dataclass(frozen=True)
+class SampleParams:
+    prompts: list[str]
+    max_new_tokens: int
+    temperature: float
+    top_k: int
+    top_p: float
+    seed: int
+
+    def check(self) -> None:
+        if not self.prompts:
+            _fail("sample.prompts", self.prompts, "must list at least one prompt")
+        _positive("sample.max_new_tokens", self.max_new_tokens)
+        _non_negative("sample.temperature", self.temperature)
+        _non_negative("sample.top_k", self.top_k)
+        if not 0.0 < self.top_p <= 1.0:
+            _fail("sample.top_p", self.top_p, "must lie in (0, 1]")
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataParams,
+    "vocab": VocabParams,
+    "train": TrainParams,
+    "evaluate": EvaluateParams,
+    "sample": SampleParams,
+}
+
+
+def _positive(key: str, value: float) -> None:
+    if value <= 0:
+        _fail(key, value, "must be > 0")
+
+
+def _non_negative(key: str, value: float) -> None:
+    if value < 0:
+        _fail(key, value, "must be >= 0")
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        return " or ".join(_type_name(t) for t in typing.get_args(tp))
+    if typing.get_origin(tp) is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if tp is type(None):
+        return "null"
+    return {float: "a float (write 1.0e-3, not 1e-3)"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _matches(value: Any, tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return any(_matches(value, t) for t in typing.get_args(tp))
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        return isinstance(value, list) and all(_matches(v, item) for v in value)
+    if tp is type(None):
+        return value is None
+    if tp is float:  # an int is a fine float (lr: 0 is 0.0); a bool is not
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, tp)
+
+
+def parse_section(name: str, raw: Any) -> Any:
+    """Build and validate the dataclass of section `name` from its raw YAML mapping."""
+    cls = SECTIONS[name]
+    if not isinstance(raw, dict):
+        raise ParamsError(f"params.yaml: section '{name}' must be a mapping of keys to values, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ParamsError(
+            f"params.yaml: unknown key {name}.{unknown[0]} (allowed in '{name}': {', '.join(fields)})"
+        )
+    missing = [k for k in fields if k not in raw]
+    if missing:
+        raise ParamsError(f"params.yaml: missing key {name}.{missing[0]}")
+    values = {}
+    for key, value in raw.items():
+        tp = hints[key]
+        if not _matches(value, tp):
+            _fail(f"{name}.{key}", value, f"must be {_type_name(tp)}")
+        values[key] = float(value) if tp is float else value
+    params = cls(**values)
+    params.check()
+    return params
+
+
+def load_section(name: str, path: Path | str = PARAMS_FILE) -> Any:
+    """Read params.yaml and return the validated dataclass of one section."""
+    path = Path(path)
+    if name not in SECTIONS:
+        raise KeyError(f"no params section '{name}' (known: {', '.join(SECTIONS)})")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ParamsError(f"{path} not found: run from the repository root") from None
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path} is not valid YAML: {exc}") from None
+    if name not in raw:
+        raise ParamsError(f"params.yaml: missing section '{name}'")
+    return parse_section(name, raw[name])
