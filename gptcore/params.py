@@ -31,8 +31,8 @@ def _fail(key: str, value: Any, allowed: str) -> None:
 
 @dataclass(frozen=True)
 class DataParams:
-    source: Union[str, list[str]]
-    sha256: Union[str, None]
+    source: str | list[str]
+    sha256: str | None
     include: list[str]
     val_fraction: float
     seed: int

@@ -1,0 +1,23 @@
+"""Stage download: fetch data.source into data/raw/, with data/raw/manifest.json saying what came."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gptcore.errors import run_main
+from gptcore.params import load_section
+from gptcore.sources import fetch_source
+
+RAW_DIR = Path("data/raw")
+
+
+def main() -> None:
+    params = load_section("data")
+    manifest = fetch_source(params.source, RAW_DIR, sha256=params.sha256)
+    files = manifest["files"]
+    size = sum(entry["size"] for entry in files)
+    print(f"{RAW_DIR}: {len(files)} file(s), {size:,} bytes from {params.source}")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,39 @@
+"""Stage extract_split: documents out of data/raw/ into data/split/ train and val, + reports/data.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tqdm import tqdm
+
+from gptcore.atomic import atomic_dir, write_text
+from gptcore.documents import DocumentStats, iter_documents
+from gptcore.errors import run_main
+from gptcore.params import load_section
+from gptcore.split import write_splits
+
+RAW_DIR = Path("data/raw")
+SPLIT_DIR = Path("data/split")
+REPORT = Path("reports/data.json")
+
+
+def main() -> None:
+    params = load_section("data")
+    stats = DocumentStats()
+    documents = tqdm(iter_documents(RAW_DIR, params.include, stats), desc="documents", unit=" docs")
+    with atomic_dir(SPLIT_DIR) as tmp:
+        counts = write_splits(
+            documents, tmp / "train.jsonl.zst", tmp / "val.jsonl.zst", params.seed, params.val_fraction
+        )
+    report = {**counts, "skipped": dict(stats.skipped), "invalid_utf8_documents": stats.invalid_utf8}
+    write_text(REPORT, json.dumps(report, indent=2, sort_keys=True) + "\n")
+    for split in ("train", "val"):
+        c = counts[split]
+        print(f"{split}: {c['documents']:,} documents, {c['characters']:,} characters, {c['bytes']:,} bytes")
+    if stats.invalid_utf8:
+        print(f"{stats.invalid_utf8:,} documents held invalid UTF-8 (replaced by U+FFFD)")
+
+
+if __name__ == "__main__":
+    run_main(main)

