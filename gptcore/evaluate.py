@@ -1,0 +1,93 @@
+"""Held-out metrics: loss over a whole token split, perplexity, and bits per byte.
+
+Bits per byte = total nats over the scored tokens / ln 2 / UTF-8 bytes of the text they encode.
+Unlike loss per token it does not depend on the tokenizer, so a char model and a BPE model can be
+compared on it directly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from gptcore.errors import DataError
+from gptcore.tokens import TokenStore
+from gptcore.train import autocast
+
+
+@dataclass(frozen=True)
+class SplitLoss:
+    nats: float  # summed cross-entropy over every scored token
+    tokens: int  # tokens scored
+
+    @property
+    def loss(self) -> float:
+        return self.nats / self.tokens
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.loss)
+
+    def bits_per_byte(self, n_bytes: float) -> float:
+        return self.nats / math.log(2) / n_bytes
+
+
+@torch.no_grad()
+def score_batches(
+    model: torch.nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    device: torch.device,
+    dtype: torch.dtype | None = None,
+) -> SplitLoss:
+    """Sum the next-token cross-entropy over every target of every (x, y) batch of windows."""
+    model.eval()
+    nats = torch.zeros((), dtype=torch.float64, device=device)
+    tokens = 0
+    for x, y in batches:
+        x, y = x.to(device), y.to(device)
+        with autocast(device, dtype):
+            logits, _ = model(x)
+        nats += F.cross_entropy(
+            logits.float().view(-1, logits.shape[-1]), y.reshape(-1), reduction="sum"
+        ).double()
+        tokens += y.numel()
+    return SplitLoss(nats=nats.item(), tokens=tokens)
+
+
+def evaluate_split(
+    model: torch.nn.Module,
+    store: TokenStore,
+    block_size: int,
+    batch_size: int,
+    max_tokens: int,
+    device: torch.device,
+) -> tuple[SplitLoss, float]:
+    """Score every token of `store` (or its first `max_tokens`); return the loss and the bytes it covers.
+
+    When only a prefix is scored, its bytes are taken pro rata from the split's total bytes.
+    """
+    if store.source_bytes is None:
+        raise DataError(f"{store.path} does not record its source bytes: re-run the tokenize stage")
+    result = score_batches(model, store.sequential_windows(block_size, max_tokens, batch_size), device)
+    n_bytes = store.source_bytes * result.tokens / max(1, len(store) - 1)
+    return result, n_bytes
+
+
+def evaluate_sample(
+    model: torch.nn.Module,
+    store: TokenStore,
+    block_size: int,
+    batch_size: int,
+    n_tokens: int,
+    seed: int,
+    device: torch.device,
+) -> SplitLoss:
+    """Loss on a fixed random sample of about `n_tokens` tokens (whole batches of windows) of `store`."""
+    gen = torch.Generator().manual_seed(seed)
+    n_batches = max(1, n_tokens // (block_size * batch_size))
+    batches = (store.random_windows(batch_size, block_size, gen) for _ in range(n_batches))
+    return score_batches(model, batches, device)

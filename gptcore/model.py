@@ -1,0 +1,184 @@
+"""The GPT model: config, causal self-attention, feed-forward, block, model, FLOP arithmetic.
+
+Architecture (GPT-2 shape, Radford et al. 2019):
+- token + learned position embeddings, dropout;
+- n_layer pre-LayerNorm blocks: x + attn(ln(x)), then x + mlp(ln(x));
+- multi-head causal self-attention with one fused q/k/v projection and
+  `scaled_dot_product_attention` (an explicit masked-softmax path gives the same result and
+  returns the attention weights, for tests and inspection);
+- 4x GELU feed-forward; final LayerNorm; output head tied to the token embedding;
+- GPT-2 initialisation: N(0, 0.02), residual output projections scaled by 1/sqrt(2 * n_layer).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    vocab_size: int
+    block_size: int
+    n_layer: int
+    n_head: int
+    n_embd: int
+    dropout: float = 0.0
+    bias: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with an optional bias (torch's own only drops both weight and bias)."""
+
+    def __init__(self, ndim: int, bias: bool):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))
+        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
+
+
+class MultiHeadAttention(nn.Module):
+    """Causal self-attention: all heads computed at once from one q/k/v projection."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.n_head = config.n_head
+        self.n_embd = config.n_embd
+        self.dropout = config.dropout
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj.residual_scale = True  # marks it for the scaled GPT-2 init
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def _heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        # (B, T, C) -> (B, nh, T, hs)
+        shape = (B, T, self.n_head, C // self.n_head)
+        return tuple(t.view(shape).transpose(1, 2) for t in (q, k, v))
+
+    def _merge(self, y: torch.Tensor) -> torch.Tensor:
+        B, nh, T, hs = y.shape
+        # (B, nh, T, hs) -> (B, T, C)
+        return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(B, T, nh * hs)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self._heads(x)
+        p = self.dropout if self.training else 0.0
+        return self._merge(F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True))
+
+    def forward_explicit(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Masked-softmax attention written out; returns (output, weights of shape (B, nh, T, T))."""
+        q, k, v = self._heads(x)
+        T = x.shape[1]
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(k.shape[-1])
+        mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+        weights = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+        if self.training and self.dropout > 0:
+            weights = F.dropout(weights, self.dropout)
+        return self._merge(weights @ v), weights
+
+
+class FeedForward(nn.Module):
+    """Position-wise MLP: expand 4x, GELU, project back."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj.residual_scale = True
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    """One transformer block, pre-LayerNorm:
+
+    x ─┬─ ln_1 ─ attn ─(+)─┬─ ln_2 ─ mlp ─(+)─> out
+       └───────────────────┘└──────────────┘
+    """
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = LayerNorm(config.n_embd, config.bias)
+        self.attn = MultiHeadAttention(config)
+        self.ln_2 = LayerNorm(config.n_embd, config.bias)
+        self.mlp = FeedForward(config)
+
+    def forward(self, x: torch.Tensor, explicit: bool = False) -> torch.Tensor:
+        h = self.ln_1(x)
+        x = x + (self.attn.forward_explicit(h)[0] if explicit else self.attn(h))
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = LayerNorm(config.n_embd, config.bias)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight  # weight tying (Press & Wolf 2017)
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            # residual projections add once per block, twice per layer: scale so the residual
+            # stream's variance does not grow with depth (GPT-2 paper, section 2.3)
+            std = (
+                0.02 / math.sqrt(2 * self.config.n_layer)
+                if getattr(module, "residual_scale", False)
+                else 0.02
+            )
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Parameter count; the position table is left out by default, as in FLOP estimates."""
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.wpe.weight.numel() if non_embedding else n
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, explicit: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (B, T, vocab) for token ids (B, T); mean cross-entropy when targets are given."""
+        T = idx.shape[1]
+        if self.config.block_size < T:
+            raise ValueError(f"sequence of {T} tokens exceeds block_size {self.config.block_size}")
+        pos = torch.arange(T, device=idx.device)
+        x = self.drop(self.wte(idx) + self.wpe(pos))
+        for block in self.h:
+            x = block(x, explicit=explicit)
+        logits = self.lm_head(self.ln_f(x))
+        if targets is None:
+            return logits, None
+        loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
+        return logits, loss
+
+
+def flops_per_token(config: GPTConfig, n_params: int, training: bool = True) -> int:
+    """Model FLOPs per token: 6N + 12*L*H*Q*T for training, a third of that forward only.
+
+    2 FLOPs per multiply-add forward and 4 backward over the N non-position parameters, plus the
+    attention scores and their weighted sum (QK^T and AV) at full context T (PaLM, appendix B).
+    """
+    head_dim = config.n_embd // config.n_head
+    per_token = 6 * n_params + 12 * config.n_layer * config.n_head * head_dim * config.block_size
+    return per_token if training else per_token // 3
