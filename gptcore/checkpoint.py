@@ -55,8 +55,8 @@ def read_model_file(path: Path | str) -> dict[str, Any]:
             f"{path} has model format version {payload.get('version')}, this gptcore reads {MODEL_VERSION}"
         )
     for key in ("config", "state_dict", "tokenizer"):
-        if key not in payload:
-            raise DataError(f"{path} is missing '{key}'")
+        if not isinstance(payload.get(key), dict):
+            raise DataError(f"{path} is missing '{key}' or it is not a mapping")
     return payload
 
 

@@ -8,6 +8,7 @@ value and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -162,13 +163,20 @@ SECTIONS: dict[str, type] = {
 
 
 def _positive(key: str, value: float) -> None:
+    _finite(key, value)
     if value <= 0:
         _fail(key, value, "must be > 0")
 
 
 def _non_negative(key: str, value: float) -> None:
+    _finite(key, value)
     if value < 0:
         _fail(key, value, "must be >= 0")
+
+
+def _finite(key: str, value: float) -> None:
+    if not math.isfinite(value):
+        _fail(key, value, "must be a finite number")
 
 
 def _type_name(tp: Any) -> str:
@@ -234,6 +242,8 @@ def load_section(name: str, path: Path | str = PARAMS_FILE) -> Any:
         raise ParamsError(f"{path} not found: run from the repository root") from None
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path} must be a mapping of sections (data:, train:, ...), got {type(raw).__name__}")
     if name not in raw:
         raise ParamsError(f"params.yaml: missing section '{name}'")
     return parse_section(name, raw[name])

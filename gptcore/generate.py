@@ -1,0 +1,235 @@
+"""Sampling from a GPT: logit filtering (top-k, top-p), token streams, and text completions.
+
+Three layers, each usable on its own:
+- `filter_logits` and `sample_next`: pure functions from logits to a choice of next token;
+- `generate_stream` / `generate`: the autoregressive loop over token ids, batched, streaming one
+  new token per row per step (or returning the whole sequence);
+- `stream_completion` / `complete`: text in, text out, through a tokenizer; what `gptcore chat`,
+  `gptcore sample` and the sample stage use.
+
+Order of operations at each step, as in most samplers: divide the logits by the temperature, keep
+the top-k, then keep the nucleus (top-p) of what is left, then draw. Temperature 0 is greedy argmax.
+Draws use the `torch.Generator` passed in (torch's global RNG when none is), so a seed fixes the
+output; a CPU generator also gives the same draws whatever device the model runs on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from gptcore.model import GPT
+from gptcore.tokenizer import Tokenizer
+
+# What a decoder shows for bytes it cannot map (and what a char tokenizer shows for <|unk|>).
+REPLACEMENT_CHAR = "\ufffd"
+
+
+def check_sampling(temperature: float, top_k: int, top_p: float) -> None:
+    """Raise ValueError for settings outside their ranges (temperature >= 0, top_k >= 0, 0 < top_p <= 1)."""
+    if not temperature >= 0.0:  # written so that NaN fails too
+        raise ValueError(f"temperature must be >= 0 (0 is greedy), got {temperature}")
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0 (0 is off), got {top_k}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must lie in (0, 1] (1 is off), got {top_p}")
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Logits (..., V) with every token outside the top-k and then the top-p nucleus set to -inf.
+
+    top_k keeps exactly the k largest logits (0, or k >= V: off). top_p keeps the smallest set of
+    most likely tokens whose probability mass reaches p (1.0: off); the most likely token is always
+    kept, so at least one token survives. Returns a new tensor; the input is not modified.
+    """
+    check_sampling(0.0, top_k, top_p)
+    vocab = logits.shape[-1]
+    if 0 < top_k < vocab:
+        # scatter the k winners into a -inf tensor, rather than thresholding at the k-th value:
+        # exactly k survive even when logits tie at the threshold
+        values, indices = torch.topk(logits, top_k, dim=-1)
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, indices, values)
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = sorted_logits.float().softmax(dim=-1)
+        # mass of the tokens strictly more likely than each one: a token is kept while the mass
+        # before it is still short of p; the first token's is 0 < p, so it is always kept
+        mass_before = probs.cumsum(dim=-1) - probs
+        drop_sorted = mass_before >= top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)  # back to vocabulary order
+        logits = logits.masked_fill(drop, float("-inf"))
+    elif top_k <= 0 or top_k >= vocab:
+        logits = logits.clone()  # both filters off: still hand back a tensor the caller may modify
+    return logits
+
+
+def sample_next(
+    logits: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Next token ids (B,) from last-position logits (B, V): greedy at temperature 0, else a draw."""
+    check_sampling(temperature, top_k, top_p)
+    if temperature == 0.0:
+        # filtering never changes the argmax, so greedy skips it
+        return logits.argmax(dim=-1)
+    probs = filter_logits(logits.float() / temperature, top_k, top_p).softmax(dim=-1)
+    # draw on the generator's device: a CPU generator then gives the same tokens for the same
+    # probabilities on any device (the copy is B x V floats, and the caller syncs on the ids anyway)
+    draw_device = generator.device if generator is not None else probs.device
+    choice = torch.multinomial(probs.to(draw_device), num_samples=1, generator=generator)
+    return choice.squeeze(-1).to(logits.device)
+
+
+def _next_logits(model: GPT, idx: torch.Tensor) -> torch.Tensor:
+    """Logits (B, V) for the token after `idx` (B, T), its context cropped to the last block_size.
+
+    The one place the model is called: a KV cache slots in here, feeding only the newest token and
+    keeping the keys and values of the rest (the crop then becomes a cache shift).
+    """
+    block_size = model.config.block_size
+    context = idx if idx.shape[1] <= block_size else idx[:, -block_size:]
+    logits, _ = model(context)
+    return logits[:, -1, :]
+
+
+@torch.inference_mode()
+def generate_stream(
+    model: GPT,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+    eot_id: int | None = None,
+    stop_at_eot: bool = True,
+) -> Iterator[torch.Tensor]:
+    """Yield the new token ids (B,) of each step after the prompts `idx` (B, T0), up to max_new_tokens.
+
+    With `eot_id` given, a row that has produced it is finished: its later entries are `eot_id`
+    again (padding), and with `stop_at_eot` the stream ends once every row has finished. The eot
+    token itself is yielded, so the caller sees why a row ended. The model must be in eval mode
+    (dropout would make the output depend on the global RNG, not on `generator`).
+    """
+    check_sampling(temperature, top_k, top_p)
+    if model.training:
+        raise ValueError("generate needs the model in eval mode: call model.eval() first")
+    if idx.dim() != 2 or idx.shape[1] == 0:
+        raise ValueError(f"idx must be token ids of shape (B, T) with T >= 1, got {tuple(idx.shape)}")
+    done = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
+    for _ in range(max_new_tokens):
+        logits = _next_logits(model, idx)
+        next_ids = sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+        if eot_id is not None:
+            next_ids = torch.where(done, torch.full_like(next_ids, eot_id), next_ids)
+            done |= next_ids == eot_id
+        idx = torch.cat([idx, next_ids[:, None]], dim=1)
+        yield next_ids
+        if eot_id is not None and stop_at_eot and bool(done.all()):
+            return
+
+
+def generate(
+    model: GPT,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+    eot_id: int | None = None,
+    stop_at_eot: bool = True,
+) -> torch.Tensor:
+    """The prompts followed by their new tokens: (B, T0 + n), n <= max_new_tokens (see generate_stream)."""
+    steps = list(
+        generate_stream(
+            model,
+            idx,
+            max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            generator=generator,
+            eot_id=eot_id,
+            stop_at_eot=stop_at_eot,
+        )
+    )
+    if not steps:
+        return idx.clone()
+    return torch.cat([idx, torch.stack(steps, dim=1)], dim=1)
+
+
+def stream_completion(
+    model: GPT,
+    tokenizer: Tokenizer,
+    prompt: str,
+    max_new_tokens: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> Iterator[str]:
+    """Yield the text that continues `prompt`, piece by piece as tokens come, ending at <|endoftext|>.
+
+    An empty prompt starts from <|endoftext|>, the token that precedes every document in training.
+    A piece that ends in U+FFFD is held back until the next token: with a byte-level tokenizer it
+    may be the first bytes of a character that the next token completes.
+    """
+    ids = tokenizer.encode(prompt) or [tokenizer.eot_id]
+    device = next(model.parameters()).device
+    idx = torch.tensor([ids], dtype=torch.long, device=device)
+    pending: list[int] = []
+    for step in generate_stream(
+        model,
+        idx,
+        max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        generator=generator,
+        eot_id=tokenizer.eot_id,
+    ):
+        token = int(step[0])
+        if token == tokenizer.eot_id:
+            break
+        pending.append(token)
+        text = tokenizer.decode(pending)
+        if not text.endswith(REPLACEMENT_CHAR):
+            pending.clear()
+            yield text
+    if pending:
+        yield tokenizer.decode(pending)
+
+
+def complete(
+    model: GPT,
+    tokenizer: Tokenizer,
+    prompt: str,
+    max_new_tokens: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> str:
+    """The whole text that continues `prompt` (see stream_completion)."""
+    return "".join(
+        stream_completion(
+            model,
+            tokenizer,
+            prompt,
+            max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            generator=generator,
+        )
+    )

@@ -1,0 +1,216 @@
+"""Tests of gptcore.checkpoint: the model file round trip, safe loading, refusal of foreign files."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+import gptcore.checkpoint as checkpoint
+from gptcore.checkpoint import MODEL_FORMAT, load_model, read_model_file, save_model
+from gptcore.errors import DataError
+from gptcore.model import GPT, GPTConfig
+from gptcore.tokenizer import CharTokenizer
+
+TEXT = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n"
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> CharTokenizer:
+    return CharTokenizer.train([TEXT])
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer: CharTokenizer) -> GPT:
+    torch.manual_seed(0)
+    config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=16, n_layer=2, n_head=2, n_embd=16)
+    model = GPT(config)
+    with torch.no_grad():  # move the weights off their init so a fresh model would not pass
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return model.eval()
+
+
+@pytest.fixture
+def saved(tmp_path: Path, model: GPT, tokenizer: CharTokenizer) -> Path:
+    path = tmp_path / "models" / "model.pt"
+    save_model(path, model, tokenizer, meta={"steps": 12, "tokens_seen": 3072})
+    return path
+
+
+class Opaque:
+    """An ordinary user class: not something a model file may contain."""
+
+    def __init__(self) -> None:
+        self.weights = [1.0, 2.0]
+
+
+class CreatesMarkerWhenUnpickled:
+    """An object whose unpickling would run code: opening (creating) a file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_round_trip_gives_identical_logits_tokenizer_and_meta(
+    saved: Path, model: GPT, tokenizer: CharTokenizer
+) -> None:
+    loaded, loaded_tok, meta = load_model(saved)
+    assert loaded.config == model.config
+    assert not loaded.training
+    idx = torch.tensor([tokenizer.encode("nobler in the mind")[:16]])
+    with torch.no_grad():
+        assert torch.equal(loaded(idx)[0], model(idx)[0])
+    assert loaded_tok.identity == tokenizer.identity
+    assert loaded_tok.encode(TEXT) == tokenizer.encode(TEXT)
+    assert loaded_tok.decode(tokenizer.encode(TEXT)) == TEXT
+    assert meta == {"steps": 12, "tokens_seen": 3072}
+
+
+def test_loaded_model_keeps_its_head_tied_to_the_embedding(saved: Path) -> None:
+    loaded, _, _ = load_model(saved)
+    assert loaded.lm_head.weight is loaded.wte.weight
+
+
+def test_model_file_loads_with_weights_only(saved: Path, model: GPT) -> None:
+    payload = torch.load(saved, map_location="cpu", weights_only=True)
+    assert payload["format"] == MODEL_FORMAT
+    assert payload["config"] == model.config.to_dict()
+    assert "lm_head.weight" not in payload["state_dict"]  # tied: stored once, as wte.weight
+    assert torch.equal(payload["state_dict"]["wte.weight"], model.wte.weight)
+
+
+def test_missing_file_is_a_data_error_naming_the_path(tmp_path: Path) -> None:
+    path = tmp_path / "models" / "model.pt"
+    with pytest.raises(DataError, match=re.escape(str(path))):
+        load_model(path)
+
+
+def test_random_bytes_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "model.pt"
+    path.write_bytes(os.urandom(4096))
+    with pytest.raises(DataError, match="is not a gptcore model file"):
+        load_model(path)
+
+
+def test_plain_state_dict_without_our_marker_is_refused(tmp_path: Path, model: GPT) -> None:
+    path = tmp_path / "model.pt"
+    torch.save({"state_dict": model.state_dict(), "config": model.config.to_dict()}, path)
+    with pytest.raises(DataError, match=f"no '{MODEL_FORMAT}' marker"):
+        load_model(path)
+
+
+def test_pickle_of_an_arbitrary_object_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "model.pt"
+    path.write_bytes(pickle.dumps({"format": MODEL_FORMAT, "version": 1, "config": Opaque()}, protocol=2))
+    with pytest.raises(DataError, match="is not a gptcore model file"):
+        load_model(path)
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize("writer", ["pickle", "torch.save"])
+def test_loading_never_executes_code_from_the_file(tmp_path: Path, writer: str) -> None:
+    marker = tmp_path / "pwned"
+    payload = {"format": MODEL_FORMAT, "version": 1, "config": CreatesMarkerWhenUnpickled(marker)}
+    path = tmp_path / "model.pt"
+    if writer == "pickle":
+        path.write_bytes(pickle.dumps(payload))
+    else:
+        torch.save(payload, path)
+    # the trap is armed: an ordinary unpickler runs it
+    pickle.loads(pickle.dumps(CreatesMarkerWhenUnpickled(tmp_path / "armed"))).close()
+    assert (tmp_path / "armed").exists()
+    with pytest.raises(DataError):
+        load_model(path)
+    assert not marker.exists()
+
+
+def test_other_format_version_is_refused(tmp_path: Path, saved: Path) -> None:
+    payload = torch.load(saved, weights_only=True)
+    payload["version"] = 99
+    torch.save(payload, tmp_path / "v99.pt")
+    with pytest.raises(DataError, match="version 99"):
+        read_model_file(tmp_path / "v99.pt")
+
+
+def test_weights_that_do_not_match_the_config_are_refused(tmp_path: Path, saved: Path) -> None:
+    payload = torch.load(saved, weights_only=True)
+    payload["config"]["n_embd"] = 32
+    torch.save(payload, tmp_path / "bad.pt")
+    with pytest.raises(DataError, match="weights do not match the model config"):
+        load_model(tmp_path / "bad.pt")
+
+
+def test_tokenizer_of_another_size_is_refused(tmp_path: Path, model: GPT) -> None:
+    other = CharTokenizer.train(["abc"])
+    save_model(tmp_path / "model.pt", model, other)
+    with pytest.raises(DataError, match=f"tokenizer has {other.vocab_size} tokens"):
+        load_model(tmp_path / "model.pt")
+
+
+def test_save_is_atomic_and_leaves_no_temp_files(saved: Path, model: GPT, tokenizer: CharTokenizer) -> None:
+    assert sorted(p.name for p in saved.parent.iterdir()) == ["model.pt"]
+    save_model(saved, model, tokenizer)  # overwriting is fine too
+    assert sorted(p.name for p in saved.parent.iterdir()) == ["model.pt"]
+
+
+def test_failed_save_leaves_the_previous_file_and_no_temp_files(
+    saved: Path, model: GPT, tokenizer: CharTokenizer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = saved.read_bytes()
+
+    def save_then_fail(obj: object, f: Path) -> None:
+        Path(f).write_bytes(b"half a model")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint.torch, "save", save_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        save_model(saved, model, tokenizer)
+    assert sorted(p.name for p in saved.parent.iterdir()) == ["model.pt"]
+    assert saved.read_bytes() == before
+
+
+def test_save_unwraps_a_compiled_model(tmp_path: Path, model: GPT, tokenizer: CharTokenizer) -> None:
+    class Wrapper(torch.nn.Module):  # what torch.compile returns: the model under `_orig_mod`
+        def __init__(self, inner: GPT) -> None:
+            super().__init__()
+            self._orig_mod = inner
+
+    save_model(tmp_path / "model.pt", Wrapper(model), tokenizer)
+    loaded, _, _ = load_model(tmp_path / "model.pt")
+    assert torch.equal(loaded.wte.weight, model.wte.weight)
+
+
+def _drop_embedding(payload: dict) -> None:
+    del payload["state_dict"]["wte.weight"]
+
+
+def _config_not_a_mapping(payload: dict) -> None:
+    payload["config"] = [1, 2]
+
+
+def _state_dict_not_a_mapping(payload: dict) -> None:
+    payload["state_dict"] = [1, 2]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        _drop_embedding,
+        _config_not_a_mapping,
+        _state_dict_not_a_mapping,
+    ],
+)
+def test_damaged_file_with_our_marker_is_refused_with_data_error(tmp_path: Path, saved: Path, damage) -> None:
+    payload = torch.load(saved, weights_only=True)
+    damage(payload)
+    torch.save(payload, tmp_path / "damaged.pt")
+    with pytest.raises(DataError, match="damaged.pt"):
+        load_model(tmp_path / "damaged.pt")

@@ -1,0 +1,287 @@
+"""Tests of the `gptcore` command (chat, sample, info) and of the sample stage, on a tiny untrained model."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from gptcore.checkpoint import load_model, save_model
+from gptcore.cli import activation_bytes, main
+from gptcore.generate import complete
+from gptcore.model import GPT, GPTConfig
+from gptcore.tokenizer import CharTokenizer
+from stages import sample as sample_stage
+
+REPO = Path(__file__).resolve().parents[1]
+TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\nROMEO: JULIET:\n"
+# one thread: the model is tiny, and OpenMP threads spin-waiting on a busy machine cost seconds
+CHILD_ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+SAMPLE_SECTION = {
+    "prompts": ["ROMEO:", "JULIET:"],
+    "max_new_tokens": 20,
+    "temperature": 0.8,
+    "top_k": 10,
+    "top_p": 0.95,
+    "seed": 1337,
+}
+
+
+def save_tiny_model(path: Path, never_eot: bool = False) -> GPT:
+    tok = CharTokenizer.train([TEXT])
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=2, n_head=2, n_embd=32))
+    if never_eot:
+        # <|endoftext|>'s logit becomes 0 while the others spread to about +-30: it is never drawn
+        with torch.no_grad():
+            model.wte.weight.mul_(300.0)
+            model.wte.weight[tok.eot_id] = 0.0
+    save_model(path, model, tok, {"steps": 123})
+    return model
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A temp folder holding models/model.pt, made the current folder (no params.yaml yet)."""
+    save_tiny_model(tmp_path / "models" / "model.pt")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def write_params(folder: Path, **sections: dict) -> None:
+    (folder / "params.yaml").write_text(yaml.safe_dump(sections), encoding="utf-8")
+
+
+def run_cli(args: list[str], cwd: Path, stdin: str = "") -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "gptcore.cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=CHILD_ENV,
+        timeout=60,
+    )
+
+
+def reference_completion(prompt: str, max_new_tokens: int, seed: int, **sampling: float) -> str:
+    model, tok, _ = load_model("models/model.pt")
+    return complete(
+        model, tok, prompt, max_new_tokens, generator=torch.Generator().manual_seed(seed), **sampling
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# chat
+
+
+def test_chat_through_a_pipe_answers_each_line_and_exits_zero_at_eof(workdir: Path) -> None:
+    args = shlex.split("chat --model models/model.pt --temperature 0 --max-new-tokens 12 --device cpu")
+    result = run_cli(args, workdir, stdin="ROMEO:\nJULIET:\n")
+    assert result.returncode == 0, result.stderr
+    replies = [reference_completion(p, 12, 0, temperature=0.0) for p in ("ROMEO:", "JULIET:")]
+    assert all(replies)
+    assert result.stdout == "".join(r if r.endswith("\n") else r + "\n" for r in replies)
+    assert "gptcore chat" in result.stderr  # the banner, kept off stdout
+    assert "> " not in result.stdout  # no prompt when stdin is not a terminal
+
+
+def test_chat_with_no_input_exits_zero_quietly(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    main(["chat", "--device", "cpu"])  # returns: exit status 0
+    assert capsys.readouterr().out == ""
+
+
+def start_chat(folder: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "gptcore.cli", "chat", "--max-new-tokens", "1000000", "--device", "cpu"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=folder,
+        env=CHILD_ENV,
+    )
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT delivery is POSIX")
+def test_ctrl_c_during_a_reply_stops_it_and_returns_to_the_prompt(tmp_path: Path) -> None:
+    save_tiny_model(tmp_path / "models" / "model.pt", never_eot=True)
+    proc = start_chat(tmp_path)
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write("ROMEO:\n")
+    proc.stdin.flush()
+    proc.stdout.read(1)  # the reply (of a million tokens) has started
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    # the reply stopped, the chat went back for the next line, found end of input and exited 0
+    assert proc.returncode == 0, err
+    assert "[stopped]" in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT delivery is POSIX")
+def test_ctrl_c_at_the_prompt_exits_cleanly(workdir: Path) -> None:
+    proc = start_chat(workdir)
+    assert proc.stderr is not None
+    for _ in range(3):  # the banner: the model is loaded and the chat waits for a line
+        proc.stderr.readline()
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert out == "" and "Traceback" not in err
+
+
+# ---------------------------------------------------------------------------------------------
+# sample
+
+
+def test_sample_prints_the_prompt_and_its_completion(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    main(shlex.split("sample --prompt ROMEO: --max-new-tokens 15 --seed 3 --top-k 5 --device cpu"))
+    expected = "ROMEO:" + reference_completion("ROMEO:", 15, 3, top_k=5)
+    assert capsys.readouterr().out == expected + ("" if expected.endswith("\n") else "\n")
+
+
+def test_sample_prints_num_samples_completions_per_prompt(
+    workdir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    main(["sample", "--prompt", "A", "--prompt", "B", "--num-samples", "2", "--max-new-tokens", "5"])
+    out = capsys.readouterr().out
+    assert [int(n) for n in re.findall(r"--- sample (\d) of 4 ---", out)] == [1, 2, 3, 4]
+
+
+def test_sample_defaults_come_from_params_and_match_the_sample_stage(
+    workdir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    write_params(workdir, sample=SAMPLE_SECTION)
+    sample_stage.main()
+    report = (workdir / "reports" / "samples.md").read_text(encoding="utf-8")
+    capsys.readouterr()
+    main(["sample", "--prompt", "JULIET:", "--device", "cpu"])  # the stage samples on the CPU too
+    completion = capsys.readouterr().out.rstrip("\n")
+    assert completion.startswith("JULIET:")
+    assert f"```\n{completion}\n```" in report
+
+
+# ---------------------------------------------------------------------------------------------
+# info
+
+
+def test_info_reports_the_model_parameter_count(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    write_params(workdir, train={"batch_size": 4, "grad_accum_steps": 1} | _train_shape())
+    main(["info", "--model", "models/model.pt"])
+    out = capsys.readouterr().out
+    model, tok, _ = load_model("models/model.pt")
+    assert re.search(r"parameters \(total\)\s+([\d,]+)", out).group(1) == f"{model.num_params(False):,}"
+    assert re.search(r"parameters \(non-embedding\)\s+([\d,]+)", out).group(1) == f"{model.num_params():,}"
+    assert f"char, {tok.vocab_size} tokens" in out
+    assert "steps" in out and "123" in out  # the model file's meta
+    assert f"{16 * model.num_params(False):,} bytes" in out  # weights, grads and two AdamW moments
+
+
+def test_info_without_a_model_sizes_the_params_and_says_the_vocab_is_unknown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path, train={"batch_size": 4, "grad_accum_steps": 1} | _train_shape())
+    main(["info"])
+    out = capsys.readouterr().out
+    assert "placeholder" in out
+    shape = {"block_size": 16, "n_layer": 2, "n_head": 2, "n_embd": 32}
+    expected = GPT(GPTConfig(vocab_size=256, **shape)).num_params(False)
+    assert re.search(r"parameters \(total\)\s+([\d,]+)", out).group(1) == f"{expected:,}"
+
+    # with a built vocabulary its size is used
+    tok = CharTokenizer.train([TEXT])
+    tok.save(tmp_path / "data" / "vocab")
+    main(["info"])
+    out = capsys.readouterr().out
+    assert "placeholder" not in out and f"vocab_size={tok.vocab_size}" in out
+
+
+def test_activation_estimate_grows_linearly_with_batch() -> None:
+    config = GPTConfig(vocab_size=65, block_size=64, n_layer=2, n_head=4, n_embd=64, dropout=0.1)
+    assert activation_bytes(config, 8) == 2 * activation_bytes(config, 4) > 0
+
+
+def _train_shape() -> dict:
+    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))["train"]
+    return params | {"block_size": 16, "n_layer": 2, "n_head": 2, "n_embd": 32}
+
+
+# ---------------------------------------------------------------------------------------------
+# errors
+
+
+@pytest.mark.parametrize("command", ["chat", "sample", "info"])
+def test_missing_model_file_is_an_error_naming_the_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, command: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    extra = ["--prompt", "x"] if command == "sample" else []
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--model", "nowhere/model.pt", *extra])
+    assert exc.value.code != 0
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "nowhere/model.pt" in err
+
+
+def test_a_params_file_named_but_missing_is_an_error(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["info", "--params", "elsewhere.yaml"])
+    assert exc.value.code != 0 and "elsewhere.yaml" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["chat", "--temperature", "-1"], ["sample", "--top-p", "0"], ["chat", "--device", "tpu"], ["launch"]],
+)
+def test_bad_flags_are_errors(args: list[str], capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code != 0
+    assert "error: " in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# the sample stage
+
+
+def test_sample_stage_output_is_identical_across_runs_and_prompts_are_independent(workdir: Path) -> None:
+    write_params(workdir, sample=SAMPLE_SECTION)
+    report = workdir / "reports" / "samples.md"
+    sample_stage.main()
+    first = report.read_bytes()
+    sample_stage.main()
+    assert report.read_bytes() == first
+    text = first.decode("utf-8")
+    assert text.startswith("# Samples")
+    for needle in (
+        "steps | 123",
+        "temperature | 0.8",
+        "top_k | 10",
+        "top_p | 0.95",
+        "max_new_tokens | 20",
+        "1337",
+    ):
+        assert needle in text
+    assert "## Prompt 1\n\nPrompt: `ROMEO:`" in text and "## Prompt 2\n\nPrompt: `JULIET:`" in text
+
+    # seeded per prompt: JULIET's completion is the same without ROMEO before it
+    juliet = text[text.index("## Prompt 2") :].split("```")[1]
+    write_params(workdir, sample=SAMPLE_SECTION | {"prompts": ["JULIET:"]})
+    sample_stage.main()
+    alone = report.read_text(encoding="utf-8")
+    assert alone[alone.index("## Prompt 1") :].split("```")[1] == juliet

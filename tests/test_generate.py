@@ -1,0 +1,229 @@
+"""Tests of gptcore.generate: logit filters, greedy and seeded sampling, eot stops, context crops."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from gptcore.generate import (
+    complete,
+    filter_logits,
+    generate,
+    generate_stream,
+    sample_next,
+    stream_completion,
+)
+from gptcore.model import GPT, GPTConfig
+from gptcore.tokenizer import CharTokenizer
+
+TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\nROMEO: JULIET:\n"
+
+
+@pytest.fixture(scope="module")
+def tok() -> CharTokenizer:
+    return CharTokenizer.train([TEXT])
+
+
+@pytest.fixture(scope="module")
+def model(tok: CharTokenizer) -> GPT:
+    torch.manual_seed(0)
+    config = GPTConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=2, n_head=2, n_embd=32)
+    return GPT(config).eval()
+
+
+class CountingModel(nn.Module):
+    """A stand-in GPT whose next token is always (last token + 1) mod V; it records context lengths."""
+
+    def __init__(self, vocab_size: int = 10, block_size: int = 8):
+        super().__init__()
+        self.config = GPTConfig(vocab_size=vocab_size, block_size=block_size, n_layer=1, n_head=1, n_embd=8)
+        self.dummy = nn.Parameter(torch.zeros(1))  # a parameter, so the model has a device
+        self.lengths: list[int] = []
+        self.eval()
+
+    def forward(self, idx: torch.Tensor) -> tuple[torch.Tensor, None]:
+        if idx.shape[1] > self.config.block_size:
+            raise ValueError("context longer than block_size")
+        self.lengths.append(idx.shape[1])
+        nxt = (idx + 1) % self.config.vocab_size
+        return nn.functional.one_hot(nxt, self.config.vocab_size).float() * 10.0, None
+
+
+# ---------------------------------------------------------------------------------------------
+# filter_logits
+
+
+def test_top_k_keeps_exactly_the_k_largest_logits() -> None:
+    logits = torch.tensor([[0.1, 3.0, -1.0, 2.0, 0.5], [5.0, 4.0, 3.0, 2.0, 1.0]])
+    out = filter_logits(logits, top_k=2)
+    assert torch.isfinite(out).sum(dim=-1).tolist() == [2, 2]
+    assert out[0, 1] == 3.0 and out[0, 3] == 2.0
+    assert out[1, 0] == 5.0 and out[1, 1] == 4.0
+    # ties at the threshold still leave exactly k
+    assert torch.isfinite(filter_logits(torch.zeros(1, 6), top_k=3)).sum() == 3
+
+
+def test_top_p_keeps_the_smallest_set_whose_mass_reaches_p() -> None:
+    probs = torch.tensor([0.15, 0.5, 0.05, 0.3])  # sorted: 1 (0.5), 3 (0.3), 0 (0.15), 2 (0.05)
+    logits = probs.log()
+    kept = {
+        p: set(torch.isfinite(filter_logits(logits, top_p=p)).nonzero().flatten().tolist())
+        for p in (0.3, 0.5, 0.75, 0.9, 0.97, 1.0)
+    }
+    assert kept[0.3] == {1}
+    assert kept[0.5] == {1}  # 0.5 already reaches 0.5
+    assert kept[0.75] == {1, 3}
+    assert kept[0.9] == {1, 3, 0}
+    assert kept[0.97] == {0, 1, 2, 3}
+    assert kept[1.0] == {0, 1, 2, 3}
+    # the surviving logits are untouched (renormalising is the softmax's job)
+    assert torch.equal(filter_logits(logits, top_p=0.75)[[1, 3]], logits[[1, 3]])
+
+
+def test_top_p_always_keeps_the_most_likely_token() -> None:
+    logits = torch.tensor([[0.0, 0.0, 10.0, 0.0], [1.0, 2.0, 3.0, 4.0]])
+    out = filter_logits(logits, top_p=1e-6)
+    assert torch.isfinite(out).sum(dim=-1).tolist() == [1, 1]
+    assert out.argmax(dim=-1).tolist() == [2, 3]
+
+
+def test_top_k_then_top_p_and_input_left_unchanged() -> None:
+    logits = torch.tensor([4.0, 3.0, 2.0, 1.0, 0.0])
+    before = logits.clone()
+    out = filter_logits(logits, top_k=3, top_p=0.99)
+    assert torch.isfinite(out).tolist() == [True, True, True, False, False]
+    assert torch.equal(logits, before)
+    assert filter_logits(logits) is not logits
+
+
+@pytest.mark.parametrize("kwargs", [{"top_k": -1}, {"top_p": 0.0}, {"top_p": 1.5}])
+def test_filter_logits_rejects_settings_out_of_range(kwargs: dict) -> None:
+    with pytest.raises(ValueError):
+        filter_logits(torch.zeros(3), **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# sample_next
+
+
+def test_top_k_sampling_never_emits_a_token_outside_the_k_most_likely() -> None:
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(1, 50, generator=gen).expand(4000, 50)
+    top5 = set(logits[0].topk(5).indices.tolist())
+    drawn = sample_next(logits, temperature=1.5, top_k=5, generator=gen)
+    assert set(drawn.tolist()) == top5  # only the top 5, and each of them turns up
+
+
+def test_top_p_sampling_draws_only_from_the_nucleus() -> None:
+    gen = torch.Generator().manual_seed(0)
+    probs = torch.tensor([0.4, 0.02, 0.3, 0.03, 0.2, 0.05])
+    drawn = sample_next(probs.log().expand(4000, 6), top_p=0.85, generator=gen)
+    assert set(drawn.tolist()) == {0, 2, 4}  # 0.4 + 0.3 + 0.2 = 0.9 reaches 0.85
+
+
+def test_temperature_zero_is_argmax() -> None:
+    logits = torch.randn(7, 20, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(sample_next(logits, temperature=0.0, top_k=3, top_p=0.5), logits.argmax(dim=-1))
+
+
+# ---------------------------------------------------------------------------------------------
+# generate
+
+
+def test_greedy_generation_is_argmax_of_the_model_and_deterministic(model: GPT) -> None:
+    prompt = torch.tensor([[1, 2, 3]])
+    out = generate(model, prompt, 10, temperature=0.0, generator=torch.Generator().manual_seed(5))
+    idx = prompt
+    with torch.no_grad():
+        for _ in range(10):
+            idx = torch.cat([idx, model(idx)[0][:, -1].argmax(dim=-1, keepdim=True)], dim=1)
+    assert torch.equal(out, idx)
+    assert torch.equal(generate(model, prompt, 10, temperature=0.0), out)  # seed-free
+
+
+def test_same_seed_same_tokens_different_seed_different_tokens(model: GPT) -> None:
+    prompt = torch.tensor([[1, 2, 3], [4, 5, 6]])
+
+    def run(seed: int) -> torch.Tensor:
+        return generate(
+            model, prompt, 30, temperature=1.0, top_k=10, generator=torch.Generator().manual_seed(seed)
+        )
+
+    assert torch.equal(run(1), run(1))
+    assert not torch.equal(run(1), run(2))
+
+
+def test_stream_yields_one_step_per_token_and_matches_generate(model: GPT) -> None:
+    prompt = torch.tensor([[1, 2], [3, 4]])
+    steps = list(generate_stream(model, prompt, 6, generator=torch.Generator().manual_seed(3)))
+    assert len(steps) == 6 and all(s.shape == (2,) for s in steps)
+    full = generate(model, prompt, 6, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(full[:, 2:], torch.stack(steps, dim=1))
+
+
+def test_generation_stops_at_eot_and_pads_rows_that_finished_first() -> None:
+    counting = CountingModel(vocab_size=10)
+    eot = 9
+    # row 0 reaches 9 after 2 tokens (7, 8, 9), row 1 after 6 (4, ..., 9)
+    out = generate(counting, torch.tensor([[6], [3]]), 20, temperature=0.0, eot_id=eot)
+    assert out.tolist() == [[6, 7, 8, 9, 9, 9, 9], [3, 4, 5, 6, 7, 8, 9]]
+    # without stop_at_eot it runs on, finished rows padded with eot
+    out = generate(counting, torch.tensor([[6], [3]]), 8, temperature=0.0, eot_id=eot, stop_at_eot=False)
+    assert out.shape == (2, 9) and out[0, 3:].tolist() == [eot] * 6
+    # without an eot_id nothing stops it
+    assert generate(counting, torch.tensor([[6]]), 8, temperature=0.0).shape == (1, 9)
+
+
+def test_context_longer_than_block_size_is_cropped(model: GPT) -> None:
+    counting = CountingModel(vocab_size=10, block_size=8)
+    out = generate(counting, torch.tensor([[0] * 12 + [1]]), 20, temperature=0.0)
+    assert out.shape == (1, 33)
+    assert max(counting.lengths) == 8  # the model never saw more than block_size tokens
+    assert out[0, 13:].tolist() == [(2 + i) % 10 for i in range(20)]
+    # a real GPT raises on T > block_size; generating three blocks' worth works
+    out = generate(model, torch.ones(1, 20, dtype=torch.long), 40, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (1, 60)
+
+
+def test_generate_refuses_a_model_in_training_mode_and_empty_prompts(model: GPT) -> None:
+    model.train()
+    try:
+        with pytest.raises(ValueError, match="eval"):
+            generate(model, torch.tensor([[1]]), 2)
+    finally:
+        model.eval()
+    with pytest.raises(ValueError, match="shape"):
+        generate(model, torch.zeros(1, 0, dtype=torch.long), 2)
+
+
+def test_generation_runs_without_building_an_autograd_graph(model: GPT) -> None:
+    out = generate(model, torch.tensor([[1]]), 3)
+    assert not out.requires_grad and out.grad_fn is None
+
+
+# ---------------------------------------------------------------------------------------------
+# text completions
+
+
+def test_completion_is_the_decoded_tokens_up_to_eot(model: GPT, tok: CharTokenizer) -> None:
+    prompt = "ROMEO:"
+    gen_a, gen_b = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    text = complete(model, tok, prompt, 40, temperature=1.0, generator=gen_a)
+    ids = generate(model, torch.tensor([tok.encode(prompt)]), 40, generator=gen_b, eot_id=tok.eot_id)
+    new = ids[0, len(prompt) :].tolist()
+    if tok.eot_id in new:
+        new = new[: new.index(tok.eot_id)]
+    assert text == tok.decode(new)
+    assert "<|endoftext|>" not in text
+
+
+def test_completion_stops_at_eot_and_holds_back_replacement_characters() -> None:
+    tok = CharTokenizer(list("abcdefgh"))  # ids 0-7 letters, 8 <|unk|> (decodes to U+FFFD), 9 eot
+    counting = CountingModel(vocab_size=tok.vocab_size)
+    pieces = list(stream_completion(counting, tok, "f", 20, temperature=0.0))
+    # f -> g, h, unk, then eot ends it; the U+FFFD piece waits for the next token (or the end)
+    assert "".join(pieces) == "gh\ufffd"
+    assert pieces[:2] == ["g", "h"]
+    # an empty prompt starts from <|endoftext|>: the counting model then wraps round to id 0
+    assert complete(counting, tok, "", 3, temperature=0.0) == "abc"

@@ -1,0 +1,386 @@
+"""The DVC pipeline: dvc.yaml's wiring, and end to end, the seven stages on a tiny generated corpus.
+
+The end-to-end tests (marked e2e) share one module-scoped `dvc repro` in a temporary git repo, and
+one round of experiments on top of it; each test reads what those runs printed and left behind.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ["download", "extract_split", "build_vocab", "tokenize", "train", "evaluate", "sample"]
+DATA_STAGES = STAGES[:4]
+TRAINED_STAGES = STAGES[4:]
+TINY_TRAIN = {
+    "n_layer": 1,
+    "n_head": 2,
+    "n_embd": 32,
+    "block_size": 32,
+    "batch_size": 8,
+    "max_iters": 30,
+    "eval_interval": 10,
+    "eval_iters": 2,
+    "log_interval": 5,
+    "warmup_iters": 5,
+}
+# the words the generated corpus is made of
+WORDS = re.findall(
+    r"\w+",
+    "the a king queen lord lady night day sword crown love death speak hear see know come go will "
+    "shall not with my your his her our their and but for of to in upon good sweet fair noble",
+)
+
+
+def write_corpus(folder: Path, files: int = 12, lines: int = 60) -> None:
+    """English-like text: random sentences over a small word list, a few KB per file."""
+    rng = random.Random(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(files):
+        sentences = [
+            " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 10))).capitalize() + rng.choice(".!?")
+            for _ in range(lines)
+        ]
+        (folder / f"play{i:02d}.txt").write_text("\n".join(sentences) + "\n", encoding="utf-8")
+
+
+def environment(site_cache: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    # stages run `python -m ...`: the venv's python must come first on PATH
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env["DVC_NO_ANALYTICS"] = "1"
+    env["DVC_SITE_CACHE_DIR"] = str(site_cache)  # else /var/tmp/dvc/repo/<hash> per temp repo
+    env["OMP_NUM_THREADS"] = "1"  # tiny models on a shared 2-core machine: threads only contend
+    return env
+
+
+class Repo:
+    """A temporary git + DVC repository holding a copy of the pipeline."""
+
+    def __init__(self, path: Path, env: dict[str, str]) -> None:
+        self.path = path
+        self.env = env
+
+    def run(self, *cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(cmd, cwd=self.path, env=self.env, capture_output=True, text=True)
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"{' '.join(cmd)} exited with {proc.returncode}\n"
+                f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr[-3000:]}"
+            )
+        return proc
+
+    def dvc(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.run(sys.executable, "-m", "dvc", *args, check=check)
+
+    def commit(self, message: str) -> None:
+        self.run("git", "add", "-A")
+        self.run("git", "-c", "user.name=t", "-c", "user.email=t@e", "commit", "-qm", message)
+
+    def read_json(self, rel: str) -> Any:
+        return json.loads((self.path / rel).read_text(encoding="utf-8"))
+
+    def edit_params(self, section: str, **changes: Any) -> None:
+        path = self.path / "params.yaml"
+        params = yaml.safe_load(path.read_text(encoding="utf-8"))
+        params[section].update(changes)
+        path.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+
+
+def ran(stdout: str, stage: str) -> bool:
+    return f"Running stage '{stage}'" in stdout
+
+
+# --- dvc.yaml wiring (static) -------------------------------------------------------------------
+
+DVC_YAML = yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))
+# plumbing that shapes no output: params values are dependencies through `params:` instead
+PLUMBING = {"errors", "params", "atomic"}
+
+
+def stage_imports(stage: str) -> tuple[set[str], set[str]]:
+    """(gptcore modules that stages/<stage>.py imports, params sections it loads)."""
+    tree = ast.parse((ROOT / "stages" / f"{stage}.py").read_text(encoding="utf-8"))
+    modules, sections = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("gptcore."):
+            modules.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            modules |= {a.name.split(".")[1] for a in node.names if a.name.startswith("gptcore.")}
+        elif isinstance(node, ast.Call) and getattr(node.func, "id", None) == "load_section":
+            sections.add(node.args[0].value)
+    return modules, sections
+
+
+def test_dvc_yaml_has_the_seven_stages_run_as_modules() -> None:
+    assert list(DVC_YAML["stages"]) == STAGES
+    for stage, spec in DVC_YAML["stages"].items():
+        assert spec["cmd"] == f"python -m stages.{stage}"
+        assert f"stages/{stage}.py" in spec["deps"]
+
+
+@pytest.mark.parametrize(
+    "stage",
+    [
+        "download",
+        "extract_split",
+        "build_vocab",
+        "tokenize",
+        "train",
+        "evaluate",
+        "sample",
+    ],
+)
+def test_stage_deps_list_every_gptcore_module_its_script_uses(stage: str) -> None:
+    # design.md: a stage lists as deps its own script and the gptcore modules it uses, so that an
+    # edit re-runs exactly the stages it affects
+    modules, _ = stage_imports(stage)
+    deps = DVC_YAML["stages"][stage]["deps"]
+    missing = sorted(f"gptcore/{m}.py" for m in modules - PLUMBING if f"gptcore/{m}.py" not in deps)
+    assert not missing
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_stage_params_are_the_section_its_script_loads(stage: str) -> None:
+    _, sections = stage_imports(stage)
+    listed = DVC_YAML["stages"][stage].get("params", [])
+    assert {key.split(".")[0] for key in listed} == sections
+
+
+# --- end to end ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A repo where `dvc repro` ran the whole pipeline once, then a second time."""
+    base = tmp_path_factory.mktemp("pipeline")
+    corpus = base / "corpus"
+    write_corpus(corpus)
+    repo = Repo(base / "repo", environment(base / "dvc-site"))
+    repo.path.mkdir()
+    for name in ("dvc.yaml", "params.yaml", "stages", "gptcore", ".gitignore"):
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, repo.path / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, repo.path / name)
+    repo.edit_params("data", source=str(corpus), include=["**/*.txt"])
+    repo.edit_params("train", **TINY_TRAIN)
+    repo.edit_params("evaluate", train_tokens=2048)
+    repo.edit_params("sample", max_new_tokens=20)
+    repo.run("git", "init", "-q", "-b", "main")
+    repo.dvc("init", "-q")
+    repo.commit("pipeline")
+
+    first = repo.dvc("repro")
+    outputs = {
+        rel: (repo.path / rel).read_bytes()
+        for rel in ("reports/train.json", "reports/eval.json", "models/model.pt")
+    }
+    second = repo.dvc("repro")
+    return {"repo": repo, "corpus": corpus, "first": first.stdout, "second": second.stdout, **outputs}
+
+
+@pytest.fixture(scope="module")
+def experiments(built: dict[str, Any]) -> dict[str, Any]:
+    """On top of `built`: commit, an experiment with 2 layers, then one back at 1 layer."""
+    repo: Repo = built["repo"]
+    repo.commit("baseline run")
+    two = repo.dvc("exp", "run", "-n", "two-layers", "-S", "train.n_layer=2")
+    two_train = repo.read_json("reports/train.json")
+    one = repo.dvc("exp", "run", "-n", "one-layer-again", "-S", "train.n_layer=1")
+    show = json.loads(repo.dvc("exp", "show", "--json").stdout)
+    diff = json.loads(repo.dvc("plots", "diff", "HEAD", "two-layers", "--json").stdout)
+    return {"two": two.stdout, "two_train": two_train, "one": one.stdout, "show": show, "diff": diff}
+
+
+@pytest.mark.e2e
+def test_repro_runs_all_seven_stages_in_order(built: dict[str, Any]) -> None:
+    stdout = built["first"]
+    positions = [stdout.find(f"Running stage '{stage}'") for stage in STAGES]
+    assert all(p >= 0 for p in positions), stdout
+    assert positions == sorted(positions)
+
+
+@pytest.mark.e2e
+def test_repro_writes_every_declared_output(built: dict[str, Any]) -> None:
+    root = built["repo"].path
+    expected = [
+        "data/raw/manifest.json",
+        "data/split/train.jsonl.zst",
+        "data/split/val.jsonl.zst",
+        "data/vocab/tokenizer.json",
+        "data/tokens/train.h5",
+        "data/tokens/val.h5",
+        "models/model.pt",
+        "reports/data.json",
+        "reports/tokens.json",
+        "reports/train.json",
+        "reports/eval.json",
+        "reports/loss.png",
+        "reports/samples.md",
+        "dvclive/metrics.json",
+    ]
+    missing = [rel for rel in expected if not (root / rel).is_file() or (root / rel).stat().st_size == 0]
+    assert not missing
+    raw = sorted(p.name for p in (root / "data/raw").iterdir())
+    assert raw == sorted(["manifest.json", *(p.name for p in built["corpus"].iterdir())])
+    # atomic writes leave no temporary files beside the outputs
+    assert not [p for p in root.rglob(".*.tmp")]
+
+
+@pytest.mark.e2e
+def test_eval_metrics_are_finite_and_consistent_with_the_data(built: dict[str, Any]) -> None:
+    repo: Repo = built["repo"]
+    metrics = json.loads(built["reports/eval.json"])
+    for key in ("val_loss", "val_perplexity", "val_bits_per_byte", "train_loss"):
+        assert math.isfinite(metrics[key]) and metrics[key] > 0, key
+    vocab = repo.read_json("data/vocab/tokenizer.json")["vocab_size"]
+    assert metrics["val_loss"] < math.log(vocab)  # it learned something in 30 steps
+    assert metrics["val_perplexity"] == pytest.approx(math.exp(metrics["val_loss"]), rel=1e-3)
+    # the whole val split is scored: every token but the first is a target
+    tokens = repo.read_json("reports/tokens.json")
+    assert metrics["val_tokens"] == tokens["val"]["tokens"] - 1
+    val_bytes = repo.read_json("reports/data.json")["val"]["bytes"]
+    # bits per byte: total nats over the val tokens / ln 2 / UTF-8 bytes of the val text
+    nats = metrics["val_loss"] * metrics["val_tokens"]
+    assert metrics["val_bits_per_byte"] == pytest.approx(nats / math.log(2) / val_bytes, rel=1e-3)
+
+
+@pytest.mark.e2e
+def test_train_report_counts_the_tiny_run(built: dict[str, Any]) -> None:
+    report = json.loads(built["reports/train.json"])
+    t = TINY_TRAIN
+    assert report["steps"] == t["max_iters"]
+    assert report["tokens_seen"] == t["max_iters"] * t["batch_size"] * t["block_size"]
+    assert report["tokens_per_second"] > 0
+    steps = (built["repo"].path / "dvclive/plots/metrics/val/loss.tsv").read_text().split("\n")[1:]
+    assert [int(line.split("\t")[0]) for line in steps if line] == [0, 10, 20, 30]
+
+
+@pytest.mark.e2e
+def test_loss_plot_is_a_valid_png(built: dict[str, Any]) -> None:
+    path = built["repo"].path / "reports/loss.png"
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.width > 100 and image.height > 100
+
+
+@pytest.mark.e2e
+def test_samples_report_completes_every_prompt(built: dict[str, Any]) -> None:
+    repo: Repo = built["repo"]
+    text = (repo.path / "reports/samples.md").read_text(encoding="utf-8")
+    prompts = yaml.safe_load((repo.path / "params.yaml").read_text())["sample"]["prompts"]
+    for number, prompt in enumerate(prompts, start=1):
+        assert f"## Prompt {number}" in text
+        assert prompt in text
+
+
+@pytest.mark.e2e
+def test_metrics_show_lists_the_eval_metrics(built: dict[str, Any]) -> None:
+    shown = json.loads(built["repo"].dvc("metrics", "show", "--json").stdout)
+    files = shown[""]["data"]
+    assert files["reports/eval.json"]["data"] == json.loads(built["reports/eval.json"])
+    assert {"reports/train.json", "dvclive/metrics.json"} <= set(files)
+
+
+@pytest.mark.e2e
+def test_plots_show_draws_train_and_val_loss_on_one_chart(built: dict[str, Any]) -> None:
+    shown = json.loads(built["repo"].dvc("plots", "show", "--json").stdout)["data"]
+    vega = {name: plots for name, plots in shown.items() if any(p["type"] == "vega" for p in plots)}
+    assert list(vega) == ["loss"]
+    assert len(vega["loss"]) == 1
+    values = vega["loss"][0]["content"]["data"]["values"]
+    assert {row["filename"] for row in values} == {"train/loss.tsv", "val/loss.tsv"}
+
+
+@pytest.mark.e2e
+def test_second_repro_is_up_to_date(built: dict[str, Any]) -> None:
+    assert "Data and pipelines are up to date" in built["second"]
+    assert not any(ran(built["second"], stage) for stage in STAGES)
+
+
+@pytest.mark.e2e
+def test_exp_run_with_a_train_param_reruns_only_train_and_what_follows(experiments: dict[str, Any]) -> None:
+    stdout = experiments["two"]
+    assert [stage for stage in STAGES if ran(stdout, stage)] == TRAINED_STAGES, stdout
+    for stage in DATA_STAGES:
+        assert f"Stage '{stage}' didn't change, skipping" in stdout
+
+
+@pytest.mark.e2e
+def test_exp_show_includes_the_experiment_with_its_metrics(
+    built: dict[str, Any], experiments: dict[str, Any]
+) -> None:
+    revs = {
+        rev["name"]: rev
+        for baseline in experiments["show"]
+        for exp in baseline.get("experiments") or []
+        for rev in exp["revs"]
+    }
+    assert {"two-layers", "one-layer-again"} <= set(revs)
+    data = revs["two-layers"]["data"]
+    assert data["params"]["params.yaml"]["data"]["train"]["n_layer"] == 2
+    metrics = data["metrics"]["reports/eval.json"]["data"]
+    assert all(math.isfinite(metrics[k]) for k in ("val_loss", "val_bits_per_byte", "train_loss"))
+    assert metrics["val_loss"] != json.loads(built["reports/eval.json"])["val_loss"]
+    # the second layer really was trained: more parameters than the baseline
+    assert experiments["two_train"]["parameters"] > json.loads(built["reports/train.json"])["parameters"]
+
+
+@pytest.mark.e2e
+def test_exp_run_with_params_that_already_ran_restores_train_from_run_cache(
+    built: dict[str, Any], experiments: dict[str, Any]
+) -> None:
+    stdout = experiments["one"]
+    assert "Stage 'train' is cached - skipping run, checking out outputs" in stdout, stdout
+    assert not ran(stdout, "train")
+    root = built["repo"].path
+    # a retrain would record a new wall time and throughput; the restored report is the first one
+    assert (root / "reports/train.json").read_bytes() == built["reports/train.json"]
+    assert (root / "models/model.pt").read_bytes() == built["models/model.pt"]
+
+
+@pytest.mark.e2e
+def test_plots_diff_compares_head_with_the_experiment(experiments: dict[str, Any]) -> None:
+    loss = experiments["diff"]["data"]["loss"]
+    assert len(loss) == 1 and loss[0]["type"] == "vega"
+    assert set(loss[0]["revisions"]) == {"HEAD", "two-layers"}
+    rows = loss[0]["content"]["data"]["values"]
+    assert {(row["rev"], row["filename"]) for row in rows} == {
+        (rev, f"{split}/loss.tsv") for rev in ("HEAD", "two-layers") for split in ("train", "val")
+    }
+
+
+@pytest.mark.e2e
+def test_invalid_param_fails_the_repro_and_leaves_no_model(built: dict[str, Any], tmp_path: Path) -> None:
+    # a copy of the built repo: the stale model from the good run must not survive either
+    repo = Repo(tmp_path / "repo", built["repo"].env)
+    shutil.copytree(built["repo"].path, repo.path, symlinks=True)
+    assert (repo.path / "models/model.pt").is_file()
+    repo.edit_params("train", n_embd=30, n_head=4)
+    proc = repo.dvc("repro", check=False)
+    assert proc.returncode != 0
+    output = proc.stdout + proc.stderr
+    assert re.search(r"train\.n_embd = 30 is invalid: must be divisible by train\.n_head \(4\)", output)
+    assert "failed to reproduce 'train'" in output
+    models = repo.path / "models"
+    left = sorted(p.name for p in models.iterdir()) if models.exists() else []
+    assert "model.pt" not in left
+    assert not [name for name in left if name.endswith(".tmp")]

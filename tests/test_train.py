@@ -1,0 +1,307 @@
+"""Tests of gptcore.train: LR schedule, AdamW groups, devices and precision, the training loop."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gptcore.errors import GptcoreError
+from gptcore.model import GPT, GPTConfig, flops_per_token
+from gptcore.params import TrainParams
+from gptcore.tokens import TokenStore, write_token_file
+from gptcore.train import (
+    autocast_dtype,
+    configure_optimizer,
+    lr_at,
+    resolve_device,
+    train,
+)
+
+VOCAB = 12  # ids 0..10 are "text", 11 is the end-of-text id
+EOT = VOCAB - 1
+
+BASE = TrainParams(
+    n_layer=1,
+    n_head=2,
+    n_embd=16,
+    block_size=8,
+    dropout=0.0,
+    bias=False,
+    batch_size=4,
+    grad_accum_steps=1,
+    max_iters=20,
+    learning_rate=1.0e-2,
+    min_lr=1.0e-3,
+    warmup_iters=5,
+    weight_decay=0.1,
+    beta1=0.9,
+    beta2=0.99,
+    grad_clip=1.0,
+    eval_interval=5,
+    eval_iters=2,
+    log_interval=5,
+    seed=7,
+    device="cpu",
+    dtype="float32",
+    compile=False,
+    threads=1,
+)
+
+
+def params(**changes: object) -> TrainParams:
+    return dataclasses.replace(BASE, **changes)
+
+
+def counting_documents(n: int, seed: int) -> list[np.ndarray]:
+    """Documents that count up mod 11 from a random start: easy to learn, so loss must fall."""
+    rng = np.random.default_rng(seed)
+    return [(int(rng.integers(11)) + np.arange(int(rng.integers(20, 60)))) % 11 for _ in range(n)]
+
+
+def write_store(path: Path, documents: list[np.ndarray]) -> TokenStore:
+    identity = {"kind": "char", "vocab_size": VOCAB, "sha256": "0" * 64}
+    write_token_file(path, documents, vocab_size=VOCAB, eot_id=EOT, tokenizer_identity=identity)
+    return TokenStore(path)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def restore_torch_threads():
+    # BASE.threads = 1: tiny models on a shared 2-core machine run ~50x faster without thread
+    # contention; train() sets the count process-wide, so put it back for the other test modules
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory: pytest.TempPathFactory) -> tuple[TokenStore, TokenStore]:
+    folder = tmp_path_factory.mktemp("tokens")
+    return (
+        write_store(folder / "train.h5", counting_documents(40, seed=0)),
+        write_store(folder / "val.h5", counting_documents(8, seed=1)),
+    )
+
+
+def run(p: TrainParams, stores: tuple[TokenStore, TokenStore], **kw: object):
+    return train(p, stores[0], stores[1], progress=False, **kw)
+
+
+def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), key
+
+
+# --- learning-rate schedule ---------------------------------------------------------------------
+
+SCHEDULE = params(learning_rate=6.0e-4, min_lr=6.0e-5, warmup_iters=10, max_iters=100)
+
+
+def test_warmup_rises_linearly_from_lr_over_warmup_iters_to_the_peak() -> None:
+    p = SCHEDULE
+    warm = [lr_at(s, p) for s in range(p.warmup_iters)]
+    assert warm[0] == pytest.approx(p.learning_rate / p.warmup_iters)
+    steps = np.diff(warm)
+    assert np.allclose(steps, p.learning_rate / p.warmup_iters)
+    assert warm[-1] == pytest.approx(p.learning_rate)
+
+
+def test_lr_peaks_at_learning_rate_then_decays_by_cosine_to_min_lr_at_max_iters() -> None:
+    p = SCHEDULE
+    lrs = [lr_at(s, p) for s in range(p.max_iters + 1)]
+    assert max(lrs) == pytest.approx(p.learning_rate)
+    assert lr_at(p.warmup_iters, p) == pytest.approx(p.learning_rate)
+    assert lr_at(p.max_iters, p) == pytest.approx(p.min_lr)
+    # half way through the decay the cosine is at its midpoint
+    middle = p.warmup_iters + (p.max_iters - p.warmup_iters) // 2
+    assert lr_at(middle, p) == pytest.approx((p.learning_rate + p.min_lr) / 2)
+    after = lrs[p.warmup_iters :]
+    assert all(a >= b for a, b in zip(after, after[1:], strict=False))
+    assert all(p.min_lr <= lr <= p.learning_rate for lr in after)
+
+
+def test_lr_stays_at_min_lr_past_max_iters() -> None:
+    p = SCHEDULE
+    assert [lr_at(s, p) for s in (p.max_iters + 1, 10 * p.max_iters)] == pytest.approx([p.min_lr] * 2)
+
+
+def test_no_warmup_starts_at_the_peak() -> None:
+    p = dataclasses.replace(SCHEDULE, warmup_iters=0)
+    assert lr_at(0, p) == pytest.approx(p.learning_rate)
+    assert lr_at(p.max_iters, p) == pytest.approx(p.min_lr)
+
+
+# --- optimizer ----------------------------------------------------------------------------------
+
+
+def test_configure_optimizer_puts_each_parameter_in_one_group_and_decays_only_matrices() -> None:
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=VOCAB, block_size=8, n_layer=2, n_head=2, n_embd=16, bias=True))
+    p = params(weight_decay=0.25, learning_rate=3.0e-3, beta1=0.8, beta2=0.95)
+    optimizer = configure_optimizer(model, p, torch.device("cpu"))
+    groups = optimizer.param_groups
+    ids = [id(t) for g in groups for t in g["params"]]
+    assert len(ids) == len(set(ids)), "a parameter sits in two groups"
+    assert set(ids) == {id(t) for t in model.parameters()}
+    decayed = {id(t) for g in groups if g["weight_decay"] == 0.25 for t in g["params"]}
+    not_decayed = {id(t) for g in groups if g["weight_decay"] == 0.0 for t in g["params"]}
+    assert decayed == {id(t) for t in model.parameters() if t.dim() >= 2}
+    assert not_decayed == {id(t) for t in model.parameters() if t.dim() < 2}
+    assert not_decayed, "the bias=True model has biases and LayerNorm gains to leave undecayed"
+    assert all(g["lr"] == 3.0e-3 and g["betas"] == (0.8, 0.95) for g in groups)
+
+
+# --- device and precision -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_accelerator(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+
+
+@pytest.mark.usefixtures("no_accelerator")
+def test_auto_device_is_cpu_without_an_accelerator() -> None:
+    assert resolve_device("auto") == torch.device("cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+
+
+def test_auto_device_prefers_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("cuda")
+
+
+@pytest.mark.usefixtures("no_accelerator")
+@pytest.mark.parametrize("name", ["cuda", "cuda:1", "mps"])
+def test_explicit_missing_device_raises(name: str) -> None:
+    with pytest.raises(GptcoreError, match=rf"train.device = '{name}'"):
+        resolve_device(name)
+
+
+def test_autocast_dtype_choices(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert autocast_dtype(cpu, "float32") is None
+    assert autocast_dtype(cuda, "float32") is None
+    assert autocast_dtype(cpu, "bfloat16") is torch.bfloat16
+    assert autocast_dtype(cpu, "auto") is None  # bf16 autocast is slower than fp32 on CPU
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert autocast_dtype(cuda, "auto") is torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert autocast_dtype(cuda, "auto") is None
+
+
+# --- the training loop --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def reference_run(stores: tuple[TokenStore, TokenStore]):
+    evals: list[tuple[int, float, float, float]] = []
+    result = run(BASE, stores, on_eval=lambda *a: evals.append(a))
+    return result, evals
+
+
+def test_training_lowers_train_and_val_loss(reference_run) -> None:
+    result, evals = reference_run
+    _, first_train, first_val, _ = evals[0]
+    assert first_train == pytest.approx(math.log(VOCAB), abs=0.3)
+    assert result.final_train_loss < first_train - 0.5
+    assert result.final_val_loss < first_val - 0.5
+
+
+def test_on_eval_is_called_every_eval_interval_and_at_the_end(reference_run) -> None:
+    _, evals = reference_run
+    assert [e[0] for e in evals] == [0, 5, 10, 15, 20]
+    assert [e[3] for e in evals] == pytest.approx([lr_at(s, BASE) for s in (0, 5, 10, 15, 20)])
+    assert all(math.isfinite(e[1]) and math.isfinite(e[2]) for e in evals)
+
+
+def test_final_eval_comes_at_max_iters_when_it_is_not_a_multiple_of_eval_interval(stores) -> None:
+    steps: list[int] = []
+    run(params(max_iters=7, eval_interval=3), stores, on_eval=lambda s, *_: steps.append(s))
+    assert steps == [0, 3, 6, 7]
+
+
+def test_result_fields_are_consistent(reference_run) -> None:
+    result, evals = reference_run
+    p = BASE
+    assert result.steps == p.max_iters
+    assert result.tokens_seen == p.max_iters * p.batch_size * p.block_size * p.grad_accum_steps
+    assert (result.final_train_loss, result.final_val_loss) == evals[-1][1:3]
+    assert isinstance(result.model, GPT)
+    config = result.model.config
+    assert (config.vocab_size, config.block_size, config.n_layer, config.n_head, config.n_embd) == (
+        VOCAB,
+        p.block_size,
+        p.n_layer,
+        p.n_head,
+        p.n_embd,
+    )
+    assert result.flops_per_token == flops_per_token(config, result.model.num_params())
+    assert result.wall_seconds > 0 and result.tokens_per_second > 0
+    # throughput excludes evaluation time, so it is at least tokens over the whole wall time
+    assert result.tokens_per_second >= result.tokens_seen / result.wall_seconds
+
+
+def test_same_seed_gives_bit_identical_weights(reference_run, stores) -> None:
+    again = run(BASE, stores)
+    assert_same_weights(again.model, reference_run[0].model)
+    assert again.final_val_loss == reference_run[0].final_val_loss
+
+
+def test_different_seed_gives_different_weights(reference_run, stores) -> None:
+    other = run(params(seed=BASE.seed + 1), stores).model.state_dict()
+    reference = reference_run[0].model.state_dict()
+    assert not torch.equal(other["wte.weight"], reference["wte.weight"])
+    assert not torch.equal(other["h.0.attn.c_attn.weight"], reference["h.0.attn.c_attn.weight"])
+
+
+def test_dropout_training_is_deterministic_too(stores) -> None:
+    p = params(dropout=0.2, max_iters=6)
+    assert_same_weights(run(p, stores).model, run(p, stores).model)
+
+
+def test_grad_accumulation_counts_every_micro_batch(stores) -> None:
+    p = params(grad_accum_steps=3, max_iters=4, eval_interval=2)
+    result = run(p, stores)
+    assert result.tokens_seen == 4 * 3 * p.batch_size * p.block_size
+    assert math.isfinite(result.final_val_loss)
+
+
+def test_two_accumulated_micro_batches_update_like_one_double_batch(stores) -> None:
+    # micro-batches are drawn one after another from the same generator, so 2 x b windows are the
+    # 2b windows of one batch, and the mean of the two half-batch losses is the full-batch loss:
+    # the first update is the same up to float rounding (~1e-8 here; not bit-identical, as the
+    # sums are taken in another order), far below the size of the update itself (~lr / warmup)
+    p = params(max_iters=1, grad_clip=0.0)
+    one = run(dataclasses.replace(p, batch_size=8), stores).model.state_dict()
+    two = run(dataclasses.replace(p, batch_size=4, grad_accum_steps=2), stores).model.state_dict()
+    torch.manual_seed(p.seed)
+    init = GPT(GPTConfig(VOCAB, p.block_size, p.n_layer, p.n_head, p.n_embd)).state_dict()
+    step = lr_at(0, p)
+    assert (one["h.0.attn.c_attn.weight"] - init["h.0.attn.c_attn.weight"]).abs().max() > step / 2
+    for key, value in two.items():
+        torch.testing.assert_close(value, one[key], rtol=0, atol=step / 1000, msg=key)
+
+
+def test_bfloat16_autocast_trains_on_cpu(stores) -> None:
+    result = run(params(dtype="bfloat16", max_iters=2, eval_interval=2), stores)
+    assert math.isfinite(result.final_train_loss)
+    assert all(t.dtype == torch.float32 for t in result.model.parameters())  # master weights fp32
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_split_shorter_than_a_window_raises_naming_it(
+    split: str, stores: tuple[TokenStore, TokenStore], tmp_path: Path
+) -> None:
+    # block_size tokens give no full window of block_size inputs plus one target
+    short = write_store(tmp_path / "short.h5", [np.arange(BASE.block_size - 1) % 11])
+    assert len(short) == BASE.block_size
+    train_store, val_store = (short, stores[1]) if split == "train" else (stores[0], short)
+    with pytest.raises(GptcoreError, match=rf"the {split} split has {BASE.block_size} tokens"):
+        train(BASE, train_store, val_store, progress=False)
