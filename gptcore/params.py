@@ -243,7 +243,9 @@ def load_section(name: str, path: Path | str = PARAMS_FILE) -> Any:
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
-        raise ParamsError(f"{path} must be a mapping of sections (data:, train:, ...), got {type(raw).__name__}")
+        raise ParamsError(
+            f"{path} must be a mapping of sections (data:, train:, ...), got {type(raw).__name__}"
+        )
     if name not in raw:
         raise ParamsError(f"params.yaml: missing section '{name}'")
     return parse_section(name, raw[name])

@@ -33,6 +33,7 @@ TINY_TRAIN = {
     "block_size": 32,
     "batch_size": 8,
     "max_iters": 30,
+    "compile": False,  # compiling costs more than 30 tiny steps
     "eval_interval": 10,
     "eval_iters": 2,
     "log_interval": 5,
