@@ -31,7 +31,7 @@ from gptcore.model import GPT, GPTConfig, flops_per_token
 
 CONFIGS = {
     "tiny": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, dropout=0.0, steps=60),
-    "small": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=64, dropout=0.2, steps=3),
+    "small": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=64, dropout=0.2, steps=2),
 }
 VOCAB = 86
 # variant name -> (compile, autocast dtype, fused AdamW)
