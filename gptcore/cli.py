@@ -209,6 +209,26 @@ def _read_line(interactive: bool) -> str | None:
     return line.rstrip("\r\n")
 
 
+def _write_completion(
+    model: GPT, tokenizer: Tokenizer, prompt: str, sampling: Sampling, generator: torch.Generator, last: str
+) -> str:
+    """Stream the completion of `prompt` to stdout as it is generated; return the last character written."""
+    for piece in stream_completion(
+        model,
+        tokenizer,
+        prompt,
+        sampling.max_new_tokens,
+        temperature=sampling.temperature,
+        top_k=sampling.top_k,
+        top_p=sampling.top_p,
+        generator=generator,
+    ):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+        last = piece[-1]
+    return last
+
+
 def cmd_chat(args: argparse.Namespace) -> None:
     sampling, _ = resolve_sampling(args)
     model, tokenizer, _, device = _load(args)
@@ -234,19 +254,7 @@ def cmd_chat(args: argparse.Namespace) -> None:
             return
         last = "\n"
         try:
-            for piece in stream_completion(
-                model,
-                tokenizer,
-                line,
-                sampling.max_new_tokens,
-                temperature=sampling.temperature,
-                top_k=sampling.top_k,
-                top_p=sampling.top_p,
-                generator=generator,
-            ):
-                sys.stdout.write(piece)
-                sys.stdout.flush()
-                last = piece[-1]
+            last = _write_completion(model, tokenizer, line, sampling, generator, last)
         except KeyboardInterrupt:  # Ctrl-C during a reply: drop the rest of it, back to the prompt
             sys.stdout.write("\n")
             print("[stopped]", file=sys.stderr)
@@ -275,20 +283,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
             if total > 1:
                 print(f"--- sample {count} of {total} ---")
             sys.stdout.write(prompt)
-            last = prompt[-1:] or "\n"
-            for piece in stream_completion(
-                model,
-                tokenizer,
-                prompt,
-                sampling.max_new_tokens,
-                temperature=sampling.temperature,
-                top_k=sampling.top_k,
-                top_p=sampling.top_p,
-                generator=generator,
-            ):
-                sys.stdout.write(piece)
-                sys.stdout.flush()
-                last = piece[-1]
+            last = _write_completion(model, tokenizer, prompt, sampling, generator, prompt[-1:] or "\n")
             if last != "\n":
                 sys.stdout.write("\n")
     sys.stdout.flush()
