@@ -21,14 +21,6 @@ CPU = torch.device("cpu")
 SOURCE_BYTES = 1234  # what the tokenizer recorded for the split's text
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def model() -> GPT:
     torch.manual_seed(0)

@@ -9,16 +9,6 @@ import torch
 
 from gptcore.model import GPT, GPTConfig, flops_per_token
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # tiny matmuls on a shared 2-core machine: one thread avoids contention, then restore
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 SMALL = GPTConfig(vocab_size=13, block_size=16, n_layer=2, n_head=4, n_embd=32)
 
 
