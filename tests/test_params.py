@@ -231,6 +231,26 @@ def test_empty_include_is_refused(tmp_path: Path) -> None:
     assert "data.include = []" in refused(tmp_path, "data", include=[])
 
 
+@pytest.mark.parametrize("key", ["max_docs", "max_bytes"])
+def test_corpus_limits_are_positive_ints_or_null(tmp_path: Path, key: str) -> None:
+    assert getattr(load_section("data", write_params(tmp_path, "data", **{key: None})), key) is None
+    assert getattr(load_section("data", write_params(tmp_path, "data", **{key: 10})), key) == 10
+    assert f"data.{key} = 0" in refused(tmp_path, "data", **{key: 0})
+    assert f"data.{key} = 1.5" in refused(tmp_path, "data", **{key: 1.5})
+
+
+def test_pile_set_names_are_a_list_of_non_empty_names(tmp_path: Path) -> None:
+    names = ["Pile-CC", "Wikipedia (en)"]
+    assert load_section("data", write_params(tmp_path, "data", pile_set_names=names)).pile_set_names == names
+    assert "data.pile_set_names" in refused(tmp_path, "data", pile_set_names="Pile-CC")
+    assert "data.pile_set_names" in refused(tmp_path, "data", pile_set_names=[" "])
+
+
+def test_tokenize_workers_must_not_be_negative(tmp_path: Path) -> None:
+    assert load_section("tokenize", write_params(tmp_path, "tokenize", workers=3)).workers == 3
+    assert "tokenize.workers = -1" in refused(tmp_path, "tokenize", workers=-1)
+
+
 @pytest.mark.parametrize("key", ["batch_size", "max_tokens", "train_tokens"])
 def test_evaluate_sizes_must_be_positive(tmp_path: Path, key: str) -> None:
     assert f"evaluate.{key} = 0" in refused(tmp_path, "evaluate", **{key: 0})
