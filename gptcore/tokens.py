@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from gptcore.atomic import atomic_file
+from gptcore.encode import EncodedBlock, encode_documents
 from gptcore.errors import DataError
 
 if TYPE_CHECKING:
@@ -42,9 +43,6 @@ DATASET = "tokens"
 REQUIRED_ATTRS = ("format_version", "vocab_size", "eot_id", "documents", "tokens", "tokenizer")
 # tokens copied per step from the temporary raw file into the HDF5 dataset (8 MiB of uint16)
 COPY_BLOCK = 4 * 1024 * 1024
-# characters of text handed to Tokenizer.encode_batch at once: large enough for batching to pay
-# (tiktoken spreads a batch over threads), small enough to keep memory flat on any corpus
-ENCODE_BATCH_CHARS = 4 * 1024 * 1024
 
 TokenIds = Sequence[int] | np.ndarray
 
@@ -114,14 +112,7 @@ class TokenWriter:
             raise RuntimeError("TokenWriter.add_document outside its `with` block")
         arr = np.asarray(ids)
         if arr.size:
-            if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
-                raise ValueError(
-                    f"document ids must be a 1-D sequence of integers, got {arr.dtype} {arr.shape}"
-                )
-            lo, hi = int(arr.min()), int(arr.max())
-            if lo < 0 or hi >= self.vocab_size:
-                bad = lo if lo < 0 else hi
-                raise ValueError(f"token id {bad} is outside the vocabulary (0..{self.vocab_size - 1})")
+            self._check_range(arr)
             self._raw.write(arr.astype(self.dtype, copy=False).tobytes())
         self._raw.write(self._eot)
         self._tokens += arr.size + 1
@@ -130,6 +121,26 @@ class TokenWriter:
             self._source_bytes = None
         else:
             self._source_bytes += source_bytes
+
+    def add_block(self, ids: np.ndarray, documents: int, source_bytes: int) -> None:
+        """Append ids that already hold their documents' eot ids (`gptcore.encode.EncodedBlock`)."""
+        if self._raw is None:
+            raise RuntimeError("TokenWriter.add_block outside its `with` block")
+        if ids.size:
+            self._check_range(ids)
+            self._raw.write(ids.astype(self.dtype, copy=False).tobytes())
+        self._tokens += ids.size
+        self._documents += documents
+        if self._source_bytes is not None:
+            self._source_bytes += source_bytes
+
+    def _check_range(self, arr: np.ndarray) -> None:
+        if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+            raise ValueError(f"document ids must be a 1-D sequence of integers, got {arr.dtype} {arr.shape}")
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0 or hi >= self.vocab_size:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"token id {bad} is outside the vocabulary (0..{self.vocab_size - 1})")
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -183,28 +194,23 @@ def write_token_file(
     return writer.summary
 
 
-def tokenize_to_file(path: Path | str, texts: Iterable[str], tokenizer: Tokenizer) -> TokenFileSummary:
-    """Encode documents' texts with `tokenizer` and write them to a token file, streaming.
-
-    Texts are encoded in batches of about ENCODE_BATCH_CHARS characters with `encode_batch`
-    (which a tokenizer may parallelise); order is kept, so the file does not depend on it."""
+def tokenize_to_file(
+    path: Path | str,
+    texts: Iterable[str],
+    tokenizer: Tokenizer,
+    workers: int = 1,
+    on_block: Callable[[EncodedBlock], None] | None = None,
+) -> TokenFileSummary:
+    """Encode documents' texts with `tokenizer` on `workers` processes and write them to a token
+    file, streaming; `on_block` sees each block as it is written (for progress). The file is
+    byte-identical for any number of workers."""
     with TokenWriter(
         path, vocab_size=tokenizer.vocab_size, eot_id=tokenizer.eot_id, tokenizer_identity=tokenizer.identity
     ) as writer:
-
-        def flush(batch: list[str]) -> None:
-            for text, ids in zip(batch, tokenizer.encode_batch(batch), strict=True):
-                writer.add_document(ids, source_bytes=len(text.encode("utf-8", "surrogatepass")))
-
-        batch: list[str] = []
-        chars = 0
-        for text in texts:
-            batch.append(text)
-            chars += len(text)
-            if chars >= ENCODE_BATCH_CHARS:
-                flush(batch)
-                batch, chars = [], 0
-        flush(batch)
+        for block in encode_documents(texts, tokenizer, workers):
+            writer.add_block(block.ids, block.documents, block.source_bytes)
+            if on_block is not None:
+                on_block(block)
     assert writer.summary is not None
     return writer.summary
 
