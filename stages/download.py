@@ -1,4 +1,8 @@
-"""Stage download: fetch data.source into data/raw/, with data/raw/manifest.json saying what came."""
+"""Stage download: fetch data.source into data/raw/, with data/raw/manifest.json saying what came.
+
+Downloads in progress live in data/raw.partial/, outside the stage's output, so an interrupted
+`dvc repro` continues them where they stopped.
+"""
 
 from __future__ import annotations
 

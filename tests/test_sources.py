@@ -5,7 +5,14 @@ from __future__ import annotations
 import hashlib
 import http.server
 import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
 import threading
+import time
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -21,11 +28,13 @@ Handler = Callable[[http.server.BaseHTTPRequestHandler], None]
 
 @dataclass
 class Server:
-    """A loopback HTTP server: `routes` maps a path to a handler; `requests` logs (path, Range)."""
+    """A loopback HTTP server: `routes` maps a path to a handler; `requests` logs (path, Range),
+    `if_ranges` the If-Range header of each request."""
 
     url: str
     routes: dict[str, Handler] = field(default_factory=dict)
     requests: list[tuple[str, str | None]] = field(default_factory=list)
+    if_ranges: list[str | None] = field(default_factory=list)
 
 
 @pytest.fixture
@@ -35,6 +44,7 @@ def server() -> Iterator[Server]:
     class RequestHandler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             state.requests.append((self.path, self.headers.get("Range")))
+            state.if_ranges.append(self.headers.get("If-Range"))
             route = state.routes.get(self.path)
             if route is None:
                 self.send_error(404, "Not Found")
@@ -63,6 +73,33 @@ def send(body: bytes, status: int = 200, headers: dict[str, str] | None = None) 
             request.send_header(key, value)
         request.end_headers()
         request.wfile.write(body)
+
+    return handle
+
+
+def ranged(body: bytes, etag: str | None = None, if_range: bool = True, cut_at: int | None = None) -> Handler:
+    """A server that supports Range (206, 416), and If-Range unless `if_range=False`; `cut_at`: it
+    promises the whole file but hangs up after that many bytes."""
+
+    def handle(request: http.server.BaseHTTPRequestHandler) -> None:
+        tags = {"ETag": etag} if etag else {}
+        range_header = request.headers.get("Range")
+        changed = if_range and request.headers.get("If-Range") not in (None, etag)
+        if range_header is None or changed:
+            request.send_response(200)
+            request.send_header("Content-Length", str(len(body)))
+            for key, value in tags.items():
+                request.send_header(key, value)
+            request.end_headers()
+            request.wfile.write(body[:cut_at])
+            request.close_connection = True
+            return
+        start = int(range_header.removeprefix("bytes=").rstrip("-"))
+        if start >= len(body):
+            send(b"", 416, {"Content-Range": f"bytes */{len(body)}", **tags})(request)
+        else:
+            content_range = f"bytes {start}-{len(body) - 1}/{len(body)}"
+            send(body[start:], 206, {"Content-Range": content_range, **tags})(request)
 
     return handle
 
@@ -103,18 +140,22 @@ def test_a_list_of_urls_fetches_every_file(server: Server, tmp_path: Path) -> No
     assert [f["path"] for f in manifest(tmp_path / "raw")] == ["a.txt", "b.jsonl.zst"]
 
 
-def test_http_404_is_an_error_naming_url_and_status_and_leaves_no_folder(
-    server: Server, tmp_path: Path
+@pytest.mark.parametrize("status", [403, 404])
+def test_http_4xx_is_an_error_at_once_naming_url_and_status_and_leaves_no_folder(
+    server: Server, tmp_path: Path, status: int
 ) -> None:
-    with pytest.raises(DataError, match=r"/missing\.txt: HTTP 404"):
-        fetch_source(f"{server.url}/missing.txt", tmp_path / "raw", retries=3, backoff_s=0)
-    assert list(tmp_path.iterdir()) == []
+    server.routes["/forbidden.txt"] = send(b"no", status=403)
+    path = {403: "/forbidden.txt", 404: "/missing.txt"}[status]
+    with pytest.raises(DataError, match="^" + re.escape(f"{server.url}{path}: HTTP {status} ")):
+        fetch_source(f"{server.url}{path}", tmp_path / "raw", retries=3, backoff_s=0)
+    assert list(tmp_path.iterdir()) == [], "no folder, no partial download"
     assert len(server.requests) == 1, "a client error is not retried"
 
 
-def test_http_5xx_is_retried_then_an_error(server: Server, tmp_path: Path) -> None:
-    server.routes["/flaky.txt"] = send(b"busy", status=503)
-    with pytest.raises(DataError, match=r"/flaky\.txt: HTTP 503"):
+@pytest.mark.parametrize("status", [503, 429])
+def test_http_5xx_or_429_is_retried_then_an_error(server: Server, tmp_path: Path, status: int) -> None:
+    server.routes["/flaky.txt"] = send(b"busy", status=status)
+    with pytest.raises(DataError, match=rf"/flaky\.txt: HTTP {status}"):
         fetch_source(f"{server.url}/flaky.txt", tmp_path / "raw", retries=2, backoff_s=0)
     assert len(server.requests) == 3
     assert list(tmp_path.iterdir()) == []
@@ -167,6 +208,136 @@ def test_sha256_is_verified(server: Server, tmp_path: Path) -> None:
         fetch_source(f"{server.url}/data.txt", tmp_path / "bad", sha256="0" * 64)
     assert not (tmp_path / "bad").exists()
     assert not list(tmp_path.glob(".bad*")), "no temporary folder or .part file is left"
+    assert not (tmp_path / "bad.partial").exists()
+
+
+# -- http(s) across runs: the partial folder beside dest
+
+
+def test_a_download_killed_halfway_continues_where_it_stopped(server: Server, tmp_path: Path) -> None:
+    body = random.Random(0).randbytes(4 << 20)
+    piece = 32 << 10
+    stall = threading.Event()  # the first answer stops halfway until the test is done with it
+
+    def slow(request: http.server.BaseHTTPRequestHandler) -> None:
+        range_header = request.headers.get("Range")
+        if range_header is not None:  # the second run: the rest, at once
+            start = int(range_header.removeprefix("bytes=").rstrip("-"))
+            content_range = f"bytes {start}-{len(body) - 1}/{len(body)}"
+            send(body[start:], 206, {"Content-Range": content_range, "ETag": '"v1"'})(request)
+            return
+        request.send_response(200)
+        request.send_header("Content-Length", str(len(body)))
+        request.send_header("ETag", '"v1"')
+        request.end_headers()
+        try:
+            for offset in range(0, len(body) // 2, piece):
+                request.wfile.write(body[offset : offset + piece])
+                time.sleep(0.002)
+            stall.wait(timeout=30)
+        except ConnectionError:  # the client was killed
+            pass
+        request.close_connection = True
+
+    server.routes["/big.bin"] = slow
+    url, dest = f"{server.url}/big.bin", tmp_path / "raw"
+    log = tmp_path / "child.log"
+    code = "import sys; from gptcore.sources import fetch_source; fetch_source(sys.argv[1], sys.argv[2])"
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    with open(log, "wb") as out:
+        child = subprocess.Popen(
+            [sys.executable, "-c", code, url, str(dest)], cwd=root, env=env, stdout=out, stderr=out
+        )
+    try:
+        deadline = time.monotonic() + 15
+        part = None
+        while part is None or part.stat().st_size == 0:
+            assert child.poll() is None, f"the download ended early:\n{log.read_text()}"
+            assert time.monotonic() < deadline, "the download never started"
+            time.sleep(0.005)
+            part = next((tmp_path / "raw.partial").glob("*-big.bin.part"), None)
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=10)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        stall.set()
+    have = part.stat().st_size
+    assert 0 < have < len(body), "killed halfway"
+    assert not dest.exists()
+
+    result = fetch_source(url, dest, retries=0)
+    assert (dest / "big.bin").read_bytes() == body
+    assert server.requests[-1] == ("/big.bin", f"bytes={have}-"), "continued where it stopped"
+    assert server.if_ranges[-1] == '"v1"', "only if the file on the server is still the same"
+    assert result["files"][0]["sha256"] == sha(body)
+    assert not (tmp_path / "raw.partial").exists(), "the partial folder goes once it is empty"
+
+
+def test_a_partial_from_an_earlier_run_restarts_when_the_server_ignores_range(
+    server: Server, tmp_path: Path
+) -> None:
+    body = b"0123456789" * 100_000
+    server.routes["/f.txt"] = ranged(body, cut_at=1000)
+    with pytest.raises(DataError, match="download failed after 1 attempts"):
+        fetch_source(f"{server.url}/f.txt", tmp_path / "raw", retries=0)
+    assert [p.stat().st_size for p in (tmp_path / "raw.partial").glob("*.part")] == [1000]
+    server.routes["/f.txt"] = send(body)  # answers every request with the whole file
+    fetch_source(f"{server.url}/f.txt", tmp_path / "raw", retries=0)
+    assert (tmp_path / "raw" / "f.txt").read_bytes() == body
+    assert server.requests[-1] == ("/f.txt", "bytes=1000-")
+    assert not (tmp_path / "raw.partial").exists()
+
+
+@pytest.mark.parametrize("if_range", [True, False], ids=["server-honours-if-range", "server-ignores-it"])
+def test_a_file_changed_on_the_server_is_downloaded_again_not_spliced(
+    server: Server, tmp_path: Path, if_range: bool
+) -> None:
+    old, new = b"old " * 50_000, b"new " * 50_000  # the same size: only the ETag tells them apart
+    server.routes["/f.txt"] = ranged(old, etag='"v1"', cut_at=len(old) // 2)
+    with pytest.raises(DataError):
+        fetch_source(f"{server.url}/f.txt", tmp_path / "raw", retries=0)
+    server.routes["/f.txt"] = ranged(new, etag='"v2"', if_range=if_range)
+    fetch_source(f"{server.url}/f.txt", tmp_path / "raw", retries=0)
+    assert (tmp_path / "raw" / "f.txt").read_bytes() == new
+    resume = ("/f.txt", f"bytes={len(old) // 2}-")
+    # a server that honours If-Range answers the resume with the whole new file; for one that does
+    # not, the client sees the new ETag on the 206 and asks for the whole file itself
+    again = [] if if_range else [("/f.txt", None)]
+    assert server.requests == [("/f.txt", None), resume, *again]
+    assert server.if_ranges[1] == '"v1"'
+
+
+def test_sha256_mismatch_leaves_no_file_and_no_partial(server: Server, tmp_path: Path) -> None:
+    body = b"bytes that are not the expected ones\n" * 10_000
+    server.routes["/data.txt"] = ranged(body, etag='"x"', cut_at=100_000)
+    with pytest.raises(DataError):  # an earlier run left a partial download
+        fetch_source(f"{server.url}/data.txt", tmp_path / "raw", retries=0)
+    assert list((tmp_path / "raw.partial").glob("*.part"))
+    server.routes["/data.txt"] = ranged(body, etag='"x"')
+    with pytest.raises(
+        DataError, match=f"data.txt: sha256 of data.txt is {sha(body)}, but data.sha256 is 0+$"
+    ):
+        fetch_source(f"{server.url}/data.txt", tmp_path / "raw", sha256="0" * 64, retries=0)
+    assert server.requests[-1] == ("/data.txt", "bytes=100000-")
+    assert list(tmp_path.iterdir()) == [], "neither data/raw nor data/raw.partial, nor a temporary folder"
+
+
+def test_finished_files_of_a_failed_list_are_not_downloaded_again(server: Server, tmp_path: Path) -> None:
+    first = b"first shard\n" * 10_000
+    server.routes["/1.txt"] = ranged(first, etag='"1"')
+    urls = [f"{server.url}/1.txt", f"{server.url}/2.txt"]
+    with pytest.raises(DataError, match="2.txt: HTTP 404"):
+        fetch_source(urls, tmp_path / "raw", retries=0)
+    server.routes["/2.txt"] = ranged(b"second shard\n", etag='"2"')
+    fetch_source(urls, tmp_path / "raw", retries=0)
+    assert (tmp_path / "raw" / "1.txt").read_bytes() == first
+    first_requests = [r for r in server.requests if r[0] == "/1.txt"]
+    assert first_requests == [("/1.txt", None), ("/1.txt", f"bytes={len(first)}-")], "answered 416: all there"
+    assert [entry["sha256"] for entry in manifest(tmp_path / "raw")] == [sha(first), sha(b"second shard\n")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
 
 
 # -- local paths
