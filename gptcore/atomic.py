@@ -1,12 +1,14 @@
 """Atomic outputs: write under a temporary name beside the target, rename only when complete.
 
 A stage that fails or is killed never leaves a half-written file or folder that DVC could take
-for a good output.
+for a good output. Temporary names carry the writer's process id; one left by a process that died
+(SIGKILL leaves no chance to clean up) is removed the next time the same target is written.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shutil
 import tempfile
@@ -19,7 +21,8 @@ def atomic_file(path: Path | str) -> Iterator[Path]:
     """Yield a temporary path in `path`'s folder; on success rename it to `path`, else delete it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _sweep(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -35,7 +38,8 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
     """Yield a fresh temporary folder beside `path`; on success it replaces `path` whole."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    _sweep(path)
+    tmp_path = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp_path
         os.chmod(tmp_path, 0o755)
@@ -45,6 +49,25 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def _sweep(path: Path) -> None:
+    """Remove temporaries of `path` whose writing process no longer runs."""
+    prefix = f".{path.name}."
+    for entry in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
+        pid = entry.name[len(prefix) :].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def write_text(path: Path | str, text: str) -> None:
