@@ -128,7 +128,7 @@ def _encode_block(tokenizer: Tokenizer, block: Block) -> EncodedBlock:
     parts: list[np.ndarray] = []
     documents = 0
     for (_, ends), ids in zip(block, tokenizer.encode_batch(texts), strict=True):
-        parts.append(np.asarray(ids, dtype=np.uint32))
+        parts.append(ids)
         if ends:
             parts.append(eot)
             documents += 1

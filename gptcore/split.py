@@ -26,8 +26,10 @@ import zstandard
 
 from gptcore.atomic import atomic_file
 from gptcore.errors import DataError
+from gptcore.streams import open_zstd
 
 ZSTD_LEVEL = 3
+JSON_SLICE_CHARS = 1 << 20  # characters escaped at a time when writing a document
 POSITION_SPLIT_MAX_DOCUMENTS = 3  # a corpus this small is split inside each document
 TRAIN, VAL = "train", "val"
 
@@ -68,11 +70,20 @@ class SplitWriter:
     def write(self, doc: Document) -> None:
         if self._out is None:
             raise RuntimeError("SplitWriter.write outside its with-block")
-        line = json.dumps({"text": doc.text, "meta": {"name": doc.name}}, ensure_ascii=False)
-        self._out.write(line.encode("utf-8") + b"\n")
+        # the same bytes as json.dumps({"text": ..., "meta": {"name": ...}}, ensure_ascii=False),
+        # with the text escaped a slice at a time: escaping is per character, and a 200 MB
+        # document then never exists twice more in memory as JSON and as UTF-8
+        text, size = doc.text, 0
+        self._out.write(b'{"text": "')
+        for start in range(0, len(text), JSON_SLICE_CHARS):
+            piece = text[start : start + JSON_SLICE_CHARS]
+            size += len(piece.encode("utf-8"))
+            self._out.write(json.dumps(piece, ensure_ascii=False)[1:-1].encode("utf-8"))
+        meta = json.dumps({"name": doc.name}, ensure_ascii=False)
+        self._out.write(f'", "meta": {meta}}}\n'.encode())
         self.stats["documents"] += 1
         self.stats["characters"] += len(doc.text)
-        self.stats["bytes"] += len(doc.text.encode("utf-8"))
+        self.stats["bytes"] += size
 
 
 def write_split_file(path: Path | str, documents: Iterable[Document]) -> dict[str, int]:
@@ -89,8 +100,8 @@ def iter_split_file(path: Path | str) -> Iterator[Document]:
     if not path.is_file():
         raise DataError(f"{path} not found: run the extract_split stage first")
     with open(path, "rb") as raw:
-        reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
-        lines = io.TextIOWrapper(reader, encoding="utf-8", newline="\n")
+        # open_zstd, not zstandard's reader alone: a cut-off file must be an error, not fewer documents
+        lines = io.TextIOWrapper(open_zstd(raw), encoding="utf-8", newline="\n")
         try:
             for lineno, line in enumerate(lines, 1):
                 try:
@@ -98,8 +109,8 @@ def iter_split_file(path: Path | str) -> Iterator[Document]:
                     yield Document(obj["meta"]["name"], obj["text"])
                 except (json.JSONDecodeError, KeyError, TypeError) as exc:
                     raise DataError(f"{path}, line {lineno}: not a split-file record ({exc})") from None
-        except zstandard.ZstdError as exc:
-            raise DataError(f"{path}: corrupt zstd data ({exc}); re-run extract_split") from None
+        except (zstandard.ZstdError, EOFError, UnicodeDecodeError) as exc:
+            raise DataError(f"{path}: corrupt or truncated ({exc}); re-run extract_split") from None
 
 
 def assign_split(doc: Document, seed: int, val_fraction: float) -> str:

@@ -73,9 +73,9 @@ class Tokenizer(ABC):
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`. Special-token strings in the text are ordinary text."""
 
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        """`[encode(t) for t in texts]`; kinds override it where batching is faster."""
-        return [self.encode(text) for text in texts]
+    def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """The ids of each text as a uint32 array; kinds override it where batching is faster."""
+        return [np.array(self.encode(text), dtype=np.uint32) for text in texts]
 
     @abstractmethod
     def decode(self, ids: Iterable[int]) -> str:
@@ -136,8 +136,8 @@ class CharTokenizer(Tokenizer):
         # vocabulary's highest (np.minimum clamps to it), so the table is only as big as needed
         codes = np.array([ord(c) for c in chars], dtype=np.int64)
         size = int(codes.max()) + 2 if len(codes) else 1
-        self._table = np.full(size, self.unk_id, dtype=np.int32)
-        self._table[codes] = np.arange(len(chars), dtype=np.int32)
+        self._table = np.full(size, self.unk_id, dtype=np.uint32)
+        self._table[codes] = np.arange(len(chars), dtype=np.uint32)
 
     @classmethod
     def train(cls, texts: Iterable[str]) -> CharTokenizer:
@@ -166,14 +166,12 @@ class CharTokenizer(Tokenizer):
     def encode(self, text: str) -> list[int]:
         return self._encode_array(text).tolist()
 
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+    def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
         # one lookup over the joined texts beats thousands of small numpy calls on short documents
-        ids = self._encode_array("".join(texts)).tolist()
-        out, start = [], 0
-        for text in texts:
-            out.append(ids[start : start + len(text)])
-            start += len(text)
-        return out
+        if not texts:
+            return []
+        ids = self._encode_array("".join(texts))
+        return np.split(ids, np.cumsum([len(text) for text in texts[:-1]], dtype=np.int64))
 
     def decode(self, ids: Iterable[int]) -> str:
         # tolist() turns a numpy array or torch tensor into Python ints in one call

@@ -79,7 +79,7 @@ def test_decode_refuses_ids_outside_the_vocabulary(tok: CharTokenizer) -> None:
 
 def test_encode_batch_matches_encode(tok: CharTokenizer) -> None:
     texts = [TEXT, "", "speak", "Z unknown", "\n"]
-    assert tok.encode_batch(texts) == [tok.encode(t) for t in texts]
+    assert [ids.tolist() for ids in tok.encode_batch(texts)] == [tok.encode(t) for t in texts]
     assert tok.encode_batch([]) == []
 
 

@@ -1,0 +1,151 @@
+"""The data stages as users run them (`python -m stages.<name>`): bad input fails cleanly, a fix
+re-runs cleanly, and nothing half-written is ever left for DVC to mistake for a good output."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+import zstandard
+
+from gptcore.split import iter_split_file
+from gptcore.tokens import TokenStore
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def workspace(tmp_path: Path, **data: object) -> Path:
+    """A folder laid out like the repo: params.yaml (with `data` changes) and an empty data/raw."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    params["data"].update(data)
+    params["tokenize"]["workers"] = 2
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    (tmp_path / "data" / "raw").mkdir(parents=True)
+    return tmp_path
+
+
+def run_stage(ws: Path, name: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TQDM_DISABLE": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", f"stages.{name}"], cwd=ws, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def zstd_stream(data: bytes) -> bytes:
+    out = io.BytesIO()
+    with zstandard.ZstdCompressor().stream_writer(out, closefd=False) as writer:
+        writer.write(data)
+    return out.getvalue()
+
+
+def pile_shard(first: int, count: int) -> bytes:
+    lines = (
+        json.dumps(
+            {"text": f"document {i}: " + "words and more words. " * 40, "meta": {"pile_set_name": "Pile-CC"}}
+        )
+        for i in range(first, first + count)
+    )
+    return zstd_stream("".join(line + "\n" for line in lines).encode())
+
+
+def test_truncated_shard_fails_naming_it_leaves_no_split_and_a_fixed_corpus_reruns(tmp_path: Path) -> None:
+    ws = workspace(tmp_path, include=["**/*.jsonl.zst"])
+    (ws / "data/raw/00.jsonl.zst").write_bytes(pile_shard(0, 100))
+    good = pile_shard(100, 100)
+    (ws / "data/raw/01.jsonl.zst").write_bytes(good[: len(good) // 2])
+
+    failed = run_stage(ws, "extract_split")
+    assert failed.returncode == 1
+    assert "error:" in failed.stderr and "01.jsonl.zst" in failed.stderr and "truncated" in failed.stderr
+    assert "Traceback" not in failed.stderr
+    assert not (ws / "data/split").exists() and not (ws / "reports/data.json").exists()
+    assert sorted(p.name for p in (ws / "data").iterdir()) == ["raw"]  # no temporary folder left
+
+    (ws / "data/raw/01.jsonl.zst").write_bytes(good)
+    assert run_stage(ws, "extract_split").returncode == 0
+    report = json.loads((ws / "reports/data.json").read_text(encoding="utf-8"))
+    assert report["train"]["documents"] + report["val"]["documents"] == 200
+
+
+def test_a_failed_rerun_keeps_the_previous_split_intact(tmp_path: Path) -> None:
+    ws = workspace(tmp_path, include=["**/*.jsonl.zst"])
+    (ws / "data/raw/00.jsonl.zst").write_bytes(pile_shard(0, 50))
+    assert run_stage(ws, "extract_split").returncode == 0
+    before = {p.name: p.read_bytes() for p in (ws / "data/split").iterdir()}
+    (ws / "data/raw/00.jsonl.zst").write_bytes(b'{"text": "fine"}\n{"text": 3}\n')  # not even zstd
+    assert run_stage(ws, "extract_split").returncode == 1
+    assert {p.name: p.read_bytes() for p in (ws / "data/split").iterdir()} == before
+
+
+def test_a_bad_json_line_in_a_tar_names_the_archive_member_and_line(tmp_path: Path) -> None:
+    import tarfile
+
+    ws = workspace(tmp_path, include=["**/*.jsonl"])
+    body = b'{"text": "ok"}\n{"text": "ok"}\n{"txt": "typo"}\n'
+    with tarfile.open(ws / "data/raw/bundle.tar.gz", "w:gz") as tar:
+        info = tarfile.TarInfo("shards/a.jsonl")
+        info.size = len(body)
+        tar.addfile(info, io.BytesIO(body))
+    failed = run_stage(ws, "extract_split")
+    assert failed.returncode == 1
+    assert "bundle.tar.gz, member shards/a.jsonl, line 3" in failed.stderr
+    assert '"text"' in failed.stderr
+
+
+@pytest.mark.parametrize("files", [{}, {"notes.pdf": b"%PDF-1.4"}])
+def test_an_empty_corpus_or_a_glob_that_matches_nothing_is_a_clear_error(
+    tmp_path: Path, files: dict[str, bytes]
+) -> None:
+    ws = workspace(tmp_path, include=["**/*.txt"])
+    for name, data in files.items():
+        (ws / "data/raw" / name).write_bytes(data)
+    failed = run_stage(ws, "extract_split")
+    assert failed.returncode == 1 and not (ws / "data/split").exists()
+    if files:
+        assert "matches data.include (**/*.txt)" in failed.stderr and "notes.pdf" in failed.stderr
+    else:
+        assert "holds no files" in failed.stderr
+
+
+def test_a_corrupt_split_file_fails_tokenize_and_leaves_no_tokens(tmp_path: Path) -> None:
+    ws = workspace(tmp_path, include=["**/*.jsonl.zst"])
+    (ws / "data/raw/00.jsonl.zst").write_bytes(pile_shard(0, 60))
+    for stage in ("extract_split", "build_vocab"):
+        assert run_stage(ws, stage).returncode == 0
+    val = ws / "data/split/val.jsonl.zst"
+    good = val.read_bytes()
+    val.write_bytes(good[: len(good) - 20])
+    failed = run_stage(ws, "tokenize")
+    assert failed.returncode == 1 and "val.jsonl.zst" in failed.stderr
+    assert not (ws / "data/tokens").exists()
+    val.write_bytes(good)
+    assert run_stage(ws, "tokenize").returncode == 0
+    assert TokenStore(ws / "data/tokens/val.h5").documents == sum(1 for _ in iter_split_file(val))
+
+
+def test_a_200_megabyte_single_line_document_goes_through_every_data_stage(tmp_path: Path) -> None:
+    ws = workspace(tmp_path, include=["**/*.txt"])
+    line = b"All the world's a stage, and all the men and women merely players. " * 3_000_000
+    characters = len(line)  # ASCII: one character per byte
+    assert characters > 200_000_000 and b"\n" not in line
+    (ws / "data/raw/one-line.txt").write_bytes(line)
+    del line
+    for stage in ("extract_split", "build_vocab", "tokenize"):
+        done = run_stage(ws, stage)
+        assert done.returncode == 0, done.stderr
+    # a single document is split by position: the two token files hold every character + one eot each
+    train, val = TokenStore(ws / "data/tokens/train.h5"), TokenStore(ws / "data/tokens/val.h5")
+    assert train.tokens + val.tokens == characters + 2
+    # the biggest stage process stayed well under the size of two copies of its input per byte width
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    assert peak_mb < 2_000, f"a data stage peaked at {peak_mb:.0f} MB"
+    print(f"peak RSS of the largest stage process: {peak_mb:.0f} MB")
+    shutil.rmtree(ws / "data")
