@@ -64,10 +64,15 @@ class DataParams:
 @dataclass(frozen=True)
 class VocabParams:
     kind: str
+    size: int
 
     def check(self) -> None:
-        if self.kind not in ("char",):
-            _fail("vocab.kind", self.kind, "allowed: char")
+        if self.kind not in ("char", "bpe"):
+            _fail("vocab.kind", self.kind, "allowed: char, bpe")
+        if self.size < 257:
+            _fail("vocab.size", self.size, "must be >= 257 (256 byte tokens and <|endoftext|>)")
+        if self.size > 2**32:
+            _fail("vocab.size", self.size, "must be <= 2**32")
 
 
 @dataclass(frozen=True)

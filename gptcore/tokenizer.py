@@ -25,6 +25,8 @@ models record it, and readers compare it to refuse tokens made with another voca
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 from abc import ABC, abstractmethod
@@ -35,6 +37,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from gptcore import bpe
 from gptcore.atomic import write_text
 from gptcore.errors import DataError, GptcoreError
 from gptcore.params import VocabParams
@@ -208,7 +211,117 @@ class CharTokenizer(Tokenizer):
         return tokenizer
 
 
-KINDS: dict[str, type[Tokenizer]] = {"char": CharTokenizer}
+class BpeTokenizer(Tokenizer):
+    """Byte-level BPE learned from the train split (gptcore.bpe), encoded by tiktoken.
+
+    Ids 0..255 are the single bytes, then the learned tokens in merge order, then <|endoftext|>.
+    Every string encodes (any text is bytes), and `decode(encode(s)) == s` for any string without
+    lone surrogates. The ranks live in tiktoken's format in `data/vocab/bpe.tiktoken`; `to_dict()`
+    inlines them (base64, by rank) so a model file carries its whole vocabulary.
+    """
+
+    kind = "bpe"
+    RANKS_FILE = "bpe.tiktoken"
+
+    def __init__(self, ranks: dict[bytes, int], pattern: str = bpe.GPT2_PATTERN) -> None:
+        self.ranks = ranks
+        self.pattern = pattern
+        self._eot_id = len(ranks)
+        try:
+            self.encoding = bpe.make_encoding(
+                f"gptcore-bpe-{len(ranks)}", ranks, {EOT: self._eot_id}, pattern
+            )
+        except ValueError as exc:  # a regex tiktoken cannot compile, say
+            raise DataError(f"bpe tokenizer: {exc}") from None
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int) -> BpeTokenizer:
+        """Learn merges from `texts` (streamed) up to `vocab_size` ids, <|endoftext|> included."""
+        counts = bpe.count_pretokens(texts)
+        if not counts:
+            raise DataError("cannot learn a bpe vocabulary: the training text is empty")
+        return cls(bpe.train_bpe(counts, vocab_size, n_special=1))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.ranks) + 1
+
+    @property
+    def eot_id(self) -> int:
+        return self._eot_id
+
+    def encode(self, text: str) -> list[int]:
+        return self.encoding.encode_ordinary(text)
+
+    def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
+        return [np.array(self.encoding.encode_ordinary(text), dtype=np.uint32) for text in texts]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        ids = ids.tolist() if hasattr(ids, "tolist") else [int(i) for i in ids]
+        if ids and not (min(ids) >= 0 and max(ids) < self.vocab_size):
+            bad = next(i for i in ids if not 0 <= i < self.vocab_size)
+            raise ValueError(f"token id {bad} is outside the vocabulary (0..{self.vocab_size - 1})")
+        # a cut inside a multi-byte character (a sampled prefix) shows as U+FFFD, never an error
+        return self.encoding.decode(ids, errors="replace")
+
+    def to_dict(self) -> dict[str, Any]:
+        tokens = sorted(self.ranks, key=self.ranks.__getitem__)
+        return {
+            "kind": self.kind,
+            "vocab_size": self.vocab_size,
+            "eot_id": self.eot_id,
+            "special_tokens": {EOT: self.eot_id},
+            "pattern": self.pattern,
+            "ranks": [base64.b64encode(token).decode("ascii") for token in tokens],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BpeTokenizer:
+        encoded, pattern = d.get("ranks"), d.get("pattern")
+        if not isinstance(encoded, list) or not isinstance(pattern, str):
+            raise DataError("bpe tokenizer: 'ranks' must be a list of base64 tokens and 'pattern' a string")
+        try:
+            ranks = {base64.b64decode(token, validate=True): rank for rank, token in enumerate(encoded)}
+        except (binascii.Error, TypeError, ValueError):
+            raise DataError("bpe tokenizer: 'ranks' holds a token that is not base64") from None
+        if len(ranks) != len(encoded):
+            raise DataError("bpe tokenizer: 'ranks' repeats a token")
+        return cls._checked(cls(ranks, pattern), d)
+
+    @classmethod
+    def _checked(cls, tokenizer: BpeTokenizer, d: dict[str, Any]) -> BpeTokenizer:
+        expected = tokenizer.to_dict()
+        for key in ("vocab_size", "eot_id", "special_tokens"):
+            if d.get(key) != expected[key]:
+                raise DataError(
+                    f"bpe tokenizer: {key} = {d.get(key)!r}, but the ranks give {expected[key]!r}"
+                )
+        return tokenizer
+
+    def save(self, folder: Path | str) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        bpe.write_ranks(folder / self.RANKS_FILE, self.ranks)
+        meta = {k: v for k, v in self.to_dict().items() if k != "ranks"}
+        meta = {
+            "format_version": FORMAT_VERSION,
+            **meta,
+            "ranks_file": self.RANKS_FILE,
+            "identity": self.identity,
+        }
+        write_text(folder / METADATA_FILE, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+
+    @classmethod
+    def _load_folder(cls, folder: Path, meta: dict[str, Any]) -> BpeTokenizer:
+        name, pattern = meta.get("ranks_file"), meta.get("pattern")
+        if not isinstance(name, str) or "/" in name or "\\" in name or not isinstance(pattern, str):
+            raise DataError(
+                "bpe tokenizer: 'ranks_file' must name a file in the vocab folder, 'pattern' a regex"
+            )
+        return cls._checked(cls(bpe.read_ranks(folder / name), pattern), meta)
+
+
+KINDS: dict[str, type[Tokenizer]] = {"char": CharTokenizer, "bpe": BpeTokenizer}
 
 
 def _kind_class(d: Any) -> type[Tokenizer]:
@@ -262,4 +375,6 @@ def train_tokenizer(params: VocabParams, texts: Iterable[str]) -> Tokenizer:
     """Build the vocabulary that `params.kind` names from the training texts (streamed)."""
     if params.kind == "char":
         return CharTokenizer.train(texts)
+    if params.kind == "bpe":
+        return BpeTokenizer.train(texts, params.size)
     raise GptcoreError(f"vocab.kind = {params.kind!r} is not implemented (known: {', '.join(KINDS)})")

@@ -13,6 +13,7 @@ from gptcore.params import VocabParams
 from gptcore.tokenizer import (
     EOT,
     METADATA_FILE,
+    BpeTokenizer,
     CharTokenizer,
     load_tokenizer,
     tokenizer_from_dict,
@@ -112,8 +113,96 @@ def test_identity_depends_only_on_the_vocabulary(tok: CharTokenizer) -> None:
 
 
 def test_train_tokenizer_follows_params_kind(tok: CharTokenizer) -> None:
-    built = train_tokenizer(VocabParams(kind="char"), iter([TEXT, "All:\nSpeak, speak.\n"]))
+    built = train_tokenizer(VocabParams(kind="char", size=4096), iter([TEXT, "All:\nSpeak, speak.\n"]))
     assert built.identity == tok.identity
+    bpe = train_tokenizer(VocabParams(kind="bpe", size=300), iter([TEXT] * 3))
+    assert isinstance(bpe, BpeTokenizer) and bpe.vocab_size == 300
+
+
+# -- bpe
+
+
+BPE_TEXT = (TEXT + " The king, the queen and the knave; 1234 crowns!\n\n") * 20
+
+
+@pytest.fixture(scope="module")
+def bpe() -> BpeTokenizer:
+    return BpeTokenizer.train([BPE_TEXT, "caf\u00e9 na\u00efve \U0001f642"], 330)
+
+
+def test_bpe_reaches_its_size_with_eot_last(bpe: BpeTokenizer) -> None:
+    assert bpe.vocab_size == 330 and bpe.eot_id == 329
+    assert len(bpe.encode(BPE_TEXT)) < len(BPE_TEXT.encode()) / 2  # it learned to compress
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "plain words",
+        "emoji \U0001f469\u200d\U0001f4bb and flags \U0001f1eb\U0001f1f7",
+        "e\u0301\u0301",
+        "NUL\x00byte",
+        "\u05e9\u05dc\u05d5\u05dd RTL",
+        " \t\n\n   \r\n",
+        "\u4e2d\u6587 123",
+    ],
+)
+def test_bpe_round_trips_any_text(bpe: BpeTokenizer, text: str) -> None:
+    assert bpe.decode(bpe.encode(text)) == text
+
+
+def test_bpe_eot_is_one_special_id_that_text_never_produces(bpe: BpeTokenizer) -> None:
+    ids = bpe.encode("before <|endoftext|> after")
+    assert bpe.eot_id not in ids
+    assert bpe.decode(ids) == "before <|endoftext|> after"
+    assert bpe.decode([bpe.eot_id]) == "<|endoftext|>"
+
+
+def test_bpe_saves_tiktoken_ranks_and_loads_back_identical(bpe: BpeTokenizer, tmp_path: Path) -> None:
+    bpe.save(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bpe.tiktoken", "tokenizer.json"]
+    meta = json.loads((tmp_path / "tokenizer.json").read_text(encoding="utf-8"))
+    assert "ranks" not in meta and meta["ranks_file"] == "bpe.tiktoken"
+    again = load_tokenizer(tmp_path)
+    assert isinstance(again, BpeTokenizer) and again.identity == bpe.identity
+    assert again.encode(BPE_TEXT) == bpe.encode(BPE_TEXT)
+    rebuilt = tokenizer_from_dict(json.loads(json.dumps(bpe.to_dict())))  # as embedded in a model
+    assert rebuilt.identity == bpe.identity
+
+
+def test_bpe_with_edited_ranks_is_refused(bpe: BpeTokenizer, tmp_path: Path) -> None:
+    bpe.save(tmp_path)
+    ranks = (tmp_path / "bpe.tiktoken").read_text().splitlines()
+    ranks[-1], ranks[-2] = (
+        ranks[-2].split()[0] + " " + ranks[-1].split()[1],
+        ranks[-1].split()[0] + " " + ranks[-2].split()[1],
+    )
+    (tmp_path / "bpe.tiktoken").write_text("\n".join(ranks) + "\n")
+    with pytest.raises(DataError, match="identity"):
+        load_tokenizer(tmp_path)
+
+
+def test_bpe_training_is_deterministic(tmp_path: Path) -> None:
+    a = BpeTokenizer.train([BPE_TEXT], 350)
+    b = BpeTokenizer.train(iter([BPE_TEXT]), 350)
+    a.save(tmp_path / "a")
+    b.save(tmp_path / "b")
+    for name in ("bpe.tiktoken", "tokenizer.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_bpe_pieces_of_a_long_text_encode_as_the_whole(bpe: BpeTokenizer) -> None:
+    from gptcore.encode import piece_ends
+
+    text = BPE_TEXT * 5 + "  double  spaces\t\ttabs \u00e9t\u00e9 " * 50
+    whole = bpe.encode(text)
+    for limit in (97, 500, 4096):
+        ends, start, pieces = piece_ends(text, limit), 0, []
+        for end in ends:
+            pieces += bpe.encode(text[start:end])
+            start = end
+        assert pieces == whole, limit
 
 
 def test_empty_training_text_is_refused() -> None:
@@ -158,3 +247,8 @@ def test_missing_or_corrupt_tokenizer_json_is_a_clear_error(tmp_path: Path) -> N
     (tmp_path / METADATA_FILE).write_text("[1, 2]", encoding="utf-8")
     with pytest.raises(DataError, match="must be a JSON object"):
         load_tokenizer(tmp_path)
+
+
+def test_bpe_stops_short_of_its_size_when_every_pre_token_is_one_token() -> None:
+    small = BpeTokenizer.train(["ab ab ab"], 4096)
+    assert small.vocab_size < 4096 and small.encode("ab ab") == [256, 257]  # "ab", " ab"
