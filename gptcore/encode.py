@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import concurrent.futures.process
 import multiprocessing
 import os
 from collections.abc import Iterable, Iterator
@@ -29,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from gptcore.errors import GptcoreError
 from gptcore.tokenizer import Tokenizer, tokenizer_from_dict
 
 BLOCK_CHARS = 1 << 20  # characters per block: ~0.1-0.3 s of BPE work, enough to hide the hand-off
@@ -75,6 +77,11 @@ def encode_documents(texts: Iterable[str], tokenizer: Tokenizer, workers: int = 
                     yield pending.popleft().result()
             while pending:
                 yield pending.popleft().result()
+        except concurrent.futures.process.BrokenProcessPool:
+            raise GptcoreError(
+                "a tokenize worker process died (killed, or out of memory?); "
+                "re-run, or lower tokenize.workers"
+            ) from None
         finally:
             for future in pending:  # an error or an early stop: drop the queued work
                 future.cancel()

@@ -29,13 +29,14 @@ from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
-import torch
 
 from gptcore.atomic import atomic_file
 from gptcore.encode import EncodedBlock, encode_documents
 from gptcore.errors import DataError
 
 if TYPE_CHECKING:
+    import torch
+
     from gptcore.tokenizer import Tokenizer
 
 FORMAT_VERSION = 1
@@ -306,6 +307,8 @@ class TokenStore:
 
         Returns int64 tensors x, y of shape (B, T), y[:, t] == x[:, t + 1]. Positions come from
         torch.randint with `generator` (a CPU generator), so a seed fixes every batch."""
+        import torch  # here, not at the top: tokenize's worker processes import this module
+
         self._need(block_size + 1)
         starts = torch.randint(self.tokens - block_size, (batch_size,), generator=generator).numpy()
         # (B, 1) + (T+1,) -> (B, T+1) positions, gathered from the map in one numpy call
@@ -323,6 +326,8 @@ class TokenStore:
         first input of the next. Token 0 is never a target (nothing precedes it), so m tokens give
         m - 1 targets. Yields int64 (x, y) of shape (b, block_size), b <= batch_size; a last,
         shorter window (fewer than block_size targets) comes alone as shape (1, t)."""
+        import torch
+
         if block_size < 1 or batch_size < 1:
             raise ValueError(f"block_size ({block_size}) and batch_size ({batch_size}) must be >= 1")
         m = self.tokens if max_tokens is None else min(self.tokens, max_tokens)

@@ -12,7 +12,7 @@ import pytest
 
 from gptcore import encode
 from gptcore.encode import encode_documents, piece_ends
-from gptcore.errors import DataError
+from gptcore.errors import DataError, GptcoreError
 from gptcore.tokenizer import CharTokenizer
 from gptcore.tokens import TokenStore, tokenize_to_file
 
@@ -127,3 +127,20 @@ def test_a_document_longer_than_a_piece_is_encoded_exactly(monkeypatch: pytest.M
     ids, documents, _ = concat(iter(blocks))
     np.testing.assert_array_equal(ids, expected_ids(texts, TOKENIZER))
     assert documents == 3
+
+
+def test_a_worker_that_dies_is_a_clear_error_not_a_hang() -> None:
+    def texts() -> Iterator[str]:
+        for _ in range(12):
+            yield "x" * encode.BLOCK_CHARS
+
+    # a worker killed from outside (the OOM killer, say) breaks the pool: the run must stop, clearly
+    blocks = encode_documents(texts(), TOKENIZER, workers=2)
+    first = next(blocks)
+    assert first.documents == 1
+    import multiprocessing
+
+    for child in multiprocessing.active_children():
+        child.kill()
+    with pytest.raises(GptcoreError, match="worker process died"):
+        list(blocks)
