@@ -1,6 +1,9 @@
 """Encoding a stream of documents into token ids on every core, in order, in bounded memory.
 
-`encode_documents(texts, tokenizer, workers)` yields `EncodedBlock`s: the ids of consecutive
+`tokenize_to_file(path, texts, tokenizer, workers)` is the tokenize stage's engine: it writes what
+`encode_documents(texts, tokenizer, workers)` yields into a token file (gptcore.tokens).
+
+`encode_documents` yields `EncodedBlock`s: the ids of consecutive
 documents, each followed by the <|endoftext|> id, ready to append to a token file. The blocks are
 cut from the stream by text length alone, each is encoded by one worker process, and the results
 come back in stream order, so the concatenated ids are the same for any number of workers (1 runs
@@ -24,17 +27,22 @@ import concurrent.futures
 import concurrent.futures.process
 import multiprocessing
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from gptcore.errors import GptcoreError
 from gptcore.tokenizer import Tokenizer, tokenizer_from_dict
+from gptcore.tokens import TokenFileSummary, TokenWriter
 
 BLOCK_CHARS = 1 << 20  # characters per block: ~0.1-0.3 s of BPE work, enough to hide the hand-off
 PIECE_CHARS = 1 << 20  # longer documents are encoded in pieces of at most this many characters
+# each worker process holds ~80-95 MB (interpreter, numpy, tiktoken, blocks in hand): measured by
+# benchmarks/data_memory.py, the whole stage is ~100 MB + ~95 MB per worker, so 8 keeps it under 1 GB
+MAX_DEFAULT_WORKERS = 8
 CUT_SEARCH = 1 << 16  # how far back from PIECE_CHARS a piece looks for a space to end before
 
 
@@ -49,11 +57,12 @@ class EncodedBlock:
 
 
 def default_workers() -> int:
-    """One worker per core this process may run on."""
+    """One worker per core this process may run on, up to MAX_DEFAULT_WORKERS."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, MAX_DEFAULT_WORKERS))
 
 
 def encode_documents(texts: Iterable[str], tokenizer: Tokenizer, workers: int = 1) -> Iterator[EncodedBlock]:
@@ -158,3 +167,24 @@ def _start_worker(description: dict[str, Any]) -> None:
 def _encode_in_worker(block: Block) -> EncodedBlock:
     assert _worker_tokenizer is not None, "worker started without a tokenizer"
     return _encode_block(_worker_tokenizer, block)
+
+
+def tokenize_to_file(
+    path: Path | str,
+    texts: Iterable[str],
+    tokenizer: Tokenizer,
+    workers: int = 1,
+    on_block: Callable[[EncodedBlock], None] | None = None,
+) -> TokenFileSummary:
+    """Encode documents' texts with `tokenizer` on `workers` processes and write them to a token
+    file, streaming; `on_block` sees each block as it is written (for progress). The file is
+    byte-identical for any number of workers."""
+    with TokenWriter(
+        path, vocab_size=tokenizer.vocab_size, eot_id=tokenizer.eot_id, tokenizer_identity=tokenizer.identity
+    ) as writer:
+        for block in encode_documents(texts, tokenizer, workers):
+            writer.add_block(block.ids, block.documents, block.source_bytes)
+            if on_block is not None:
+                on_block(block)
+    assert writer.summary is not None
+    return writer.summary

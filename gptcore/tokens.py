@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -31,13 +31,11 @@ import h5py
 import numpy as np
 
 from gptcore.atomic import atomic_file
-from gptcore.encode import EncodedBlock, encode_documents
 from gptcore.errors import DataError
 
 if TYPE_CHECKING:
     import torch
 
-    from gptcore.tokenizer import Tokenizer
 
 FORMAT_VERSION = 1
 DATASET = "tokens"
@@ -191,27 +189,6 @@ def write_token_file(
         for ids in documents:
             writer.add_document(ids)
         writer._source_bytes = source_bytes
-    assert writer.summary is not None
-    return writer.summary
-
-
-def tokenize_to_file(
-    path: Path | str,
-    texts: Iterable[str],
-    tokenizer: Tokenizer,
-    workers: int = 1,
-    on_block: Callable[[EncodedBlock], None] | None = None,
-) -> TokenFileSummary:
-    """Encode documents' texts with `tokenizer` on `workers` processes and write them to a token
-    file, streaming; `on_block` sees each block as it is written (for progress). The file is
-    byte-identical for any number of workers."""
-    with TokenWriter(
-        path, vocab_size=tokenizer.vocab_size, eot_id=tokenizer.eot_id, tokenizer_identity=tokenizer.identity
-    ) as writer:
-        for block in encode_documents(texts, tokenizer, workers):
-            writer.add_block(block.ids, block.documents, block.source_bytes)
-            if on_block is not None:
-                on_block(block)
     assert writer.summary is not None
     return writer.summary
 

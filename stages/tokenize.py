@@ -9,12 +9,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from gptcore.atomic import atomic_dir, write_text
-from gptcore.encode import default_workers
+from gptcore.encode import default_workers, tokenize_to_file
 from gptcore.errors import run_main
 from gptcore.params import load_section
 from gptcore.split import iter_split_file
 from gptcore.tokenizer import load_tokenizer
-from gptcore.tokens import tokenize_to_file
 
 SPLIT_DIR = Path("data/split")
 VOCAB_DIR = Path("data/vocab")

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from gptcore import encode
-from gptcore.encode import encode_documents, piece_ends
+from gptcore.encode import encode_documents, piece_ends, tokenize_to_file
 from gptcore.errors import DataError, GptcoreError
 from gptcore.tokenizer import CharTokenizer
-from gptcore.tokens import TokenStore, tokenize_to_file
+from gptcore.tokens import TokenStore
 
 WORDS = ["the", "king", "  ", "queen,", "\n", "crown", "\t", "to", "be", "or", "not", "é", "🙂"]
 

@@ -113,16 +113,32 @@ DVC_YAML = yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))
 PLUMBING = {"errors", "params", "atomic"}
 
 
-def stage_imports(stage: str) -> tuple[set[str], set[str]]:
-    """(gptcore modules that stages/<stage>.py imports, params sections it loads)."""
-    tree = ast.parse((ROOT / "stages" / f"{stage}.py").read_text(encoding="utf-8"))
-    modules, sections = set(), set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("gptcore."):
+def _gptcore_imports(path: Path) -> set[str]:
+    modules = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module == "gptcore":
+            modules |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("gptcore."):
             modules.add(node.module.split(".")[1])
         elif isinstance(node, ast.Import):
             modules |= {a.name.split(".")[1] for a in node.names if a.name.startswith("gptcore.")}
-        elif isinstance(node, ast.Call) and getattr(node.func, "id", None) == "load_section":
+    return modules
+
+
+def stage_imports(stage: str) -> tuple[set[str], set[str]]:
+    """(gptcore modules that stages/<stage>.py uses, directly or through other gptcore modules,
+    params sections it loads)."""
+    script = ROOT / "stages" / f"{stage}.py"
+    modules: set[str] = set()
+    todo = _gptcore_imports(script)
+    while todo:
+        module = todo.pop()
+        if module not in modules:
+            modules.add(module)
+            todo |= _gptcore_imports(ROOT / "gptcore" / f"{module}.py")
+    sections = set()
+    for node in ast.walk(ast.parse(script.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "load_section":
             sections.add(node.args[0].value)
     return modules, sections
 
@@ -146,7 +162,7 @@ def test_dvc_yaml_has_the_seven_stages_run_as_modules() -> None:
         "sample",
     ],
 )
-def test_stage_deps_list_every_gptcore_module_its_script_uses(stage: str) -> None:
+def test_stage_deps_list_every_gptcore_module_its_script_uses_even_indirectly(stage: str) -> None:
     # design.md: a stage lists as deps its own script and the gptcore modules it uses, so that an
     # edit re-runs exactly the stages it affects
     modules, _ = stage_imports(stage)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from gptcore.encode import tokenize_to_file
 from gptcore.errors import DataError
 from gptcore.split import Document, write_split_file
 from gptcore.tokenizer import CharTokenizer
@@ -21,7 +22,6 @@ from gptcore.tokens import (
     TokenStore,
     TokenWriter,
     token_dtype,
-    tokenize_to_file,
     write_token_file,
 )
 
