@@ -35,8 +35,10 @@ def save_model(
         "tokenizer": tokenizer.to_dict(),
         "meta": meta or {},
     }
-    with atomic_file(path) as tmp:
-        torch.save(payload, tmp)
+    # saved through a file object: given a path, torch names the zip's records after the file, and
+    # the temporary name would make every save of the same weights a different file
+    with atomic_file(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(payload, fh)
 
 
 def read_model_file(path: Path | str) -> dict[str, Any]:

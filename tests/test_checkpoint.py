@@ -6,6 +6,7 @@ import os
 import pickle
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -166,8 +167,8 @@ def test_failed_save_leaves_the_previous_file_and_no_temp_files(
 ) -> None:
     before = saved.read_bytes()
 
-    def save_then_fail(obj: object, f: Path) -> None:
-        Path(f).write_bytes(b"half a model")
+    def save_then_fail(obj: object, f: Any) -> None:
+        f.write(b"half a model")
         raise OSError("disk full")
 
     monkeypatch.setattr(checkpoint.torch, "save", save_then_fail)
@@ -175,6 +176,14 @@ def test_failed_save_leaves_the_previous_file_and_no_temp_files(
         save_model(saved, model, tokenizer)
     assert sorted(p.name for p in saved.parent.iterdir()) == ["model.pt"]
     assert saved.read_bytes() == before
+
+
+def test_the_same_weights_give_a_byte_identical_file(
+    tmp_path: Path, model: GPT, tokenizer: CharTokenizer
+) -> None:
+    save_model(tmp_path / "a.pt", model, tokenizer, meta={"steps": 3})
+    save_model(tmp_path / "b" / "model.pt", model, tokenizer, meta={"steps": 3})
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b" / "model.pt").read_bytes()
 
 
 def test_save_unwraps_a_compiled_model(tmp_path: Path, model: GPT, tokenizer: CharTokenizer) -> None:
