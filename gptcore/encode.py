@@ -9,7 +9,7 @@ cut from the stream by text length alone, each is encoded by one worker process,
 come back in stream order, so the concatenated ids are the same for any number of workers (1 runs
 in this process, without a pool).
 
-Memory stays flat on any corpus: at most `2 * workers` blocks of about BLOCK_CHARS characters are in
+Memory stays flat on any corpus: at most `workers` blocks of about BLOCK_CHARS characters are in
 flight, and a document longer than PIECE_CHARS (a 200 MB one-line file) is encoded in pieces. A piece
 ends just before a space that sits between two non-space characters: every pre-tokenizer we use
 (GPT-2's regex and its successors, and the char kind) starts a new pre-token at such a space, so the
@@ -22,13 +22,13 @@ module and the tokenizer, not torch.
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures
-import concurrent.futures.process
+import contextlib
+import itertools
 import multiprocessing
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
@@ -74,26 +74,23 @@ def encode_documents(texts: Iterable[str], tokenizer: Tokenizer, workers: int = 
         for block in blocks:
             yield _encode_block(tokenizer, block)
         return
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(
-        workers, mp_context=context, initializer=_start_worker, initargs=(tokenizer.to_dict(),)
-    ) as pool:
-        pending: collections.deque[concurrent.futures.Future[EncodedBlock]] = collections.deque()
-        try:
-            for block in blocks:
-                pending.append(pool.submit(_encode_in_worker, block))
-                if len(pending) >= 2 * workers:
-                    yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
-        except concurrent.futures.process.BrokenProcessPool:
-            raise GptcoreError(
-                "a tokenize worker process died (killed, or out of memory?); "
-                "re-run, or lower tokenize.workers"
-            ) from None
-        finally:
-            for future in pending:  # an error or an early stop: drop the queued work
-                future.cancel()
+    with _Workers(workers, tokenizer.to_dict()) as pool:
+        # block k goes to worker k % n, one block per worker at a time: results come back in order,
+        # and a worker is only ever sent a block once it has handed back the previous one, so
+        # neither side can block writing to a pipe the other is not reading
+        sent = 0
+        for block in itertools.islice(blocks, workers):
+            pool.send(sent % workers, block)
+            sent += 1
+        for k in itertools.count():
+            if k == sent:
+                return
+            result = pool.receive(k % workers)
+            block = next(blocks, None)
+            if block is not None:
+                pool.send(sent % workers, block)
+                sent += 1
+            yield result
 
 
 def piece_ends(text: str, limit: int = PIECE_CHARS) -> list[int]:
@@ -156,17 +153,80 @@ def _encode_block(tokenizer: Tokenizer, block: Block) -> EncodedBlock:
     )
 
 
-_worker_tokenizer: Tokenizer | None = None
+class _Workers:
+    """Encoding processes, each behind its own pipe. A worker that dies (killed, out of memory) is
+    noticed at the next send or receive and stops the run with an error: never a hang."""
+
+    def __init__(self, n: int, description: dict[str, Any]) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.processes: list[multiprocessing.process.BaseProcess] = []
+        self.pipes: list[Connection] = []
+        for _ in range(n):
+            ours, theirs = context.Pipe(duplex=True)
+            process = context.Process(target=_worker_main, args=(theirs, description), daemon=True)
+            process.start()
+            theirs.close()  # only the worker holds its end: if it dies, our reads and writes fail
+            self.processes.append(process)
+            self.pipes.append(ours)
+
+    def __enter__(self) -> _Workers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for pipe in self.pipes:
+            with contextlib.suppress(OSError):
+                pipe.send(None)  # asks the worker to stop
+            pipe.close()
+        for process in self.processes:
+            process.join(timeout=5)
+            if process.is_alive():  # still busy with a block nobody wants any more
+                process.kill()
+                process.join()
+
+    def send(self, i: int, block: Block) -> None:
+        try:
+            self.pipes[i].send(block)
+        except OSError:  # BrokenPipeError, ConnectionResetError: the worker is gone
+            raise self._died(i) from None
+
+    def receive(self, i: int) -> EncodedBlock:
+        pipe, process = self.pipes[i], self.processes[i]
+        wait([pipe, process.sentinel])  # whichever comes first: a result, or the worker's end
+        try:
+            status, value = pipe.recv() if pipe.poll() else (None, None)
+        except (EOFError, OSError):
+            status, value = None, None
+        if status == "ok":
+            return value
+        if status == "error":
+            raise value
+        raise self._died(i)
+
+    def _died(self, i: int) -> GptcoreError:
+        code = self.processes[i].exitcode
+        return GptcoreError(
+            f"a tokenize worker process died (exit code {code}: killed, or out of memory?); "
+            "re-run, or lower tokenize.workers"
+        )
 
 
-def _start_worker(description: dict[str, Any]) -> None:
-    global _worker_tokenizer
-    _worker_tokenizer = tokenizer_from_dict(description)
-
-
-def _encode_in_worker(block: Block) -> EncodedBlock:
-    assert _worker_tokenizer is not None, "worker started without a tokenizer"
-    return _encode_block(_worker_tokenizer, block)
+def _worker_main(pipe: Connection, description: dict[str, Any]) -> None:
+    tokenizer = tokenizer_from_dict(description)
+    while True:
+        try:
+            block = pipe.recv()
+        except EOFError:  # the parent is gone
+            return
+        if block is None:
+            return
+        try:
+            result: tuple[str, Any] = ("ok", _encode_block(tokenizer, block))
+        except Exception as exc:  # handed to the parent, which raises it
+            result = ("error", exc)
+        try:
+            pipe.send(result)
+        except OSError:  # the parent stopped listening (it failed, or stopped early)
+            return
 
 
 def tokenize_to_file(
