@@ -22,11 +22,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import heapq
+import os
+import tempfile
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 import regex
 import tiktoken
@@ -263,3 +267,67 @@ def make_encoding(
             f"special token ids {special_tokens} must be distinct and >= {len(ranks)} (the number of ranks)"
         )
     return tiktoken.Encoding(name=name, pat_str=pattern, mergeable_ranks=ranks, special_tokens=special_tokens)
+
+
+# -- pretrained tiktoken encodings, read offline
+
+
+def pretrained_spec(name: str) -> dict[str, Any]:
+    """What tiktoken knows of a pretrained encoding, without fetching its ranks.
+
+    Returns tiktoken's constructor fields (`pat_str`, `special_tokens`, ...) plus `blobpath`, the
+    address tiktoken would download the rank file from, and `expected_hash`, its sha256. The
+    constructor is run with tiktoken's loader swapped for one that only notes what it was asked.
+    """
+    import tiktoken_ext.openai_public as public
+
+    constructors = public.ENCODING_CONSTRUCTORS
+    if name not in constructors:
+        raise DataError(
+            f"vocab.encoding = {name!r} is not a tiktoken encoding (known: {', '.join(constructors)})"
+        )
+    asked: dict[str, Any] = {}
+
+    def note(blobpath: str, expected_hash: str | None = None) -> dict[bytes, int]:
+        asked.update(blobpath=blobpath, expected_hash=expected_hash)
+        return {}
+
+    original = public.load_tiktoken_bpe
+    public.load_tiktoken_bpe = note
+    try:
+        spec = constructors[name]()
+    finally:
+        public.load_tiktoken_bpe = original
+    if not asked:  # gpt2 reads two files of another format; r50k_base holds the same vocabulary
+        raise DataError(
+            f"vocab.encoding = {name!r} has no single rank file; use r50k_base for GPT-2's vocabulary"
+        )
+    return {**spec, **asked}
+
+
+def tiktoken_cache_path(blobpath: str) -> Path:
+    """Where tiktoken caches the file at `blobpath` (its own rule: the sha1 of the address)."""
+    folder = os.environ.get("TIKTOKEN_CACHE_DIR") or os.environ.get("DATA_GYM_CACHE_DIR")
+    folder = folder or os.path.join(tempfile.gettempdir(), "data-gym-cache")
+    return Path(folder) / hashlib.sha1(blobpath.encode()).hexdigest()
+
+
+def read_pretrained_ranks(spec: dict[str, Any], file: str | Path | None) -> dict[bytes, int]:
+    """The ranks of a pretrained encoding from `file` (vocab.file) or tiktoken's cache, checked
+    against the encoding's sha256. Never downloads; a missing file says what to fetch and where."""
+    cache = tiktoken_cache_path(spec["blobpath"])
+    path = Path(file).expanduser() if file else cache
+    if not path.is_file():
+        where = f"vocab.file ({path})" if file else f"tiktoken's cache ({path})"
+        raise DataError(
+            f"vocab.encoding {spec['name']}: no rank file in {where}. On a machine with internet, "
+            f"download {spec['blobpath']} and set vocab.file to its path, or copy it to {cache}"
+        )
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    expected = spec.get("expected_hash")
+    if expected and digest != expected:
+        raise DataError(
+            f"{path}: sha256 {digest} is not that of {spec['name']}'s rank file ({expected}): "
+            "a different or damaged file"
+        )
+    return read_ranks(path)

@@ -65,10 +65,14 @@ class DataParams:
 class VocabParams:
     kind: str
     size: int
+    encoding: str
+    file: str | None
 
     def check(self) -> None:
-        if self.kind not in ("char", "bpe"):
-            _fail("vocab.kind", self.kind, "allowed: char, bpe")
+        if self.kind not in ("char", "bpe", "tiktoken"):
+            _fail("vocab.kind", self.kind, "allowed: char, bpe, tiktoken")
+        if not self.encoding.strip():
+            _fail("vocab.encoding", self.encoding, "name a tiktoken encoding, e.g. r50k_base (GPT-2)")
         if self.size < 257:
             _fail("vocab.size", self.size, "must be >= 257 (256 byte tokens and <|endoftext|>)")
         if self.size > 2**32:

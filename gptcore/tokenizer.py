@@ -216,23 +216,31 @@ class BpeTokenizer(Tokenizer):
 
     Ids 0..255 are the single bytes, then the learned tokens in merge order, then <|endoftext|>.
     Every string encodes (any text is bytes), and `decode(encode(s)) == s` for any string without
-    lone surrogates. The ranks live in tiktoken's format in `data/vocab/bpe.tiktoken`; `to_dict()`
-    inlines them (base64, by rank) so a model file carries its whole vocabulary.
+    lone surrogates. The ranks live in tiktoken's format beside tokenizer.json (`bpe.tiktoken`);
+    `to_dict()` inlines them (base64, by rank) so a model file carries its whole vocabulary.
     """
 
     kind = "bpe"
-    RANKS_FILE = "bpe.tiktoken"
 
-    def __init__(self, ranks: dict[bytes, int], pattern: str = bpe.GPT2_PATTERN) -> None:
+    def __init__(
+        self,
+        ranks: dict[bytes, int],
+        pattern: str = bpe.GPT2_PATTERN,
+        special_tokens: dict[str, int] | None = None,
+    ) -> None:
         self.ranks = ranks
         self.pattern = pattern
-        self._eot_id = len(ranks)
+        self.special_tokens = dict(special_tokens) if special_tokens is not None else {EOT: len(ranks)}
+        if EOT not in self.special_tokens:
+            raise DataError(f"{self.kind} tokenizer: no {EOT} among the special tokens {self.special_tokens}")
+        self._eot_id = self.special_tokens[EOT]
+        self._vocab_size = max(len(ranks), max(self.special_tokens.values()) + 1)
         try:
             self.encoding = bpe.make_encoding(
-                f"gptcore-bpe-{len(ranks)}", ranks, {EOT: self._eot_id}, pattern
+                f"gptcore-{self.kind}-{len(ranks)}", ranks, self.special_tokens, pattern
             )
-        except ValueError as exc:  # a regex tiktoken cannot compile, say
-            raise DataError(f"bpe tokenizer: {exc}") from None
+        except ValueError as exc:  # colliding special ids, a regex tiktoken cannot compile
+            raise DataError(f"{self.kind} tokenizer: {exc}") from None
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int) -> BpeTokenizer:
@@ -243,8 +251,12 @@ class BpeTokenizer(Tokenizer):
         return cls(bpe.train_bpe(counts, vocab_size, n_special=1))
 
     @property
+    def ranks_file(self) -> str:
+        return "bpe.tiktoken"
+
+    @property
     def vocab_size(self) -> int:
-        return len(self.ranks) + 1
+        return self._vocab_size
 
     @property
     def eot_id(self) -> int:
@@ -261,6 +273,9 @@ class BpeTokenizer(Tokenizer):
         if ids and not (min(ids) >= 0 and max(ids) < self.vocab_size):
             bad = next(i for i in ids if not 0 <= i < self.vocab_size)
             raise ValueError(f"token id {bad} is outside the vocabulary (0..{self.vocab_size - 1})")
+        if self._vocab_size > len(self.ranks) + len(self.special_tokens):  # ids no token owns (cl100k)
+            owned = set(self.special_tokens.values())
+            ids = [i for i in ids if i < len(self.ranks) or i in owned]
         # a cut inside a multi-byte character (a sampled prefix) shows as U+FFFD, never an error
         return self.encoding.decode(ids, errors="replace")
 
@@ -270,58 +285,111 @@ class BpeTokenizer(Tokenizer):
             "kind": self.kind,
             "vocab_size": self.vocab_size,
             "eot_id": self.eot_id,
-            "special_tokens": {EOT: self.eot_id},
+            "special_tokens": dict(sorted(self.special_tokens.items(), key=lambda kv: kv[1])),
             "pattern": self.pattern,
             "ranks": [base64.b64encode(token).decode("ascii") for token in tokens],
         }
 
     @classmethod
+    def _fields(cls, d: dict[str, Any]) -> tuple[str, dict[str, int]]:
+        pattern, specials = d.get("pattern"), d.get("special_tokens")
+        if not isinstance(pattern, str):
+            raise DataError(f"{cls.kind} tokenizer: 'pattern' must be a regex string")
+        if not isinstance(specials, dict) or not all(
+            isinstance(k, str) and isinstance(v, int) for k, v in specials.items()
+        ):
+            raise DataError(f"{cls.kind} tokenizer: 'special_tokens' must map names to ids")
+        return pattern, specials
+
+    @classmethod
+    def _build(cls, d: dict[str, Any], ranks: dict[bytes, int]) -> BpeTokenizer:
+        pattern, specials = cls._fields(d)
+        return cls(ranks, pattern, specials)
+
+    @classmethod
     def from_dict(cls, d: dict[str, Any]) -> BpeTokenizer:
-        encoded, pattern = d.get("ranks"), d.get("pattern")
-        if not isinstance(encoded, list) or not isinstance(pattern, str):
-            raise DataError("bpe tokenizer: 'ranks' must be a list of base64 tokens and 'pattern' a string")
+        encoded = d.get("ranks")
+        if not isinstance(encoded, list):
+            raise DataError(f"{cls.kind} tokenizer: 'ranks' must be a list of base64 tokens")
         try:
             ranks = {base64.b64decode(token, validate=True): rank for rank, token in enumerate(encoded)}
         except (binascii.Error, TypeError, ValueError):
-            raise DataError("bpe tokenizer: 'ranks' holds a token that is not base64") from None
+            raise DataError(f"{cls.kind} tokenizer: 'ranks' holds a token that is not base64") from None
         if len(ranks) != len(encoded):
-            raise DataError("bpe tokenizer: 'ranks' repeats a token")
-        return cls._checked(cls(ranks, pattern), d)
+            raise DataError(f"{cls.kind} tokenizer: 'ranks' repeats a token")
+        return cls._checked(cls._build(d, ranks), d)
 
     @classmethod
     def _checked(cls, tokenizer: BpeTokenizer, d: dict[str, Any]) -> BpeTokenizer:
         expected = tokenizer.to_dict()
-        for key in ("vocab_size", "eot_id", "special_tokens"):
+        for key in ("vocab_size", "eot_id"):
             if d.get(key) != expected[key]:
                 raise DataError(
-                    f"bpe tokenizer: {key} = {d.get(key)!r}, but the ranks give {expected[key]!r}"
+                    f"{cls.kind} tokenizer: {key} = {d.get(key)!r}, but the ranks give {expected[key]!r}"
                 )
         return tokenizer
 
     def save(self, folder: Path | str) -> None:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        bpe.write_ranks(folder / self.RANKS_FILE, self.ranks)
+        bpe.write_ranks(folder / self.ranks_file, self.ranks)
         meta = {k: v for k, v in self.to_dict().items() if k != "ranks"}
         meta = {
             "format_version": FORMAT_VERSION,
             **meta,
-            "ranks_file": self.RANKS_FILE,
+            "ranks_file": self.ranks_file,
             "identity": self.identity,
         }
         write_text(folder / METADATA_FILE, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
 
     @classmethod
     def _load_folder(cls, folder: Path, meta: dict[str, Any]) -> BpeTokenizer:
-        name, pattern = meta.get("ranks_file"), meta.get("pattern")
-        if not isinstance(name, str) or "/" in name or "\\" in name or not isinstance(pattern, str):
-            raise DataError(
-                "bpe tokenizer: 'ranks_file' must name a file in the vocab folder, 'pattern' a regex"
-            )
-        return cls._checked(cls(bpe.read_ranks(folder / name), pattern), meta)
+        name = meta.get("ranks_file")
+        if not isinstance(name, str) or "/" in name or "\\" in name:
+            raise DataError(f"{cls.kind} tokenizer: 'ranks_file' must name a file in the vocab folder")
+        return cls._checked(cls._build(meta, bpe.read_ranks(folder / name)), meta)
 
 
-KINDS: dict[str, type[Tokenizer]] = {"char": CharTokenizer, "bpe": BpeTokenizer}
+class TiktokenTokenizer(BpeTokenizer):
+    """A pretrained tiktoken encoding (`r50k_base` is GPT-2's vocabulary; `cl100k_base`,
+    `o200k_base`), read from a rank file on disk: `vocab.file`, or tiktoken's own cache. Nothing is
+    downloaded; a missing file is an error that says which file to get and where to put it."""
+
+    kind = "tiktoken"
+
+    def __init__(
+        self, name: str, ranks: dict[bytes, int], pattern: str, special_tokens: dict[str, int]
+    ) -> None:
+        self.name = name
+        super().__init__(ranks, pattern, special_tokens)
+
+    @classmethod
+    def pretrained(cls, name: str, file: str | None) -> TiktokenTokenizer:
+        spec = bpe.pretrained_spec(name)
+        ranks = bpe.read_pretrained_ranks(spec, file)
+        return cls(name, ranks, spec["pat_str"], spec["special_tokens"])
+
+    @property
+    def ranks_file(self) -> str:
+        return f"{self.name}.tiktoken"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "encoding": self.name}
+
+    @classmethod
+    def _build(cls, d: dict[str, Any], ranks: dict[bytes, int]) -> TiktokenTokenizer:
+        pattern, specials = cls._fields(d)
+        name = d.get("encoding")
+        if not isinstance(name, str) or not name:
+            raise DataError("tiktoken tokenizer: 'encoding' must name the encoding (e.g. r50k_base)")
+        return cls(name, ranks, pattern, specials)
+
+
+KINDS: dict[str, type[Tokenizer]] = {
+    "char": CharTokenizer,
+    "bpe": BpeTokenizer,
+    "tiktoken": TiktokenTokenizer,
+}
 
 
 def _kind_class(d: Any) -> type[Tokenizer]:
@@ -377,4 +445,6 @@ def train_tokenizer(params: VocabParams, texts: Iterable[str]) -> Tokenizer:
         return CharTokenizer.train(texts)
     if params.kind == "bpe":
         return BpeTokenizer.train(texts, params.size)
+    if params.kind == "tiktoken":
+        return TiktokenTokenizer.pretrained(params.encoding, params.file)
     raise GptcoreError(f"vocab.kind = {params.kind!r} is not implemented (known: {', '.join(KINDS)})")

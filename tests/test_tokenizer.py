@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,7 @@ from gptcore.tokenizer import (
     METADATA_FILE,
     BpeTokenizer,
     CharTokenizer,
+    TiktokenTokenizer,
     load_tokenizer,
     tokenizer_from_dict,
     train_tokenizer,
@@ -113,9 +116,14 @@ def test_identity_depends_only_on_the_vocabulary(tok: CharTokenizer) -> None:
 
 
 def test_train_tokenizer_follows_params_kind(tok: CharTokenizer) -> None:
-    built = train_tokenizer(VocabParams(kind="char", size=4096), iter([TEXT, "All:\nSpeak, speak.\n"]))
+    built = train_tokenizer(
+        VocabParams(kind="char", size=4096, encoding="r50k_base", file=None),
+        iter([TEXT, "All:\nSpeak, speak.\n"]),
+    )
     assert built.identity == tok.identity
-    bpe = train_tokenizer(VocabParams(kind="bpe", size=300), iter([TEXT] * 3))
+    bpe = train_tokenizer(
+        VocabParams(kind="bpe", size=300, encoding="r50k_base", file=None), iter([TEXT] * 3)
+    )
     assert isinstance(bpe, BpeTokenizer) and bpe.vocab_size == 300
 
 
@@ -252,3 +260,110 @@ def test_missing_or_corrupt_tokenizer_json_is_a_clear_error(tmp_path: Path) -> N
 def test_bpe_stops_short_of_its_size_when_every_pre_token_is_one_token() -> None:
     small = BpeTokenizer.train(["ab ab ab"], 4096)
     assert small.vocab_size < 4096 and small.encode("ab ab") == [256, 257]  # "ab", " ab"
+
+
+# -- tiktoken: pretrained encodings, read offline
+
+
+def write_tiny_encoding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gap: bool = False) -> Path:
+    """A small rank file standing in for a pretrained encoding named tiny_base (no network)."""
+    from gptcore import bpe
+
+    ranks = bpe.train_bpe(bpe.count_pretokens([BPE_TEXT]), 300, n_special=1)
+    path = tmp_path / "tiny_base.tiktoken"
+    bpe.write_ranks(path, ranks)
+    specials = {EOT: len(ranks)} if not gap else {EOT: len(ranks), "<|fim_prefix|>": len(ranks) + 5}
+    spec = {
+        "name": "tiny_base",
+        "pat_str": bpe.GPT2_PATTERN,
+        "special_tokens": specials,
+        "blobpath": "test://encodings/tiny_base.tiktoken",
+        "expected_hash": hashlib.sha256(path.read_bytes()).hexdigest(),
+    }
+    real = bpe.pretrained_spec
+    monkeypatch.setattr(
+        bpe, "pretrained_spec", lambda name: dict(spec) if name == "tiny_base" else real(name)
+    )
+    return path
+
+
+def tiktoken_params(file: Path | str | None, encoding: str = "tiny_base") -> VocabParams:
+    return VocabParams(
+        kind="tiktoken", size=4096, encoding=encoding, file=None if file is None else str(file)
+    )
+
+
+def test_gpt2s_encoding_is_described_without_fetching_it() -> None:
+    from gptcore import bpe
+
+    spec = bpe.pretrained_spec("r50k_base")
+    assert spec["special_tokens"] == {EOT: 50256}
+    assert spec["blobpath"].endswith("r50k_base.tiktoken") and len(spec["expected_hash"]) == 64
+    assert (
+        bpe.tiktoken_cache_path(spec["blobpath"]).name == hashlib.sha1(spec["blobpath"].encode()).hexdigest()
+    )
+
+
+def test_an_unknown_encoding_is_refused_naming_the_known_ones() -> None:
+    with pytest.raises(DataError, match=r"r50k_base.*cl100k_base"):
+        train_tokenizer(tiktoken_params(None, encoding="gpt5_base"), iter([]))
+
+
+def test_tiktoken_kind_reads_vocab_file_and_round_trips(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_tiny_encoding(tmp_path, monkeypatch)
+    tok = train_tokenizer(tiktoken_params(path), iter([]))
+    assert isinstance(tok, TiktokenTokenizer) and tok.vocab_size == 300 and tok.eot_id == 299
+    text = "The king, the queen \U0001f642 <|endoftext|>"
+    assert tok.eot_id not in tok.encode(text) and tok.decode(tok.encode(text)) == text
+    tok.save(tmp_path / "vocab")
+    assert (tmp_path / "vocab" / "tiny_base.tiktoken").read_bytes() == path.read_bytes()
+    again = load_tokenizer(tmp_path / "vocab")
+    assert isinstance(again, TiktokenTokenizer) and again.identity == tok.identity
+    assert tokenizer_from_dict(json.loads(json.dumps(tok.to_dict()))).identity == tok.identity
+
+
+def test_tiktoken_kind_reads_tiktokens_cache_when_no_file_is_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gptcore import bpe
+
+    path = write_tiny_encoding(tmp_path, monkeypatch)
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "cache"))
+    cached = bpe.tiktoken_cache_path("test://encodings/tiny_base.tiktoken")
+    cached.parent.mkdir()
+    shutil.copy(path, cached)
+    assert train_tokenizer(tiktoken_params(None), iter([])).vocab_size == 300
+
+
+def test_a_missing_rank_file_says_what_to_download_and_where(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_tiny_encoding(tmp_path, monkeypatch)
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "empty-cache"))
+    with pytest.raises(DataError) as info:
+        train_tokenizer(tiktoken_params(None), iter([]))
+    message = str(info.value)
+    assert "test://encodings/tiny_base.tiktoken" in message and "vocab.file" in message
+    assert str(tmp_path / "empty-cache") in message
+    with pytest.raises(DataError, match="no rank file in vocab.file"):
+        train_tokenizer(tiktoken_params(tmp_path / "nowhere.tiktoken"), iter([]))
+
+
+def test_a_rank_file_of_another_encoding_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_tiny_encoding(tmp_path, monkeypatch)
+    other = tmp_path / "other.tiktoken"
+    lines = path.read_text().splitlines()
+    other.write_text("\n".join(lines[:-1]) + "\n")  # one token fewer
+    with pytest.raises(DataError, match="is not that of tiny_base's rank file"):
+        train_tokenizer(tiktoken_params(other), iter([]))
+
+
+def test_ids_between_ranks_and_specials_decode_to_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_tiny_encoding(tmp_path, monkeypatch, gap=True)  # like cl100k_base: unused ids
+    tok = train_tokenizer(tiktoken_params(path), iter([]))
+    assert tok.vocab_size == 305 and tok.eot_id == 299
+    assert tok.decode([*tok.encode("ab"), 301, tok.eot_id]) == "ab<|endoftext|>"
