@@ -64,7 +64,7 @@ class DataParams:
 @dataclass(frozen=True)
 class VocabParams:
     kind: str
-    size: int
+    vocab_size: int
     encoding: str
     file: str | None
 
@@ -73,10 +73,10 @@ class VocabParams:
             _fail("vocab.kind", self.kind, "allowed: char, bpe, tiktoken")
         if not self.encoding.strip():
             _fail("vocab.encoding", self.encoding, "name a tiktoken encoding, e.g. r50k_base (GPT-2)")
-        if self.size < 257:
-            _fail("vocab.size", self.size, "must be >= 257 (256 byte tokens and <|endoftext|>)")
-        if self.size > 2**32:
-            _fail("vocab.size", self.size, "must be <= 2**32")
+        if self.vocab_size < 257:
+            _fail("vocab.vocab_size", self.vocab_size, "must be >= 257 (256 byte tokens and <|endoftext|>)")
+        if self.vocab_size > 2**32:
+            _fail("vocab.vocab_size", self.vocab_size, "must be <= 2**32")
 
 
 @dataclass(frozen=True)

@@ -444,7 +444,7 @@ def train_tokenizer(params: VocabParams, texts: Iterable[str]) -> Tokenizer:
     if params.kind == "char":
         return CharTokenizer.train(texts)
     if params.kind == "bpe":
-        return BpeTokenizer.train(texts, params.size)
+        return BpeTokenizer.train(texts, params.vocab_size)
     if params.kind == "tiktoken":
         return TiktokenTokenizer.pretrained(params.encoding, params.file)
     raise GptcoreError(f"vocab.kind = {params.kind!r} is not implemented (known: {', '.join(KINDS)})")

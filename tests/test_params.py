@@ -283,3 +283,15 @@ def test_params_file_whose_top_level_is_not_a_mapping_is_a_params_error(tmp_path
 def test_non_finite_rates_are_refused(tmp_path: Path, section: str, key: str, value: float) -> None:
     message = refused(tmp_path, section, **{key: value})
     assert f"{section}.{key}" in message
+
+
+def test_no_param_is_named_size_or_nfiles() -> None:
+    # DVC's run-cache key leaves out every key named `size` or `nfiles` (file metadata, to DVC), so
+    # a param of that name could change and the stage still be "restored" from an older run's outputs
+    # (dvc 3.67: `vocab.size: 4096` restored the vocabulary of `vocab.size: 1024`)
+    def keys(node: object) -> list[str]:
+        if isinstance(node, dict):
+            return [k for k, v in node.items() for k in [k, *keys(v)]]
+        return []
+
+    assert not {"size", "nfiles"} & set(keys(RAW))

@@ -117,12 +117,12 @@ def test_identity_depends_only_on_the_vocabulary(tok: CharTokenizer) -> None:
 
 def test_train_tokenizer_follows_params_kind(tok: CharTokenizer) -> None:
     built = train_tokenizer(
-        VocabParams(kind="char", size=4096, encoding="r50k_base", file=None),
+        VocabParams(kind="char", vocab_size=4096, encoding="r50k_base", file=None),
         iter([TEXT, "All:\nSpeak, speak.\n"]),
     )
     assert built.identity == tok.identity
     bpe = train_tokenizer(
-        VocabParams(kind="bpe", size=300, encoding="r50k_base", file=None), iter([TEXT] * 3)
+        VocabParams(kind="bpe", vocab_size=300, encoding="r50k_base", file=None), iter([TEXT] * 3)
     )
     assert isinstance(bpe, BpeTokenizer) and bpe.vocab_size == 300
 
@@ -289,7 +289,7 @@ def write_tiny_encoding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gap: bo
 
 def tiktoken_params(file: Path | str | None, encoding: str = "tiny_base") -> VocabParams:
     return VocabParams(
-        kind="tiktoken", size=4096, encoding=encoding, file=None if file is None else str(file)
+        kind="tiktoken", vocab_size=4096, encoding=encoding, file=None if file is None else str(file)
     )
 
 
