@@ -27,6 +27,7 @@ def workspace(tmp_path: Path, **data: object) -> Path:
     params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
     params["data"].update(data)
     params["tokenize"]["workers"] = 2
+    params["vocab"]["kind"] = "char"  # one token per character: counts below are exact
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
     (tmp_path / "data" / "raw").mkdir(parents=True)
     return tmp_path

@@ -12,6 +12,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from gptcore.encode import tokenize_to_file
 from gptcore.errors import DataError
@@ -242,7 +243,9 @@ def test_build_vocab_and_tokenize_stages_write_their_outputs(
     monkeypatch.syspath_prepend(str(REPO))  # stages/ is run as `python -m` from the repo root, not installed
     from stages import build_vocab, tokenize
 
-    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    params["vocab"]["kind"] = "char"  # the counts below are of characters
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
     train = [Document(f"doc{i}", f"Speak, speak {i}!\n" * (i + 1)) for i in range(20)]
     val = [Document("v", "Speak ¿unknown?\n")]
     write_split_file(tmp_path / "data/split/train.jsonl.zst", train)
