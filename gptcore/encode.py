@@ -53,7 +53,6 @@ class EncodedBlock:
     ids: np.ndarray  # 1-D uint32 (every vocabulary we write fits; half the bytes of int64 to ship)
     documents: int  # documents that end in this block (one eot each)
     source_bytes: int  # UTF-8 bytes of the text encoded in this block
-    characters: int  # characters of the text encoded in this block
 
 
 def default_workers() -> int:
@@ -149,7 +148,6 @@ def _encode_block(tokenizer: Tokenizer, block: Block) -> EncodedBlock:
         ids=np.concatenate(parts) if parts else np.empty(0, dtype=np.uint32),
         documents=documents,
         source_bytes=sum(len(t.encode("utf-8", "surrogatepass")) for t in texts),
-        characters=sum(len(t) for t in texts),
     )
 
 
