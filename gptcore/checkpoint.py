@@ -1,11 +1,19 @@
-"""The model file: weights, model config and tokenizer in one dict, saved and loaded safely.
+"""Files of tensors we write and read back: the model file and the training checkpoint.
 
-`models/model.pt` holds plain containers and tensors only, so it loads with
-`torch.load(..., weights_only=True)`: a file from elsewhere is data, never code.
+Both hold plain containers and tensors only, so they load with `torch.load(..., weights_only=True)`:
+a file from elsewhere is data, never code. Each carries a format marker, a version and a sha256 of
+its own contents, so a file that is not ours, or was altered after we wrote it, is refused with an
+error naming it instead of being half-used.
+
+- `models/model.pt`: weights, model config and tokenizer, what evaluate, sample and chat need.
+- `models/checkpoint.pt`: everything `gptcore.train` needs to continue a run exactly where it
+  stopped (weights, optimizer, step, RNG states, logged history); see `gptcore.train`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +25,75 @@ from gptcore.model import GPT, GPTConfig
 from gptcore.tokenizer import Tokenizer, tokenizer_from_dict
 
 MODEL_FORMAT = "gptcore.model"
-MODEL_VERSION = 1
+MODEL_VERSION = 2  # 2: a sha256 of the contents
+CHECKPOINT_FORMAT = "gptcore.checkpoint"
+CHECKPOINT_VERSION = 1
+DIGEST_KEY = "sha256"
+
+
+def contents_sha256(payload: dict[str, Any]) -> str:
+    """sha256 over every key and value of `payload` but its own digest, tensors by dtype, shape
+    and bytes. Independent of how torch lays the file out, so it checks what is loaded."""
+    digest = hashlib.sha256()
+    _feed(digest, {k: v for k, v in payload.items() if k != DIGEST_KEY})
+    return digest.hexdigest()
+
+
+def _feed(digest: Any, value: Any) -> None:
+    if isinstance(value, torch.Tensor):
+        flat = value.detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"T{value.dtype}{tuple(value.shape)};".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+    elif isinstance(value, dict):
+        digest.update(f"D{len(value)};".encode())
+        for key in sorted(value, key=lambda k: (type(k).__name__, k)):
+            _feed(digest, key)
+            _feed(digest, value[key])
+    elif isinstance(value, (list, tuple)):
+        digest.update(f"L{len(value)};".encode())
+        for item in value:
+            _feed(digest, item)
+    elif value is None or isinstance(value, (bool, int, float, str)):
+        digest.update(f"{type(value).__name__}:{value!r};".encode())
+    else:
+        raise TypeError(f"cannot digest a {type(value).__name__}: only containers, scalars and tensors")
+
+
+def _save(path: Path | str, payload: dict[str, Any], sync: bool = False) -> None:
+    """Write `payload` with its digest, atomically; `sync` also flushes it to disk before the rename."""
+    payload = {**payload, DIGEST_KEY: contents_sha256(payload)}
+    # saved through a file object: given a path, torch names the zip's records after the file, and
+    # the temporary name would make every save of the same weights a different file
+    with atomic_file(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(payload, fh)
+        if sync:
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def _load(path: Path, fmt: str, version: int, what: str, missing_hint: str) -> dict[str, Any]:
+    """Load one of our files safely and check its marker, version and digest."""
+    if not path.is_file():
+        raise DataError(f"{path} not found: {missing_hint}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle, zip and unpickler errors all mean "not a file of ours"
+        raise DataError(f"{path} is not a gptcore {what}: {exc}") from None
+    if not isinstance(payload, dict) or payload.get("format") != fmt:
+        raise DataError(f"{path} is not a gptcore {what} (no '{fmt}' marker)")
+    if payload.get("version") != version:
+        raise DataError(
+            f"{path} has {what} format version {payload.get('version')}, this gptcore reads {version}"
+        )
+    try:
+        actual = contents_sha256(payload)
+    except TypeError as exc:
+        raise DataError(f"{path} is not a gptcore {what}: {exc}") from None
+    if payload.get(DIGEST_KEY) != actual:
+        raise DataError(
+            f"{path} was altered or damaged after it was written: its contents do not match its sha256"
+        )
+    return payload
 
 
 def save_model(
@@ -35,27 +111,15 @@ def save_model(
         "tokenizer": tokenizer.to_dict(),
         "meta": meta or {},
     }
-    # saved through a file object: given a path, torch names the zip's records after the file, and
-    # the temporary name would make every save of the same weights a different file
-    with atomic_file(path) as tmp, open(tmp, "wb") as fh:
-        torch.save(payload, fh)
+    _save(path, payload)
 
 
 def read_model_file(path: Path | str) -> dict[str, Any]:
     """Load and check the model file's payload without building the model."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path} not found: run the train stage first (dvc repro train)")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle, zip and unpickler errors all mean "not a model file of ours"
-        raise DataError(f"{path} is not a gptcore model file: {exc}") from None
-    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
-        raise DataError(f"{path} is not a gptcore model file (no '{MODEL_FORMAT}' marker)")
-    if payload.get("version") != MODEL_VERSION:
-        raise DataError(
-            f"{path} has model format version {payload.get('version')}, this gptcore reads {MODEL_VERSION}"
-        )
+    payload = _load(
+        path, MODEL_FORMAT, MODEL_VERSION, "model file", "run the train stage first (dvc repro train)"
+    )
     for key in ("config", "state_dict", "tokenizer"):
         if not isinstance(payload.get(key), dict):
             raise DataError(f"{path} is missing '{key}' or it is not a mapping")
@@ -82,3 +146,15 @@ def load_model(path: Path | str, device: torch.device | str = "cpu") -> tuple[GP
             f"{path}: tokenizer has {tokenizer.vocab_size} tokens but the model expects {config.vocab_size}"
         )
     return model.to(device).eval(), tokenizer, payload.get("meta", {})
+
+
+def save_checkpoint(path: Path | str, state: dict[str, Any]) -> None:
+    """Write a training checkpoint atomically and durably: a kill at any moment leaves the
+    previous checkpoint or this one, whole."""
+    _save(path, {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}, sync=True)
+
+
+def load_checkpoint(path: Path | str) -> dict[str, Any]:
+    """Load and check a training checkpoint; what is in it is `gptcore.train`'s business."""
+    path = Path(path)
+    return _load(path, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, "checkpoint", "nothing to resume")

@@ -23,7 +23,7 @@ from gptcore.generate import stream_completion
 from gptcore.model import GPT, GPTConfig, flops_per_token
 from gptcore.params import SampleParams, TrainParams, load_section
 from gptcore.tokenizer import Tokenizer, load_tokenizer
-from gptcore.train import resolve_device
+from gptcore.train import model_config, resolve_device
 
 DEFAULT_MODEL = Path("models/model.pt")
 DEFAULT_PARAMS = Path("params.yaml")
@@ -379,15 +379,7 @@ def cmd_info(args: argparse.Namespace) -> None:
                 f"no model file ({DEFAULT_MODEL} not found) and no {DEFAULT_PARAMS} to size a model from"
             )
         vocab_size, vocab_note = _vocab_from_folder()
-        config = GPTConfig(
-            vocab_size=vocab_size,
-            block_size=train.block_size,
-            n_layer=train.n_layer,
-            n_head=train.n_head,
-            n_embd=train.n_embd,
-            dropout=train.dropout,
-            bias=train.bias,
-        )
+        config = model_config(train, vocab_size)
         # the meta device builds the modules without allocating their weights: exact counts, no memory
         with torch.device("meta"):
             model = GPT(config)

@@ -108,6 +108,7 @@ class TrainParams:
     eval_interval: int
     eval_iters: int
     log_interval: int
+    checkpoint_interval: int
     seed: int
     device: str
     dtype: str
@@ -128,7 +129,7 @@ class TrainParams:
             "log_interval",
         ):
             _positive(f"train.{key}", getattr(self, key))
-        for key in ("warmup_iters", "threads"):
+        for key in ("warmup_iters", "threads", "checkpoint_interval"):
             _non_negative(f"train.{key}", getattr(self, key))
         for key in ("learning_rate", "min_lr", "weight_decay", "grad_clip"):
             _non_negative(f"train.{key}", getattr(self, key))

@@ -13,12 +13,15 @@ open a file of billions of tokens. Attributes on the file root:
     tokens          int   length of `tokens` (document ids plus one eot per document)
     source_bytes    int   UTF-8 bytes of the documents' text; absent when unknown
     tokenizer       str   JSON of the tokenizer identity {kind, vocab_size, sha256}
+    tokens_sha256   str   sha256 of the dataset's raw bytes, so training can tell one token
+                          file from another without reading it (absent in older files)
 
 The same documents give a byte-identical file: no timestamps, a fixed order of writes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
@@ -158,8 +161,11 @@ class TokenWriter:
         with atomic_file(self.path) as tmp, h5py.File(tmp, "w") as f:
             # track_times=False: a creation timestamp would make identical inputs differ
             dset = f.create_dataset(DATASET, shape=(n,), dtype=self.dtype, track_times=False)
+            digest = hashlib.sha256()
             for start in range(0, n, COPY_BLOCK):
-                block = np.frombuffer(raw.read(COPY_BLOCK * self.dtype.itemsize), dtype=self.dtype)
+                data = raw.read(COPY_BLOCK * self.dtype.itemsize)
+                digest.update(data)
+                block = np.frombuffer(data, dtype=self.dtype)
                 dset[start : start + len(block)] = block
             f.attrs["format_version"] = np.int64(FORMAT_VERSION)
             f.attrs["vocab_size"] = np.int64(self.vocab_size)
@@ -169,6 +175,7 @@ class TokenWriter:
             if self._source_bytes is not None:
                 f.attrs["source_bytes"] = np.int64(self._source_bytes)
             f.attrs["tokenizer"] = json.dumps(self.tokenizer_identity, sort_keys=True)
+            f.attrs["tokens_sha256"] = digest.hexdigest()
         self.summary = TokenFileSummary(n, self._documents, self._source_bytes)
 
 
@@ -241,6 +248,7 @@ class TokenStore:
             self.tokenizer: dict[str, Any] = json.loads(attrs["tokenizer"])
         except (TypeError, json.JSONDecodeError):
             raise self._fail(f"attribute 'tokenizer' is not JSON: {attrs['tokenizer']!r}") from None
+        self._sha256: str | None = str(attrs["tokens_sha256"]) if "tokens_sha256" in attrs else None
         if self.tokens != dset.shape[0]:
             raise self._fail(f"attribute tokens = {self.tokens} but the dataset holds {dset.shape[0]}")
         if self.vocab_size > np.iinfo(dset.dtype).max + 1:
@@ -261,6 +269,15 @@ class TokenStore:
 
     def __repr__(self) -> str:
         return f"TokenStore({str(self.path)!r}, tokens={self.tokens}, documents={self.documents})"
+
+    def sha256(self) -> str:
+        """sha256 of the token ids' raw bytes: recorded by the writer, computed for older files."""
+        if self._sha256 is None:
+            digest = hashlib.sha256()
+            for start in range(0, self.tokens, COPY_BLOCK):
+                digest.update(np.ascontiguousarray(self.array[start : start + COPY_BLOCK]).tobytes())
+            self._sha256 = digest.hexdigest()
+        return self._sha256
 
     def check_vocab(self, identity: dict[str, Any]) -> None:
         """Refuse to use these tokens with another vocabulary than the one that made them."""

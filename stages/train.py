@@ -1,22 +1,30 @@
-"""Stage train: train a GPT on data/tokens, log losses with DVCLive, write models/model.pt."""
+"""Stage train: train a GPT on data/tokens, log losses with DVCLive, write models/model.pt.
+
+A killed run resumes: every train.checkpoint_interval steps the loop writes models/checkpoint.pt,
+which is not a DVC output, so DVC never deletes it before the next run (declaring it with
+`persist: true` would turn off DVC's run-cache for this stage). The next run with the same train
+params and token files continues from it, re-logging the evaluations the checkpoint holds, and
+ends exactly as an uninterrupted run would. Once the model file is written the checkpoint is
+deleted: it is only there while a run is unfinished.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from dvclive import Live
-
 from gptcore.checkpoint import save_model
 from gptcore.errors import run_main
 from gptcore.params import load_section
 from gptcore.reports import write_json
 from gptcore.tokenizer import load_tokenizer
 from gptcore.tokens import TokenStore
-from gptcore.train import train
+from gptcore.train import Checkpointing, train
 
 TOKENS_DIR = Path("data/tokens")
 VOCAB_DIR = Path("data/vocab")
 MODEL = Path("models/model.pt")
+CHECKPOINT = Path("models/checkpoint.pt")
 LIVE_DIR = "dvclive"
 REPORT = Path("reports/train.json")
 
@@ -31,32 +39,41 @@ def main() -> None:
     # dvcyaml=False: dvc.yaml is written by hand; DVCLive must not edit it (see README, "Plots")
     with Live(dir=LIVE_DIR, dvcyaml=False, save_dvc_exp=False) as live:
 
-        def log(step: int, train_loss: float, val_loss: float, lr: float) -> None:
+        def log(step: int, metrics: dict[str, float]) -> None:
             live.step = step
-            live.log_metric("train/loss", train_loss)
-            live.log_metric("val/loss", val_loss)
-            live.log_metric("lr", lr)
+            for name, value in metrics.items():
+                live.log_metric(name, value)
             live.make_summary()
 
-        result = train(params, stores["train"], stores["val"], on_eval=log)
+        result = train(
+            params,
+            stores["train"],
+            stores["val"],
+            on_eval=log,
+            checkpointing=Checkpointing(CHECKPOINT, params.checkpoint_interval),
+        )
 
     save_model(
         MODEL, result.model, tokenizer, meta={"steps": result.steps, "tokens_seen": result.tokens_seen}
     )
-    write_json(
-        REPORT,
-        {
-            "steps": result.steps,
-            "tokens_seen": result.tokens_seen,
-            "tokens_per_second": round(result.tokens_per_second, 1),
-            "wall_seconds": round(result.wall_seconds, 1),
-            "parameters": result.model.num_params(non_embedding=False),
-            "flops_per_token": result.flops_per_token,
-            "model_flops_per_second": round(result.flops_per_token * result.tokens_per_second),
-            "final_train_loss": round(result.final_train_loss, 4),
-            "final_val_loss": round(result.final_val_loss, 4),
-        },
-    )
+    report = {
+        "steps": result.steps,
+        "start_step": result.resumed_from or 0,
+        "tokens_seen": result.tokens_seen,
+        "tokens_per_second": round(result.tokens_per_second, 1),
+        "wall_seconds": round(result.wall_seconds, 1),
+        "parameters": result.model.num_params(non_embedding=False),
+        "flops_per_token": result.flops_per_token,
+        "model_flops_per_second": round(result.flops_per_token * result.tokens_per_second),
+        "final_train_loss": round(result.final_train_loss, 4),
+        "final_val_loss": round(result.final_val_loss, 4),
+    }
+    if result.mfu is not None:
+        report["mfu"] = round(result.mfu, 4)
+    if result.peak_memory_bytes is not None:
+        report["peak_memory_gib"] = round(result.peak_memory_bytes / 2**30, 3)
+    write_json(REPORT, report)
+    CHECKPOINT.unlink(missing_ok=True)
     print(
         f"train: {result.steps} steps, {result.tokens_per_second:,.0f} tokens/s, val loss {result.final_val_loss:.4f}"
     )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from gptcore.tokens import TokenStore
+
 
 @pytest.fixture(scope="session", autouse=True)
 def one_torch_thread():
@@ -14,3 +16,15 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory: pytest.TempPathFactory) -> tuple[TokenStore, TokenStore]:
+    """Train and val token stores of counting documents (see test_train), for training tests."""
+    from test_train import counting_documents, write_store
+
+    folder = tmp_path_factory.mktemp("tokens")
+    return (
+        write_store(folder / "train.h5", counting_documents(40, seed=0)),
+        write_store(folder / "val.h5", counting_documents(8, seed=1)),
+    )

@@ -1,4 +1,5 @@
-"""Tests of gptcore.checkpoint: the model file round trip, safe loading, refusal of foreign files."""
+"""Tests of gptcore.checkpoint: the model file round trip, safe loading, refusal of foreign or
+altered files. (The training checkpoint's behaviour is tested in test_resume.py.)"""
 
 from __future__ import annotations
 
@@ -12,7 +13,14 @@ import pytest
 import torch
 
 import gptcore.checkpoint as checkpoint
-from gptcore.checkpoint import MODEL_FORMAT, load_model, read_model_file, save_model
+from gptcore.checkpoint import (
+    MODEL_FORMAT,
+    MODEL_VERSION,
+    contents_sha256,
+    load_model,
+    read_model_file,
+    save_model,
+)
 from gptcore.errors import DataError
 from gptcore.model import GPT, GPTConfig
 from gptcore.tokenizer import CharTokenizer
@@ -40,6 +48,12 @@ def model(tokenizer: CharTokenizer) -> GPT:
 def saved(tmp_path: Path, model: GPT, tokenizer: CharTokenizer) -> Path:
     path = tmp_path / "models" / "model.pt"
     save_model(path, model, tokenizer, meta={"steps": 12, "tokens_seen": 3072})
+    return path
+
+
+def save_as_ours(payload: dict, path: Path) -> Path:
+    """Write a payload with a matching digest: a file we might have written with a bug."""
+    torch.save({**payload, "sha256": contents_sha256(payload)}, path)
     return path
 
 
@@ -136,7 +150,7 @@ def test_loading_never_executes_code_from_the_file(tmp_path: Path, writer: str) 
 def test_other_format_version_is_refused(tmp_path: Path, saved: Path) -> None:
     payload = torch.load(saved, weights_only=True)
     payload["version"] = 99
-    torch.save(payload, tmp_path / "v99.pt")
+    save_as_ours(payload, tmp_path / "v99.pt")
     with pytest.raises(DataError, match="version 99"):
         read_model_file(tmp_path / "v99.pt")
 
@@ -144,9 +158,56 @@ def test_other_format_version_is_refused(tmp_path: Path, saved: Path) -> None:
 def test_weights_that_do_not_match_the_config_are_refused(tmp_path: Path, saved: Path) -> None:
     payload = torch.load(saved, weights_only=True)
     payload["config"]["n_embd"] = 32
-    torch.save(payload, tmp_path / "bad.pt")
+    save_as_ours(payload, tmp_path / "bad.pt")
     with pytest.raises(DataError, match="weights do not match the model config"):
         load_model(tmp_path / "bad.pt")
+
+
+def test_a_model_file_with_one_weight_changed_is_refused_as_altered(tmp_path: Path, saved: Path) -> None:
+    payload = torch.load(saved, weights_only=True)
+    payload["state_dict"]["h.0.attn.c_attn.weight"][0, 0] += 1.0  # the digest is left as it was
+    torch.save(payload, tmp_path / "tampered.pt")
+    with pytest.raises(DataError, match=r"tampered\.pt was altered or damaged after it was written"):
+        load_model(tmp_path / "tampered.pt")
+
+
+def test_a_model_file_with_its_meta_or_tokenizer_changed_is_refused(tmp_path: Path, saved: Path) -> None:
+    for key, value in (("meta", {"steps": 10**6}), ("tokenizer", {"kind": "char", "chars": "ab"})):
+        payload = torch.load(saved, weights_only=True)
+        payload[key] = value
+        torch.save(payload, tmp_path / f"{key}.pt")
+        with pytest.raises(DataError, match="altered or damaged"):
+            load_model(tmp_path / f"{key}.pt")
+
+
+def test_a_flipped_byte_anywhere_in_the_weights_is_refused(tmp_path: Path, saved: Path) -> None:
+    data = bytearray(saved.read_bytes())
+    # the tensors are stored raw inside the zip: flip a byte in the middle of the largest record
+    weight = torch.load(saved, weights_only=True)["state_dict"]["wte.weight"].numpy().tobytes()
+    at = bytes(data).index(weight[:64]) + len(weight) // 2
+    data[at] ^= 0x01
+    (tmp_path / "flipped.pt").write_bytes(bytes(data))
+    with pytest.raises(DataError, match="flipped.pt"):
+        load_model(tmp_path / "flipped.pt")
+
+
+def test_a_model_file_without_a_digest_is_refused(tmp_path: Path, saved: Path) -> None:
+    payload = torch.load(saved, weights_only=True)
+    del payload["sha256"]
+    torch.save(payload, tmp_path / "nodigest.pt")
+    with pytest.raises(DataError, match="altered or damaged"):
+        load_model(tmp_path / "nodigest.pt")
+
+
+def test_a_model_file_of_the_previous_version_names_both_versions(tmp_path: Path, saved: Path) -> None:
+    payload = torch.load(saved, weights_only=True)
+    payload["version"] = MODEL_VERSION - 1
+    del payload["sha256"]  # version 1 files had none
+    torch.save(payload, tmp_path / "old.pt")
+    with pytest.raises(
+        DataError, match=rf"model file format version {MODEL_VERSION - 1}, this gptcore reads {MODEL_VERSION}"
+    ):
+        load_model(tmp_path / "old.pt")
 
 
 def test_tokenizer_of_another_size_is_refused(tmp_path: Path, model: GPT) -> None:
@@ -220,6 +281,6 @@ def _state_dict_not_a_mapping(payload: dict) -> None:
 def test_damaged_file_with_our_marker_is_refused_with_data_error(tmp_path: Path, saved: Path, damage) -> None:
     payload = torch.load(saved, weights_only=True)
     damage(payload)
-    torch.save(payload, tmp_path / "damaged.pt")
+    save_as_ours(payload, tmp_path / "damaged.pt")
     with pytest.raises(DataError, match="damaged.pt"):
         load_model(tmp_path / "damaged.pt")

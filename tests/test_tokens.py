@@ -64,6 +64,22 @@ def test_token_file_is_byte_identical_for_same_input(tmp_path: Path) -> None:
     assert sha256(a) != sha256(c)
 
 
+def test_the_file_records_the_sha256_of_its_token_bytes(tmp_path: Path) -> None:
+    docs = random_docs(2)
+    store = TokenStore(write(tmp_path / "t.h5", docs))
+    expected = hashlib.sha256(store.array.astype("<u2").tobytes()).hexdigest()
+    assert store.sha256() == expected
+    assert TokenStore(write(tmp_path / "u.h5", random_docs(3))).sha256() != expected
+
+
+def test_sha256_of_a_file_written_without_it_is_computed_the_same(tmp_path: Path) -> None:
+    path = write(tmp_path / "t.h5", random_docs(2))
+    recorded = TokenStore(path).sha256()
+    with h5py.File(path, "r+") as f:
+        del f.attrs["tokens_sha256"]
+    assert TokenStore(path).sha256() == recorded
+
+
 def test_dataset_is_contiguous_and_memory_mapped(tmp_path: Path) -> None:
     path = write(tmp_path / "t.h5", random_docs(0))
     with h5py.File(path, "r") as f:

@@ -45,6 +45,7 @@ BASE = TrainParams(
     eval_interval=5,
     eval_iters=2,
     log_interval=5,
+    checkpoint_interval=0,
     seed=7,
     device="cpu",
     dtype="float32",
@@ -76,15 +77,6 @@ def restore_torch_threads():
     before = torch.get_num_threads()
     yield
     torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def stores(tmp_path_factory: pytest.TempPathFactory) -> tuple[TokenStore, TokenStore]:
-    folder = tmp_path_factory.mktemp("tokens")
-    return (
-        write_store(folder / "train.h5", counting_documents(40, seed=0)),
-        write_store(folder / "val.h5", counting_documents(8, seed=1)),
-    )
 
 
 def run(p: TrainParams, stores: tuple[TokenStore, TokenStore], **kw: object):
@@ -202,7 +194,11 @@ def test_autocast_dtype_choices(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="module")
 def reference_run(stores: tuple[TokenStore, TokenStore]):
     evals: list[tuple[int, float, float, float]] = []
-    result = run(BASE, stores, on_eval=lambda *a: evals.append(a))
+
+    def record(step: int, metrics: dict[str, float]) -> None:
+        evals.append((step, metrics["train/loss"], metrics["val/loss"], metrics["lr"]))
+
+    result = run(BASE, stores, on_eval=record)
     return result, evals
 
 
