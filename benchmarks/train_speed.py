@@ -1,127 +1,407 @@
 """Training throughput (tokens/s) of gptcore's model and optimizer step, and what each lever buys.
 
-Two reference configs, timed with the same settings a user would set in params.yaml:
+Three configs, timed with the same settings a user would set in params.yaml:
 
-  tiny   n_layer=4 n_head=4 n_embd=128 block_size=64  batch_size=12 dropout=0.0  (char vocab)
-  small  n_layer=6 n_head=6 n_embd=384 block_size=256 batch_size=64 dropout=0.2  (char vocab)
+  tiny   n_layer=4  n_head=4  n_embd=128 block_size=64   batch_size=12 dropout=0.0  vocab 86 (char)
+  small  n_layer=6  n_head=6  n_embd=384 block_size=256  batch_size=64 dropout=0.2  vocab 86 (char)
+  gpt2   n_layer=12 n_head=12 n_embd=768 block_size=1024 batch_size=16 dropout=0.0  vocab 50304
+         (GPT-2 124M, vocabulary padded to a multiple of 64; meant for `--device cuda`)
 
-Each variant runs a full optimizer step (forward, backward, clip, AdamW) on random tokens drawn
-from a vocabulary of 86 (the char vocabulary of the default corpus). Variants are interleaved
-round by round, so slow phases of a shared machine hit all of them alike; the figure quoted is the
-median over rounds, and ratios are taken against the first variant of the same run.
+Each variant runs a full optimizer step (forward, backward, clip, AdamW) on random tokens. Variants
+are interleaved round by round, so slow phases of a shared machine hit all of them alike; the
+figure quoted is the median over rounds, and ratios are taken against the first variant of the
+same run: the reference when --reference is given, else variant 1. Comparing ratios measured in
+one run is what makes the numbers hold on a noisy shared machine; absolute tokens/s do not.
+
+Variants (numbers are what --variants takes; --list prints them):
+
+  1 eager fp32, foreach AdamW            plain PyTorch
+  2 eager fp32, fused AdamW              one fused kernel for the whole optimizer update
+  3 eager bf16 autocast                  matmuls in bf16, master weights fp32 (fused AdamW)
+  4 compiled fp32 (gptcore default)      torch.compile(model), fused AdamW
+  5 compiled bf16 autocast               4 with bf16 autocast: the GPU recipe, as in GPT-2 training
+  6 compiled fp32 + compiled AdamW step  4, and torch.compile(opt.step) over a foreach AdamW, so
+                                         Inductor generates the fused update itself
+  7 compiled fp32 max-autotune           torch.compile(model, mode="max-autotune"): Inductor
+                                         benchmarks its own GEMM templates against the library's
+                                         (Triton on CUDA, where it also uses CUDA graphs). Its CPU
+                                         (C++) templates need constant weights, i.e. frozen
+                                         inference graphs, so a CPU training step keeps oneDNN's
+                                         GEMMs; warm-up is long on CUDA (the "warm-up s" column)
+
+  reference: nanoGPT (eager fp32)        with --reference, the first row: karpathy/nanoGPT's
+                                         model.py from that checkout, stepped the way its train.py
+                                         steps on CPU (fp32, no autocast, eager, clip 1.0, AdamW
+                                         from its configure_optimizers; on CUDA that picks its
+                                         fused AdamW, the step stays eager fp32)
+
+A variant that fails to build or warm up (say, a compile error) is reported as failed and left out
+of the timing; the others still run. On CUDA the gpt2 config runs variant 5 only unless --variants
+says otherwise; everywhere else all variants run by default.
+
+Columns: tokens/s; ratio to the first row; model GFLOP/s; with --peak, that as a percentage of the
+measured fp32 matmul peak (bf16 rows on a GPU can pass 100%); MFU = model FLOP/s / --peak-flops; warm-up seconds (building the model,
+compiling, and two steps); on CUDA, the peak memory of the variant's build and warm-up (the rise of
+torch.cuda.max_memory_allocated over what was allocated before it), in GiB.
 
 Arithmetic: model FLOPs per token = 6N + 12*L*H*Q*T (N non-position parameters, PaLM appendix B).
-For `small`, N = 10.65M, so 71.0 MFLOP/token: 1,450 tokens/s is 103 GFLOP/s.
+For `small`, N = 10.65M, so 71.0 MFLOP/token: 1,450 tokens/s is 103 GFLOP/s. For `gpt2`,
+N = 123.6M, so 854.8 MFLOP/token: 40% MFU of an H100's 989 TFLOP/s is 463k tokens/s.
 
-    python benchmarks/train_speed.py                 # both configs, all variants
-    python benchmarks/train_speed.py --config tiny --rounds 5
-    python benchmarks/train_speed.py --peak          # also the machine's fp32/bf16 matmul peak
+Flags:
+
+  --config {tiny,small,gpt2,all}  which config; all (the default) is tiny and small
+  --rounds N          interleaved rounds; the median is quoted (default 3)
+  --steps N           optimizer steps per variant per round (default: the config's, 60/2/20)
+  --batch-size N      override the config's batch size
+  --variants 1,4,...  variant numbers to run (default: all, or 5 for gpt2 on CUDA)
+  --list              print the numbered variants and exit
+  --reference PATH    a checkout of karpathy/nanoGPT: time its model as the first row (the
+                      checkout's git commit is printed, or "unknown")
+  --device DEV        cpu (default) or cuda (cuda:N)
+  --threads N         torch.set_num_threads(N) before anything runs (default: torch's choice)
+  --peak              also measure the device's fp32, bf16 and fp16 matmul GFLOP/s
+  --peak-flops F      peak FLOP/s for MFU (default 989e12 on an H100 or H200, i.e. the SXM dense
+                      bf16 figure; pass it for other GPUs, PCIe cards, or CPUs; MFU is n/a without)
+
+    python benchmarks/train_speed.py                 # tiny and small, all variants, on CPU
+    python benchmarks/train_speed.py --config tiny --rounds 5 --reference /path/to/nanoGPT
+    python benchmarks/train_speed.py --peak          # also the machine's matmul peaks
+    python benchmarks/train_speed.py --config gpt2 --device cuda --peak --reference /path/to/nanoGPT
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
+import io
 import statistics
+import subprocess
+import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from types import ModuleType
+from typing import NamedTuple
 
 import torch
 
 from gptcore.model import GPT, GPTConfig, flops_per_token
 
 CONFIGS = {
-    "tiny": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, dropout=0.0, steps=60),
-    "small": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=64, dropout=0.2, steps=2),
+    "tiny": dict(
+        n_layer=4, n_head=4, n_embd=128, block_size=64, vocab_size=86, dropout=0.0, batch_size=12, steps=60
+    ),
+    "small": dict(
+        n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=86, dropout=0.2, batch_size=64, steps=2
+    ),
+    "gpt2": dict(
+        n_layer=12,
+        n_head=12,
+        n_embd=768,
+        block_size=1024,
+        vocab_size=50304,
+        dropout=0.0,
+        batch_size=16,
+        steps=20,
+    ),
 }
-VOCAB = 86
-# variant name -> (compile, autocast dtype, fused AdamW)
+SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "dropout")
+GPU_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12}  # dense bf16, SXM
+
+
+class Variant(NamedTuple):
+    compile_mode: str | None  # None: eager; else torch.compile's mode
+    dtype: torch.dtype | None  # autocast dtype; None: plain fp32
+    fused: bool  # fused AdamW, else foreach
+    compile_opt: bool = False  # also torch.compile the optimizer step
+
+
 VARIANTS = {
-    "eager fp32, foreach AdamW": (False, None, False),
-    "eager fp32, fused AdamW": (False, None, True),
-    "eager bf16 autocast": (False, torch.bfloat16, True),
-    "compiled fp32 (gptcore default)": (True, None, True),
-    "compiled bf16 autocast": (True, torch.bfloat16, True),
+    "eager fp32, foreach AdamW": Variant(None, None, False),
+    "eager fp32, fused AdamW": Variant(None, None, True),
+    "eager bf16 autocast": Variant(None, torch.bfloat16, True),
+    "compiled fp32 (gptcore default)": Variant("default", None, True),
+    "compiled bf16 autocast": Variant("default", torch.bfloat16, True),
+    # foreach, not fused: compiling a fused update has nothing left to fuse
+    "compiled fp32 + compiled AdamW step": Variant("default", None, False, compile_opt=True),
+    "compiled fp32 max-autotune": Variant("max-autotune", None, True),
 }
+GPU_RECIPE = "compiled bf16 autocast"
+REFERENCE = "reference: nanoGPT (eager fp32)"
+
+Step = Callable[[], None]
 
 
-def make_step(cfg: dict, compile_model: bool, dtype: torch.dtype | None, fused: bool):
+@dataclass
+class Prepared:
+    step: Step
+    warm_up_s: float
+    flops_per_token: int
+    mem_gib: float | None  # CUDA only
+
+
+def clock(device: torch.device) -> float:
+    """Wall time once queued GPU work has finished: CUDA calls return before their kernels do."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def shape(cfg: dict) -> dict:
+    return {k: cfg[k] for k in SHAPE_KEYS}
+
+
+def random_batch(cfg: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    size = (cfg["batch_size"], cfg["block_size"])
+    return tuple(torch.randint(0, cfg["vocab_size"], size, device=device) for _ in range(2))
+
+
+def gptcore_step(cfg: dict, variant: Variant, device: torch.device) -> tuple[Step, int]:
     torch.manual_seed(0)
-    config = GPTConfig(
-        vocab_size=VOCAB,
-        block_size=cfg["block_size"],
-        n_layer=cfg["n_layer"],
-        n_head=cfg["n_head"],
-        n_embd=cfg["n_embd"],
-        dropout=cfg["dropout"],
+    config = GPTConfig(**shape(cfg))
+    model = GPT(config).to(device)
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=1e-3, fused=variant.fused, foreach=None if variant.fused else True
     )
-    model = GPT(config)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=fused, foreach=None if fused else True)
-    fwd = torch.compile(model) if compile_model else model
-    x = torch.randint(0, VOCAB, (cfg["batch_size"], cfg["block_size"]))
-    y = torch.randint(0, VOCAB, (cfg["batch_size"], cfg["block_size"]))
-    ctx = (lambda: torch.autocast("cpu", dtype=dtype)) if dtype else contextlib.nullcontext
+    fwd = torch.compile(model, mode=variant.compile_mode) if variant.compile_mode else model
+    opt_step = torch.compile(opt.step) if variant.compile_opt else opt.step
+    x, y = random_batch(cfg, device)
+
+    def ctx() -> contextlib.AbstractContextManager:
+        if variant.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=variant.dtype)
 
     def step() -> None:
         with ctx():
             _, loss = fwd(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt_step()
+        opt.zero_grad(set_to_none=True)
+
+    return step, flops_per_token(config, model.num_params())
+
+
+def load_reference(path: Path) -> ModuleType:
+    """nanoGPT's model.py under a name of its own, so it cannot clash with anything imported."""
+    spec = importlib.util.spec_from_file_location("nanogpt_reference_model", path / "model.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # @dataclass looks up the defining module here
+    spec.loader.exec_module(module)
+    return module
+
+
+def reference_commit(path: Path) -> str:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return out.stdout.strip()
+
+
+def reference_step(nanogpt: ModuleType, cfg: dict, device: torch.device) -> tuple[Step, int]:
+    """One step as nanoGPT's train.py takes it on CPU: fp32, eager, clip 1.0, its AdamW groups."""
+    torch.manual_seed(0)
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints parameter counts and AdamW choice
+        model = nanogpt.GPT(nanogpt.GPTConfig(**shape(cfg), bias=False)).to(device)
+        # device_type picks its AdamW as its train.py would on this device (fused on CUDA only)
+        opt = model.configure_optimizers(
+            weight_decay=0.1, learning_rate=1e-3, betas=(0.9, 0.99), device_type=device.type
+        )
+    x, y = random_batch(cfg, device)
+
+    def step() -> None:
+        logits, loss = model(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    start = time.perf_counter()
+    # same shape and same N (its head is tied too), so gptcore's arithmetic applies
+    return step, flops_per_token(GPTConfig(**shape(cfg)), model.get_num_params())
+
+
+def warm_up(build: Callable[[], tuple[Step, int]], device: torch.device) -> Prepared:
+    """Build a variant and take two steps, where compilation and allocator warm-up happen."""
+    on_cuda = device.type == "cuda"
+    if on_cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device) if on_cuda else 0
+    start = clock(device)
+    step, fpt = build()
     step()
-    step()  # compilation and allocator warm-up happen here
-    return step, time.perf_counter() - start, flops_per_token(config, model.num_params())
+    step()
+    warm = clock(device) - start
+    mem = (torch.cuda.max_memory_allocated(device) - before) / 2**30 if on_cuda else None
+    return Prepared(step, warm, fpt, mem)
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 1024, reps: int = 20) -> float:
-    a, b = torch.randn(4 * n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+def matmul_peak(dtype: torch.dtype, device: torch.device, reps: int = 20) -> float:
+    # a GPU needs larger products than a CPU to reach its peak
+    n = 4096 if device.type == "cuda" else 1024
+    a = torch.randn(4 * n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
     for _ in range(3):
         a @ b
-    start = time.perf_counter()
+    start = clock(device)
     for _ in range(reps):
         a @ b
-    return 2 * 4 * n * n * n * reps / (time.perf_counter() - start)
+    return 2 * 4 * n * n * n * reps / (clock(device) - start)
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def default_peak_flops(name: str) -> float | None:
+    return next((flops for gpu, flops in GPU_PEAK_FLOPS.items() if gpu in name), None)
+
+
+def selected_variants(spec: str | None, cname: str, device: torch.device) -> list[str]:
+    names = list(VARIANTS)
+    if spec is None:
+        return [GPU_RECIPE] if cname == "gpt2" and device.type == "cuda" else names
+    return [names[int(i) - 1] for i in spec.split(",")]
+
+
+def time_rounds(
+    prepared: dict[str, Prepared], cfg: dict, rounds: int, device: torch.device
+) -> dict[str, float]:
+    """Median tokens/s of each variant over the rounds, variants interleaved within a round."""
+    tokens = cfg["steps"] * cfg["batch_size"] * cfg["block_size"]
+    rates: dict[str, list[float]] = {name: [] for name in prepared}
+    for _ in range(rounds):
+        for name, p in prepared.items():
+            start = clock(device)
+            for _ in range(cfg["steps"]):
+                p.step()
+            rates[name].append(tokens / (clock(device) - start))
+    return {name: statistics.median(r) for name, r in rates.items()}
+
+
+def print_table(
+    rates: dict[str, float],
+    prepared: dict[str, Prepared],
+    failed: dict[str, str],
+    fp32_peak: float | None,
+    peak_flops: float | None,
+    device: torch.device,
+) -> None:
+    on_cuda = device.type == "cuda"
+    head = f"{'variant':36s} {'tokens/s':>9s} {'ratio':>6s} {'GFLOP/s':>8s}"
+    if fp32_peak is not None:
+        head += f" {'%fp32pk':>7s}"
+    head += f" {'MFU':>6s} {'warm-up s':>9s}"
+    if on_cuda:
+        head += f" {'mem GiB':>7s}"
+    print(head)
+    base = next(iter(rates.values()), None)
+    for name, rate in rates.items():
+        p = prepared[name]
+        flops = rate * p.flops_per_token
+        row = f"{name:36s} {rate:9,.0f} {rate / base:6.2f} {flops / 1e9:8.1f}"
+        if fp32_peak is not None:
+            row += f" {flops / fp32_peak:7.1%}"
+        row += f" {flops / peak_flops:6.1%}" if peak_flops else f" {'n/a':>6s}"
+        row += f" {p.warm_up_s:9.1f}"
+        if on_cuda:
+            row += f" {p.mem_gib:7.2f}"
+        print(row)
+    for name, error in failed.items():
+        print(f"{name:36s} failed: {error}")
+
+
+def run_config(
+    cname: str,
+    cfg: dict,
+    builders: dict[str, Callable[[], tuple[Step, int]]],
+    rounds: int,
+    device: torch.device,
+    fp32_peak: float | None,
+    peak_flops: float | None,
+) -> None:
+    prepared: dict[str, Prepared] = {}
+    failed: dict[str, str] = {}
+    for name, build in builders.items():
+        try:
+            prepared[name] = warm_up(build, device)
+        # a benchmark of optional levers: one that does not work here (an Inductor or
+        # compiled-optimizer error) is a result to report, not a reason to lose the others
+        except Exception as exc:
+            first_line = (str(exc).strip().splitlines() or [""])[0]
+            failed[name] = f"{type(exc).__name__}: {first_line[:200]}"
+    rates = time_rounds(prepared, cfg, rounds, device)
+    print(f"\n{cname}: {cfg}")
+    if rates:
+        print(f"ratios against: {next(iter(rates))}")
+    print_table(rates, prepared, failed, fp32_peak, peak_flops, device)
+    # the next config compiles the same forward again: start it from empty caches rather than
+    # from a recompile budget spent on this config's entries
+    torch.compiler.reset()
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", choices=[*CONFIGS, "all"], default="all", help="all = tiny and small")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, help="optimizer steps per variant per round")
+    ap.add_argument("--batch-size", type=int, help="override the config's batch size")
+    ap.add_argument("--variants", help="comma-separated variant numbers (1-based); default all")
+    ap.add_argument("--list", action="store_true", help="print the numbered variants and exit")
+    ap.add_argument("--reference", type=Path, help="a karpathy/nanoGPT checkout, timed as the first row")
+    ap.add_argument("--device", type=torch.device, default=torch.device("cpu"))
+    ap.add_argument("--threads", type=int, help="torch.set_num_threads at startup")
+    ap.add_argument("--peak", action="store_true", help="also measure fp32, bf16 and fp16 matmul GFLOP/s")
+    ap.add_argument("--peak-flops", type=float, help="peak FLOP/s for MFU (default: known GPUs only)")
+    args = ap.parse_args()
+    numbers = args.variants.split(",") if args.variants else []
+    if not all(i.isdigit() and 1 <= int(i) <= len(VARIANTS) for i in numbers):
+        ap.error(f"--variants takes numbers from 1 to {len(VARIANTS)}, comma-separated")
+    if args.reference and not (args.reference / "model.py").is_file():
+        ap.error(f"--reference {args.reference}: no model.py there")
+    return args
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", choices=[*CONFIGS, "all"], default="all")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--variants", default="all", help="comma-separated variant numbers (1-based), or all")
-    ap.add_argument("--peak", action="store_true", help="also measure fp32 and bf16 matmul GFLOP/s")
-    args = ap.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    args = parse_args()
+    if args.list:
+        for i, name in enumerate(VARIANTS, 1):
+            print(f"{i} {name}")
+        print(f"with --reference PATH, first: {REFERENCE}")
+        return
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = args.device
+    name = device_name(device)
+    peak_flops = args.peak_flops or default_peak_flops(name)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device} ({name})")
+    print(f"MFU against {peak_flops / 1e9:,.0f} GFLOP/s" if peak_flops else "MFU: n/a (no --peak-flops)")
+    peaks = {}
     if args.peak:
-        for dtype in (torch.float32, torch.bfloat16):
-            print(
-                f"matmul peak {dtype}: {statistics.median(matmul_peak(dtype) for _ in range(3)) / 1e9:.0f} GFLOP/s"
-            )
-    names = list(VARIANTS)
-    if args.variants != "all":
-        names = [names[int(i) - 1] for i in args.variants.split(",")]
-    for cname in CONFIGS if args.config == "all" else [args.config]:
-        cfg = CONFIGS[cname]
-        tokens = cfg["steps"] * cfg["batch_size"] * cfg["block_size"]
-        steps = {}
-        for name in names:
-            steps[name] = make_step(cfg, *VARIANTS[name])
-        rates: dict[str, list[float]] = {name: [] for name in names}
-        for _ in range(args.rounds):
-            for name in names:
-                step = steps[name][0]
-                start = time.perf_counter()
-                for _ in range(cfg["steps"]):
-                    step()
-                rates[name].append(tokens / (time.perf_counter() - start))
-        base = statistics.median(rates[names[0]])
-        print(f"\n{cname}: {cfg}")
-        print(f"{'variant':34s} {'tokens/s':>9s} {'ratio':>6s} {'GFLOP/s':>8s} {'warm-up s':>9s}")
-        for name in names:
-            med = statistics.median(rates[name])
-            _, warm, fpt = steps[name]
-            print(f"{name:34s} {med:9,.0f} {med / base:6.2f} {med * fpt / 1e9:8.1f} {warm:9.1f}")
+        for dtype in (torch.float32, torch.bfloat16, torch.float16):
+            peaks[dtype] = statistics.median(matmul_peak(dtype, device) for _ in range(3))
+            print(f"matmul peak {dtype}: {peaks[dtype] / 1e9:,.0f} GFLOP/s")
+    nanogpt = None
+    if args.reference:
+        nanogpt = load_reference(args.reference)
+        print(f"reference: nanoGPT at {args.reference}, commit {reference_commit(args.reference)}")
+    for cname in ("tiny", "small") if args.config == "all" else [args.config]:
+        cfg = dict(CONFIGS[cname])
+        cfg["steps"] = args.steps or cfg["steps"]
+        cfg["batch_size"] = args.batch_size or cfg["batch_size"]
+        builders: dict[str, Callable[[], tuple[Step, int]]] = {}
+        if nanogpt:
+            builders[REFERENCE] = partial(reference_step, nanogpt, cfg, device)
+        for vname in selected_variants(args.variants, cname, device):
+            builders[vname] = partial(gptcore_step, cfg, VARIANTS[vname], device)
+        run_config(cname, cfg, builders, args.rounds, device, peaks.get(torch.float32), peak_flops)
 
 
 if __name__ == "__main__":

@@ -98,7 +98,9 @@ def configure_optimizer(model: GPT, params: TrainParams, device: torch.device) -
         {"params": decay, "weight_decay": params.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    extra = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    # the fused kernel: one pass over each tensor for the whole update, on CUDA and on CPU
+    # (benchmarks/train_speed.py: 1.03-1.09x the step of foreach AdamW on CPU)
+    extra = {"fused": True} if device.type in ("cuda", "cpu") else {"foreach": True}
     return torch.optim.AdamW(groups, lr=params.learning_rate, betas=(params.beta1, params.beta2), **extra)
 
 

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -139,6 +140,18 @@ def test_the_last_checkpoint_is_written_at_max_iters_and_resumes_to_the_final_ev
     assert result is not None and result.resumed_from == P.max_iters
     assert curve(evals) == curve(uninterrupted[1])
     assert_same_weights(result.model, uninterrupted[0].model)
+
+
+def test_a_compiled_run_resumes_bit_identically_too(stores, tmp_path: Path) -> None:
+    # train.compile is on by default: Inductor's dropout must draw from the restored RNG state
+    p = dataclasses.replace(P, compile=True)
+    straight, straight_evals = run(p, stores)
+    ckpt = tmp_path / "checkpoint.pt"
+    run(p, stores, ckpt, stop_at=15)
+    resumed, evals = run(p, stores, ckpt)
+    assert straight is not None and resumed is not None and resumed.resumed_from == 15
+    assert_same_weights(resumed.model, straight.model)
+    assert curve(evals) == curve(straight_evals)
 
 
 def test_log_and_checkpoint_intervals_may_change_between_segments(
@@ -449,6 +462,28 @@ def kill_after_checkpoints(ws: Path, writes: int, extra_seconds: float) -> str:
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL, out
     return out
+
+
+def test_the_train_stage_stops_on_a_non_finite_loss_with_no_model_and_the_checkpoint_kept(
+    tmp_path: Path,
+) -> None:
+    ws = stage_workspace(tmp_path / "ws")
+    params = yaml.safe_load((ws / "params.yaml").read_text(encoding="utf-8"))
+    # an absurd step size: the first update throws the weights far enough to overflow the logits
+    params["train"].update(learning_rate=1.0e30, min_lr=0.0, warmup_iters=0, checkpoint_interval=1)
+    (ws / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    proc = start_stage(ws)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 1, out
+    assert re.search(
+        r"error: the train loss became nan at step (\d+): the last good checkpoint, "
+        r"models/checkpoint\.pt \(step \1\), is kept",
+        out,
+    ), out
+    assert "Traceback" not in out
+    assert not (ws / "models" / "model.pt").exists()
+    assert not (ws / "reports" / "train.json").exists()
+    assert load_checkpoint(ws / "models" / "checkpoint.pt")["step"] >= 1
 
 
 def finish(ws: Path) -> str:

@@ -147,6 +147,7 @@ def test_configure_optimizer_puts_each_parameter_in_one_group_and_decays_only_ma
     assert not_decayed == {id(t) for t in model.parameters() if t.dim() < 2}
     assert not_decayed, "the bias=True model has biases and LayerNorm gains to leave undecayed"
     assert all(g["lr"] == 3.0e-3 and g["betas"] == (0.8, 0.95) for g in groups)
+    assert all(g["fused"] for g in groups)  # the fused kernel on CPU too: the faster step
 
 
 # --- device and precision -----------------------------------------------------------------------
