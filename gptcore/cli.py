@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -230,6 +231,9 @@ def _write_completion(
 
 
 def cmd_chat(args: argparse.Namespace) -> None:
+    # Ctrl-C stops a reply: a process started in the background by a non-interactive shell
+    # inherits SIGINT as ignored, and Python then never raises KeyboardInterrupt; take it back
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     sampling, _ = resolve_sampling(args)
     model, tokenizer, _, device = _load(args)
     interactive = sys.stdin.isatty()

@@ -114,9 +114,18 @@ class TrainParams:
     dtype: str
     compile: bool
     threads: int
+    nproc_per_node: int
+    nnodes: int
+    rdzv_endpoint: str
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc_per_node * self.nnodes
 
     def check(self) -> None:
         for key in (
+            "nproc_per_node",
+            "nnodes",
             "n_layer",
             "n_head",
             "n_embd",
@@ -148,6 +157,18 @@ class TrainParams:
             _fail("train.device", self.device, "allowed: auto, cpu, cuda, cuda:N, mps")
         if self.dtype not in ("auto", "bfloat16", "float32"):
             _fail("train.dtype", self.dtype, "allowed: auto, bfloat16, float32")
+        if self.batch_size % self.world_size:
+            _fail(
+                "train.batch_size",
+                self.batch_size,
+                f"must be divisible by the number of processes, nproc_per_node x nnodes = {self.world_size}",
+            )
+        if self.nnodes > 1 and ":" not in self.rdzv_endpoint:
+            _fail(
+                "train.rdzv_endpoint",
+                self.rdzv_endpoint,
+                "must be host:port of the first node when nnodes > 1",
+            )
 
 
 @dataclass(frozen=True)

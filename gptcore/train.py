@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -27,9 +28,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from gptcore.checkpoint import load_checkpoint, save_checkpoint
+from gptcore.distributed import Ranks, from_main, gather_to_all, mean_over_ranks, process_group
 from gptcore.errors import GptcoreError
 from gptcore.model import GPT, GPTConfig, flops_per_token
 from gptcore.params import TrainParams
@@ -174,8 +177,9 @@ def model_flops_utilization(
 # --- checkpoints ---------------------------------------------------------------------------------
 
 # train params that change neither the weights nor the logged curve: a checkpoint written under
-# other values of these still continues the run exactly
-RESUME_IGNORES = ("log_interval", "checkpoint_interval")
+# other values of these still continues the run (the process count too: every rank draws from the
+# same sampler, so the data stream is the same for any number of processes)
+RESUME_IGNORES = ("log_interval", "checkpoint_interval", "nproc_per_node", "nnodes", "rdzv_endpoint")
 
 
 @dataclass(frozen=True)
@@ -210,24 +214,37 @@ def resume_mismatch(saved: Any, current: dict[str, Any]) -> str | None:
     return "; ".join(reasons) or None
 
 
-def rng_states(batch_gen: torch.Generator, device: torch.device) -> dict[str, Any]:
-    """Every random-number state a step can touch, as tensors and plain values."""
+def device_rng_state(device: torch.device) -> dict[str, Any]:
+    """This process's own generators (dropout draws from them): torch's CPU one and CUDA's."""
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+    }
+
+
+def rng_states(batch_gen: torch.Generator, per_rank: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every random-number state a step can touch, as tensors and plain values; `per_rank` holds
+    each rank's `device_rng_state`, the batch sampler is the same on every rank."""
     version, mt, gauss = random.getstate()
     _, keys, pos, has_gauss, cached = np.random.get_state()
     return {
-        "torch": torch.get_rng_state(),
+        "ranks": per_rank,
         "batches": batch_gen.get_state(),
-        "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
         "python": [version, list(mt), gauss],
         "numpy": [torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
     }
 
 
-def set_rng_states(states: dict[str, Any], batch_gen: torch.Generator, device: torch.device) -> None:
-    torch.set_rng_state(states["torch"])
+def set_rng_states(
+    states: dict[str, Any], batch_gen: torch.Generator, device: torch.device, rank: int
+) -> None:
+    """Restore `rng_states`; this rank's own generators only when it has a saved state."""
+    if rank < len(states["ranks"]):
+        own = states["ranks"][rank]
+        torch.set_rng_state(own["torch"])
+        if device.type == "cuda" and own["cuda"] is not None:
+            torch.cuda.set_rng_state(own["cuda"], device)
     batch_gen.set_state(states["batches"])
-    if device.type == "cuda" and states["cuda"]:
-        torch.cuda.set_rng_state_all(states["cuda"])
     version, mt, gauss = states["python"]
     random.setstate((version, tuple(mt), gauss))
     keys, pos, has_gauss, cached = states["numpy"]
@@ -268,23 +285,42 @@ def _say(message: str) -> None:
 class _Loop:
     """One training run's state; `train()` drives it."""
 
-    def __init__(self, params: TrainParams, train_store: TokenStore, val_store: TokenStore) -> None:
+    def __init__(
+        self,
+        params: TrainParams,
+        train_store: TokenStore,
+        val_store: TokenStore,
+        ranks: Ranks,
+        device: torch.device,
+    ) -> None:
         self.p = params
         self.train_store = train_store
-        self.device = resolve_device(params.device)
+        self.ranks = ranks
+        self.device = device
         self.dtype = autocast_dtype(self.device, params.dtype)
         torch.manual_seed(params.seed)
         self.config = model_config(params, train_store.vocab_size)
         self.model = GPT(self.config).to(self.device)
+        if ranks.rank:
+            torch.manual_seed(params.seed + ranks.rank)  # each rank its own dropout masks
         self.optimizer = configure_optimizer(self.model, params, self.device)
         self.fwd = torch.compile(self.model) if params.compile else self.model
+        # training goes through DDP, which averages gradients over ranks; evaluation does not
+        self.ddp: DistributedDataParallel | None = None
+        if ranks.distributed:
+            ids = [device.index] if device.type == "cuda" else None
+            self.ddp = DistributedDataParallel(self.fwd, device_ids=ids)
         self.flops_per_token = flops_per_token(self.config, self.model.num_params())
         self.peak = peak_flops(self.device, self.dtype)
         self.batch_gen = torch.Generator().manual_seed(params.seed)
+        self.rows = ranks.rows(params.batch_size)
         self.eval_sets = {
-            name: fixed_batches(
-                store, params.eval_iters, params.batch_size, params.block_size, params.seed + 1
-            )
+            name: [
+                (x[self.rows], y[self.rows])
+                for x, y in fixed_batches(
+                    store, params.eval_iters, params.batch_size, params.block_size, params.seed + 1
+                )
+            ]
             for name, store in (("train", train_store), ("val", val_store))
         }
         self.tokens_per_step = params.batch_size * params.block_size * params.grad_accum_steps
@@ -299,13 +335,13 @@ class _Loop:
 
     # checkpoints
 
-    def state(self, identity: dict[str, Any]) -> dict[str, Any]:
+    def state(self, identity: dict[str, Any], per_rank_rng: list[dict[str, Any]]) -> dict[str, Any]:
         return {
             "run": identity,
             "step": self.step,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "rng": rng_states(self.batch_gen, self.device),
+            "rng": rng_states(self.batch_gen, per_rank_rng),
             "history": self.history,
             "train_seconds": self.train_seconds,
             "wall_seconds": self.wall_seconds,
@@ -314,7 +350,7 @@ class _Loop:
     def restore(self, saved: dict[str, Any]) -> None:
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
-        set_rng_states(saved["rng"], self.batch_gen, self.device)
+        set_rng_states(saved["rng"], self.batch_gen, self.device, self.ranks.rank)
         self.step = int(saved["step"])
         self.history = [dict(record) for record in saved["history"]]
         self.train_seconds = float(saved["train_seconds"])
@@ -337,7 +373,7 @@ class _Loop:
         """Check the losses since the last check (one host sync); their mean, or None if none."""
         if not self.pending:
             return None
-        losses = torch.stack([loss for _, loss in self.pending]).cpu()
+        losses = mean_over_ranks(torch.stack([loss for _, loss in self.pending]), self.ranks).cpu()
         bad = (~torch.isfinite(losses)).nonzero()
         if len(bad):
             i = int(bad[0])
@@ -356,6 +392,11 @@ class _Loop:
         losses = {
             s: estimate_loss(self.fwd, self.eval_sets[s], self.device, self.dtype) for s in ("train", "val")
         }
+        if self.ranks.distributed:  # each rank scored its rows of the same batches
+            both = mean_over_ranks(
+                torch.tensor([losses["train"], losses["val"]], device=self.device), self.ranks
+            )
+            losses = {"train": both[0].item(), "val": both[1].item()}
         for split, value in losses.items():
             if not math.isfinite(value):
                 raise self.fail(f"the {split} loss estimate became {value}", self.step)
@@ -375,11 +416,20 @@ class _Loop:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         total = torch.zeros((), device=self.device)
-        for _ in range(p.grad_accum_steps):
+        forward = self.ddp or self.fwd
+        for micro in range(p.grad_accum_steps):
+            # every rank draws the whole global batch, so the sampler stays the same on all of them
             x, y = self.train_store.random_windows(p.batch_size, p.block_size, self.batch_gen)
-            with autocast(self.device, self.dtype):
-                _, loss = self.fwd(x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True))
-            (loss / p.grad_accum_steps).backward()
+            x, y = x[self.rows], y[self.rows]
+            last = micro == p.grad_accum_steps - 1
+            # gradients are all-reduced once per step, on the last micro-batch's backward
+            sync = self.ddp.no_sync() if self.ddp and not last else contextlib.nullcontext()
+            with sync:
+                with autocast(self.device, self.dtype):
+                    _, loss = forward(
+                        x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                    )
+                (loss / p.grad_accum_steps).backward()
             total += loss.detach() / p.grad_accum_steps
         if p.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), p.grad_clip)
@@ -425,12 +475,24 @@ def train(
     on_eval: EvalCallback | None = None,
     progress: bool = True,
     checkpointing: Checkpointing | None = None,
+    ranks: Ranks | None = None,
 ) -> TrainResult:
     """Train a GPT on the token stores, continuing from `checkpointing.path` when it holds this
-    run's checkpoint; `on_eval` receives every evaluation of the run, earlier segments' first."""
-    if params.threads:
-        torch.set_num_threads(params.threads)
-    if resolve_device(params.device).type == "cpu":
+    run's checkpoint; `on_eval` receives every evaluation of the run, earlier segments' first.
+
+    Under torchrun pass `ranks` (`Ranks.from_env()`): this process then trains its share of each
+    batch in the run's process group, and only rank 0 writes the checkpoint; give `on_eval` on
+    rank 0 only. Every rank returns the same trained model."""
+    ranks = ranks or Ranks()
+    device = resolve_device(params.device)
+    if device.type == "cuda" and ranks.distributed:
+        device = torch.device("cuda", ranks.local_rank)
+    threads = params.threads
+    if not threads and ranks.local_world_size > 1:  # the node's cores, shared among its processes
+        threads = max(1, (os.cpu_count() or 1) // ranks.local_world_size)
+    if threads:
+        torch.set_num_threads(threads)
+    if device.type == "cpu":
         # compiled CPU kernels may otherwise reduce in a run-dependent order; eager CPU ops
         # are deterministic already. Measured cost: none (7,730 vs 7,917 tokens/s, within noise).
         torch.use_deterministic_algorithms(True)
@@ -440,19 +502,56 @@ def train(
                 f"the {name} split has {len(store)} tokens, fewer than train.block_size + 1 "
                 f"({params.block_size + 1}): use more data or a smaller block_size"
             )
-    loop = _Loop(params, train_store, val_store)
-    identity = run_identity(params, train_store, val_store) if checkpointing else {}
-    resumed_from = None
-    if checkpointing and checkpointing.path.exists():
-        saved = load_checkpoint(checkpointing.path)
+    with process_group(ranks, device):
+        return _train(params, train_store, val_store, on_eval, progress, checkpointing, ranks, device)
+
+
+def _resume(loop: _Loop, checkpointing: Checkpointing, identity: dict[str, Any]) -> int | None:
+    """Continue from the checkpoint if it is this run's (rank 0 decides for all); the step, or None."""
+    ranks, path = loop.ranks, checkpointing.path
+    saved, why = None, None
+    if ranks.is_main and path.exists():
+        saved = load_checkpoint(path)
         why = resume_mismatch(saved.get("run"), identity)
         if why:
-            _say(f"not resuming {checkpointing.path}: it is from another run ({why}); starting fresh")
-        else:
-            loop.restore(saved)
-            resumed_from = loop.step
-            loop.last_checkpoint = (checkpointing.path, loop.step)
-            _say(f"resuming from {checkpointing.path} at step {loop.step} of {params.max_iters}")
+            _say(f"not resuming {path}: it is from another run ({why}); starting fresh")
+    resume = from_main(saved is not None and why is None, ranks)
+    if not resume:
+        return None
+    if not ranks.is_main:
+        if not path.exists():
+            raise GptcoreError(
+                f"rank {ranks.rank} cannot see {path}, which rank 0 resumes from: every node needs "
+                "the same models/ folder (a shared filesystem), or delete the checkpoint to start fresh"
+            )
+        saved = load_checkpoint(path)
+    assert saved is not None
+    loop.restore(saved)
+    loop.last_checkpoint = (path, loop.step)
+    if ranks.is_main:
+        _say(f"resuming from {path} at step {loop.step} of {loop.p.max_iters}")
+        writers = len(saved["rng"]["ranks"])
+        if writers != ranks.world_size:
+            _say(
+                f"the checkpoint was written by {writers} processes, this run has {ranks.world_size}: "
+                "the data stream continues exactly, dropout draws do not"
+            )
+    return loop.step
+
+
+def _train(
+    params: TrainParams,
+    train_store: TokenStore,
+    val_store: TokenStore,
+    on_eval: EvalCallback | None,
+    progress: bool,
+    checkpointing: Checkpointing | None,
+    ranks: Ranks,
+    device: torch.device,
+) -> TrainResult:
+    loop = _Loop(params, train_store, val_store, ranks, device)
+    identity = run_identity(params, train_store, val_store) if checkpointing else {}
+    resumed_from = _resume(loop, checkpointing, identity) if checkpointing else None
     if on_eval:
         for record in loop.history:
             on_eval(int(record["step"]), {k: v for k, v in record.items() if k != "step"})
@@ -476,14 +575,22 @@ def train(
         with clock.paused():
             loop.check_pending()
             loop.check_weights()
-            state = loop.state(identity)
-            state["train_seconds"] += clock.training()
-            state["wall_seconds"] += clock.wall()
-            save_checkpoint(path, state)
+            per_rank_rng = gather_to_all(device_rng_state(loop.device), ranks)
+            if ranks.is_main:
+                state = loop.state(identity, per_rank_rng)
+                state["train_seconds"] += clock.training()
+                state["wall_seconds"] += clock.wall()
+                save_checkpoint(path, state)
             loop.last_checkpoint = (path, loop.step)
 
     loop.model.train()
-    bar = tqdm(total=params.max_iters, initial=loop.step, desc="train", unit="step", disable=not progress)
+    bar = tqdm(
+        total=params.max_iters,
+        initial=loop.step,
+        desc="train",
+        unit="step",
+        disable=not (progress and ranks.is_main),
+    )
     while loop.step < params.max_iters:
         if loop.step % params.eval_interval == 0:
             evaluate_and_log()

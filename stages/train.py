@@ -6,14 +6,20 @@ which is not a DVC output, so DVC never deletes it before the next run (declarin
 params and token files continues from it, re-logging the evaluations the checkpoint holds, and
 ends exactly as an uninterrupted run would. Once the model file is written the checkpoint is
 deleted: it is only there while a run is unfinished.
+
+With train.nproc_per_node x train.nnodes > 1 the stage replaces itself with torchrun running this
+same module, one process per rank (gptcore.distributed); rank 0 writes every output.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 from dvclive import Live
 from gptcore.checkpoint import save_model
+from gptcore.distributed import Ranks, die_with_parent, needs_torchrun, torchrun_argv
 from gptcore.errors import run_main
 from gptcore.params import load_section
 from gptcore.reports import write_json
@@ -31,10 +37,23 @@ REPORT = Path("reports/train.json")
 
 def main() -> None:
     params = load_section("train")
+    if needs_torchrun(params):
+        argv = torchrun_argv(params, "stages.train")
+        print(f"train: {params.world_size} processes: {' '.join(argv[2:])}", flush=True)
+        os.execv(sys.executable, argv)  # torchrun's exit status becomes the stage's
     tokenizer = load_tokenizer(VOCAB_DIR)
     stores = {split: TokenStore(TOKENS_DIR / f"{split}.h5") for split in ("train", "val")}
     for store in stores.values():
         store.check_vocab(tokenizer.identity)
+    ranks = Ranks.from_env()
+    if ranks.distributed:
+        die_with_parent()
+    checkpointing = Checkpointing(CHECKPOINT, params.checkpoint_interval)
+    if not ranks.is_main:
+        train(
+            params, stores["train"], stores["val"], progress=False, checkpointing=checkpointing, ranks=ranks
+        )
+        return
 
     # dvcyaml=False: dvc.yaml is written by hand; DVCLive must not edit it (see README, "Plots")
     with Live(dir=LIVE_DIR, dvcyaml=False, save_dvc_exp=False) as live:
@@ -50,7 +69,8 @@ def main() -> None:
             stores["train"],
             stores["val"],
             on_eval=log,
-            checkpointing=Checkpointing(CHECKPOINT, params.checkpoint_interval),
+            checkpointing=checkpointing,
+            ranks=ranks,
         )
 
     save_model(
@@ -58,6 +78,7 @@ def main() -> None:
     )
     report = {
         "steps": result.steps,
+        "processes": ranks.world_size,
         "start_step": result.resumed_from or 0,
         "tokens_seen": result.tokens_seen,
         "tokens_per_second": round(result.tokens_per_second, 1),

@@ -401,3 +401,25 @@ def test_invalid_param_fails_the_repro_and_leaves_no_model(built: dict[str, Any]
     left = sorted(p.name for p in models.iterdir()) if models.exists() else []
     assert "model.pt" not in left
     assert not [name for name in left if name.endswith(".tmp")]
+
+
+@pytest.mark.e2e
+def test_a_team_shares_data_and_models_through_a_dvc_remote(built: dict[str, Any], tmp_path: Path) -> None:
+    # one clone trains and pushes; a teammate's fresh clone pulls and has nothing to re-run
+    alice = Repo(tmp_path / "alice", built["repo"].env)
+    shutil.copytree(built["repo"].path, alice.path, symlinks=True)
+    remote = tmp_path / "remote"
+    alice.dvc("remote", "add", "-d", "shared", str(remote))
+    alice.commit("pipeline results and the team remote")
+    alice.dvc("push", "--run-cache")
+    assert any(remote.rglob("*")), "nothing was pushed"
+
+    bob = Repo(tmp_path / "bob", built["repo"].env)
+    alice.run("git", "clone", "-q", str(alice.path), str(bob.path))
+    assert not (bob.path / "models/model.pt").exists()
+    pulled = bob.dvc("repro", "--pull")
+    assert not any(ran(pulled.stdout, stage) for stage in STAGES), pulled.stdout
+    assert (bob.path / "models/model.pt").read_bytes() == (alice.path / "models/model.pt").read_bytes()
+    again = bob.dvc("repro")
+    assert "Data and pipelines are up to date" in again.stdout
+    assert bob.dvc("status").stdout.strip().endswith("Data and pipelines are up to date.")

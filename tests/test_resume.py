@@ -208,11 +208,13 @@ def test_a_checkpoint_of_other_token_data_is_not_resumed(
     assert f"{other_train.path} has other tokens" in capsys.readouterr().out
 
 
-def test_run_identity_ignores_only_the_log_and_checkpoint_intervals(stores) -> None:
+def test_run_identity_ignores_only_intervals_and_the_process_layout(stores) -> None:
+    # the process count does not change the data stream: every rank draws the same global batch
+    ignored = {"log_interval", "checkpoint_interval", "nproc_per_node", "nnodes", "rdzv_endpoint"}
     base = run_identity(P, *stores)
     for key, value in dataclasses.asdict(P).items():
         changed = run_identity(dataclasses.replace(P, **{key: _other(value)}), *stores)
-        if key in ("log_interval", "checkpoint_interval"):
+        if key in ignored:
             assert resume_mismatch(base, changed) is None, key
         else:
             assert f"train.{key} was" in (resume_mismatch(base, changed) or ""), key
@@ -441,11 +443,13 @@ def start_stage(ws: Path) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=True,  # its own process group, as a terminal job would be
     )
 
 
-def kill_after_checkpoints(ws: Path, writes: int, extra_seconds: float) -> str:
-    """Run the stage, SIGKILL it `extra_seconds` after its `writes`-th checkpoint write."""
+def kill_after_checkpoints(ws: Path, writes: int, extra_seconds: float, group: bool = False) -> str:
+    """Run the stage, SIGKILL it `extra_seconds` after its `writes`-th checkpoint write: the
+    stage's process, or with `group` its whole process group (torchrun and its workers)."""
     ckpt = ws / "models" / "checkpoint.pt"
     proc = start_stage(ws)
     seen: set[tuple[int, int]] = set()
@@ -458,7 +462,10 @@ def kill_after_checkpoints(ws: Path, writes: int, extra_seconds: float) -> str:
             seen.add((stat.st_ino, stat.st_mtime_ns))  # each atomic write is a new file
         time.sleep(0.005)
     time.sleep(extra_seconds)
-    proc.send_signal(signal.SIGKILL)
+    if group:
+        os.killpg(proc.pid, signal.SIGKILL)
+    else:
+        proc.send_signal(signal.SIGKILL)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL, out
     return out

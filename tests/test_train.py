@@ -51,6 +51,9 @@ BASE = TrainParams(
     dtype="float32",
     compile=False,
     threads=1,
+    nproc_per_node=1,
+    nnodes=1,
+    rdzv_endpoint="localhost:29500",
 )
 
 

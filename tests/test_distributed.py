@@ -1,0 +1,216 @@
+"""Data-parallel training: the train stage under torchrun, 2 processes with gloo on this CPU.
+
+Two processes must train like one on the same global batch (same loss curve within float
+rounding), resume exactly from a checkpoint after a kill, and fail as a whole, never hang, when
+one rank fails."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+import yaml
+from test_resume import REPO, finish, kill_after_checkpoints, logged, stage_workspace
+from test_train import BASE
+
+from gptcore.checkpoint import load_model
+from gptcore.distributed import Ranks, needs_torchrun, torchrun_argv
+from gptcore.params import ParamsError, parse_section
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch without distributed")
+
+TWO = {"nproc_per_node": 2, "grad_accum_steps": 2, "dropout": 0.0, "max_iters": 40}
+
+
+def workspace(path: Path, **train: object) -> Path:
+    ws = stage_workspace(path)
+    params = yaml.safe_load((ws / "params.yaml").read_text(encoding="utf-8"))
+    params["train"].update(train)
+    (ws / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    return ws
+
+
+# --- units ---------------------------------------------------------------------------------------
+
+
+def test_ranks_come_from_torchruns_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    assert Ranks.from_env() == Ranks(0, 0, 1, 1)
+    monkeypatch.setenv("RANK", "5")
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    ranks = Ranks.from_env()
+    assert ranks == Ranks(5, 1, 8, 4) and ranks.distributed and not ranks.is_main
+
+
+def test_each_rank_takes_its_own_equal_share_of_the_global_batch() -> None:
+    shares = [Ranks(r, r, 4, 4).rows(32) for r in range(4)]
+    assert [(s.start, s.stop) for s in shares] == [(0, 8), (8, 16), (16, 24), (24, 32)]
+    assert Ranks().rows(32) == slice(0, 32)
+
+
+def test_one_process_needs_no_torchrun_several_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RANK", raising=False)
+    assert not needs_torchrun(BASE)
+    assert needs_torchrun(dataclasses.replace(BASE, nproc_per_node=2))
+    monkeypatch.setenv("RANK", "0")  # already a torchrun worker: never launch again
+    assert not needs_torchrun(dataclasses.replace(BASE, nproc_per_node=2))
+
+
+def test_torchrun_command_for_one_node_and_for_several() -> None:
+    one = torchrun_argv(dataclasses.replace(BASE, nproc_per_node=4), "stages.train")
+    assert one == [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=4",
+        "--standalone",
+        "-m",
+        "stages.train",
+    ]
+    many = torchrun_argv(
+        dataclasses.replace(BASE, nproc_per_node=8, nnodes=2, rdzv_endpoint="n1:29400"), "stages.train"
+    )
+    assert "--nnodes=2" in many and "--rdzv_endpoint=n1:29400" in many and "--rdzv_backend=c10d" in many
+    assert "--standalone" not in many
+
+
+def _train_section(**changes: object) -> dict[str, object]:
+    return {**dataclasses.asdict(BASE), **changes}
+
+
+def test_a_batch_the_processes_cannot_share_evenly_is_refused() -> None:
+    with pytest.raises(ParamsError, match=r"train.batch_size = 4 is invalid: must be divisible by .* = 3"):
+        parse_section("train", _train_section(batch_size=4, nproc_per_node=3))
+
+
+def test_several_nodes_need_a_rendezvous_endpoint() -> None:
+    with pytest.raises(ParamsError, match="train.rdzv_endpoint = 'somewhere' is invalid: must be host:port"):
+        parse_section("train", _train_section(nnodes=2, rdzv_endpoint="somewhere"))
+
+
+# --- the stage under torchrun ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def one_and_two(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
+    base = tmp_path_factory.mktemp("ddp")
+    runs = {}
+    for n in (1, 2):
+        ws = workspace(base / f"n{n}", **{**TWO, "nproc_per_node": n})
+        out = finish(ws)
+        if n == 2:
+            assert "train: 2 processes: torch.distributed.run --nproc_per_node=2 --standalone" in out
+        runs[n] = ws
+    return runs
+
+
+def test_two_processes_give_the_loss_curve_of_one_on_the_same_global_batch(
+    one_and_two: dict[int, Path],
+) -> None:
+    for name in ("train/loss", "val/loss"):
+        one, two = (logged(one_and_two[n], name) for n in (1, 2))
+        assert [s for s, _ in one] == [s for s, _ in two] == [str(s) for s in range(0, 41, 10)]
+        for (_, a), (_, b) in zip(one, two, strict=True):
+            assert float(b) == pytest.approx(float(a), rel=1e-5, abs=1e-6), name
+
+
+def test_two_processes_end_with_the_weights_of_one(one_and_two: dict[int, Path]) -> None:
+    one, _, _ = load_model(one_and_two[1] / "models" / "model.pt")
+    two, _, _ = load_model(one_and_two[2] / "models" / "model.pt")
+    for (name, a), (_, b) in zip(one.state_dict().items(), two.state_dict().items(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_only_rank_0_writes_and_the_report_counts_the_global_batch(one_and_two: dict[int, Path]) -> None:
+    import json
+
+    reports = [json.loads((one_and_two[n] / "reports" / "train.json").read_text()) for n in (1, 2)]
+    assert (reports[0]["processes"], reports[1]["processes"]) == (1, 2)
+    assert reports[0]["tokens_seen"] == reports[1]["tokens_seen"]
+    # one model file, one DVCLive folder, no checkpoint left: nothing written twice or left behind
+    assert sorted(p.name for p in (one_and_two[2] / "models").iterdir()) == ["model.pt"]
+
+
+def test_two_processes_killed_then_resumed_end_identical_to_an_uninterrupted_pair(
+    one_and_two: dict[int, Path], tmp_path: Path
+) -> None:
+    ws = workspace(tmp_path / "killed", **TWO, checkpoint_interval=10)
+    kill_after_checkpoints(ws, writes=1, extra_seconds=0.2, group=True)
+    out = finish(ws)
+    assert "resuming from models/checkpoint.pt at step" in out
+    assert (ws / "models" / "model.pt").read_bytes() == (one_and_two[2] / "models" / "model.pt").read_bytes()
+    for name in ("train/loss", "val/loss"):
+        assert logged(ws, name) == logged(one_and_two[2], name)
+
+
+def test_workers_die_with_a_sigkilled_torchrun_instead_of_training_on(tmp_path: Path) -> None:
+    ws = workspace(tmp_path / "ws", **{**TWO, "max_iters": 100000, "checkpoint_interval": 10})
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TQDM_DISABLE": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stages.train"],
+        cwd=ws,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (ws / "models" / "checkpoint.pt").exists():  # the workers are training
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        workers = psutil.Process(proc.pid).children(recursive=True)
+        assert len(workers) >= 2
+        proc.send_signal(signal.SIGKILL)  # the agent only: it cannot pass anything on
+        proc.wait(timeout=30)
+        gone, alive = psutil.wait_procs(workers, timeout=30)
+        assert not alive, f"orphaned workers still running: {alive}"
+    finally:
+        for p in psutil.Process().children(recursive=True):
+            p.kill()
+
+
+FAILING_RANK = """
+import os
+from gptcore.errors import DataError, run_main
+from gptcore.tokens import TokenStore
+
+if os.environ["RANK"] == "1":
+    def broken(self, *args, **kwargs):
+        raise DataError("rank 1 could not read its batch")
+    TokenStore.random_windows = broken
+
+from stages.train import main
+run_main(main)
+"""
+
+
+def test_a_failing_rank_fails_the_whole_run_with_its_error_and_never_hangs(tmp_path: Path) -> None:
+    ws = workspace(tmp_path / "ws", **TWO)
+    (ws / "failing_rank.py").write_text(FAILING_RANK, encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TQDM_DISABLE": "1"}
+    argv = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--standalone",
+        "failing_rank.py",
+    ]
+    started = time.monotonic()
+    proc = subprocess.run(argv, cwd=ws, env=env, capture_output=True, text=True, timeout=180)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out
+    assert "error: rank 1 could not read its batch" in out
+    assert time.monotonic() - started < 180
+    assert not (ws / "models" / "model.pt").exists()
