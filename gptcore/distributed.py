@@ -96,12 +96,10 @@ def torchrun_argv(params: TrainParams, module: str) -> list[str]:
     if params.nnodes == 1:
         argv.append("--standalone")  # a private rendezvous on a free local port
     else:
-        argv += [
-            f"--nnodes={params.nnodes}",
-            "--rdzv_backend=c10d",
-            f"--rdzv_endpoint={params.rdzv_endpoint}",
-            "--rdzv_id=gptcore",
-        ]
+        # static rendezvous: node k (torchrun reads PET_NODE_RANK=k from the environment) runs ranks
+        # k*nproc .. (k+1)*nproc - 1, so node 0, where `dvc repro` runs, holds rank 0 and the outputs
+        host, port = params.rdzv_endpoint.rsplit(":", 1)
+        argv += [f"--nnodes={params.nnodes}", f"--master_addr={host}", f"--master_port={port}"]
     return [*argv, "-m", module]
 
 
