@@ -11,6 +11,14 @@ Order of operations at each step, as in most samplers: divide the logits by the 
 the top-k, then keep the nucleus (top-p) of what is left, then draw. Temperature 0 is greedy argmax.
 Draws use the `torch.Generator` passed in (torch's global RNG when none is), so a seed fixes the
 output; a CPU generator also gives the same draws whatever device the model runs on.
+
+Context and the KV cache. The model sees at most block_size tokens (its position table ends
+there). A prompt longer than that is cut to its last block_size tokens. When the text grows past
+block_size, the window slides by half a block: the model then continues from the last
+block_size // 2 tokens at positions 0.. again, and with the cache on (the default) that half is
+encoded once into a fresh cache. So a new token costs one position, plus one half-block prefill
+every block_size // 2 tokens. Without the cache the same windows are recomputed in full at every
+step, which gives the same tokens (tested), only slower.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ from collections.abc import Iterator
 
 import torch
 
-from gptcore.model import GPT
+from gptcore.model import GPT, KVCache
 from gptcore.tokenizer import Tokenizer
 
 # What a decoder shows for bytes it cannot map (and what a char tokenizer shows for <|unk|>).
@@ -85,16 +93,33 @@ def sample_next(
     return choice.squeeze(-1).to(logits.device)
 
 
-def _next_logits(model: GPT, idx: torch.Tensor) -> torch.Tensor:
-    """Logits (B, V) for the token after `idx` (B, T), its context cropped to the last block_size.
+class _Context:
+    """Next-token logits for a growing sequence, over a window of at most block_size tokens that
+    slides by half a block when full; with a KV cache each call encodes only the new tokens."""
 
-    The one place the model is called: a KV cache slots in here, feeding only the newest token and
-    keeping the keys and values of the rest (the crop then becomes a cache shift).
-    """
-    block_size = model.config.block_size
-    context = idx if idx.shape[1] <= block_size else idx[:, -block_size:]
-    logits, _ = model(context)
-    return logits[:, -1, :]
+    def __init__(self, model: GPT, idx: torch.Tensor, use_cache: bool) -> None:
+        self.model = model
+        self.block_size = model.config.block_size
+        self.start = max(0, idx.shape[1] - self.block_size)  # a long prompt: its last block
+        self.cache = None
+        if use_cache:
+            dtype = next(model.parameters()).dtype
+            self.cache = KVCache(model.config, idx.shape[0], idx.device, dtype)
+        self.fed = self.start  # idx[:, start:fed] is in the cache
+
+    def next_logits(self, idx: torch.Tensor) -> torch.Tensor:
+        """Logits (B, V) for the token after `idx` (B, T)."""
+        if idx.shape[1] - self.start > self.block_size:  # full: keep the last half block
+            self.start = idx.shape[1] - max(1, self.block_size // 2)
+            self.fed = self.start
+            if self.cache is not None:
+                self.cache.reset()
+        if self.cache is None:
+            logits, _ = self.model(idx[:, self.start :])
+        else:
+            logits, _ = self.model(idx[:, self.fed :], cache=self.cache)
+            self.fed = idx.shape[1]
+        return logits[:, -1, :]
 
 
 @torch.inference_mode()
@@ -109,6 +134,7 @@ def generate_stream(
     generator: torch.Generator | None = None,
     eot_id: int | None = None,
     stop_at_eot: bool = True,
+    use_cache: bool = True,
 ) -> Iterator[torch.Tensor]:
     """Yield the new token ids (B,) of each step after the prompts `idx` (B, T0), up to max_new_tokens.
 
@@ -123,8 +149,9 @@ def generate_stream(
     if idx.dim() != 2 or idx.shape[1] == 0:
         raise ValueError(f"idx must be token ids of shape (B, T) with T >= 1, got {tuple(idx.shape)}")
     done = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
+    context = _Context(model, idx, use_cache)
     for _ in range(max_new_tokens):
-        logits = _next_logits(model, idx)
+        logits = context.next_logits(idx)
         next_ids = sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
         if eot_id is not None:
             next_ids = torch.where(done, torch.full_like(next_ids, eot_id), next_ids)
@@ -146,6 +173,7 @@ def generate(
     generator: torch.Generator | None = None,
     eot_id: int | None = None,
     stop_at_eot: bool = True,
+    use_cache: bool = True,
 ) -> torch.Tensor:
     """The prompts followed by their new tokens: (B, T0 + n), n <= max_new_tokens (see generate_stream)."""
     steps = list(
@@ -159,6 +187,7 @@ def generate(
             generator=generator,
             eot_id=eot_id,
             stop_at_eot=stop_at_eot,
+            use_cache=use_cache,
         )
     )
     if not steps:

@@ -10,6 +10,8 @@ Architecture (GPT-2 shape, Radford et al. 2019):
   them forces PyTorch's unfused attention on CPU, which made a 6-layer step 1.4x slower
   (benchmarks/train_speed.py) for a regulariser the residual dropout already provides;
 - 4x GELU feed-forward; final LayerNorm; output head tied to the token embedding;
+- a KV cache for generation (`KVCache`): each block keeps the keys and values of the tokens seen,
+  so a new token costs one position instead of the whole context;
 - GPT-2 initialisation: N(0, 0.02), residual output projections scaled by 1/sqrt(2 * n_layer).
 """
 
@@ -35,6 +37,25 @@ class GPTConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+class KVCache:
+    """Keys and values of the tokens a GPT has seen, per layer, for generation.
+
+    Preallocated for `block_size` positions: `k` and `v` are (n_layer, B, n_head, block_size,
+    head_dim), of which the first `length` positions are filled. `GPT.forward(idx, cache=...)`
+    appends idx's keys and values and attends over everything cached.
+    """
+
+    def __init__(self, config: GPTConfig, batch_size: int, device: torch.device, dtype: torch.dtype) -> None:
+        shape = (config.n_layer, batch_size, config.n_head, config.block_size, config.n_embd // config.n_head)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.block_size = config.block_size
+        self.length = 0
+
+    def reset(self) -> None:
+        self.length = 0
 
 
 class LayerNorm(nn.Module):
@@ -77,6 +98,25 @@ class MultiHeadAttention(nn.Module):
         q, k, v = self._heads(x)
         return self._merge(F.scaled_dot_product_attention(q, k, v, is_causal=True))
 
+    def forward_cached(
+        self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start: int
+    ) -> torch.Tensor:
+        """Attention for x's tokens at positions start.., over the cached keys and values
+        (B, nh, block_size, hs) of positions ..start - 1, which it extends with x's own."""
+        q, k, v = self._heads(x)
+        T = x.shape[1]
+        keys[:, :, start : start + T] = k
+        values[:, :, start : start + T] = v
+        k, v = keys[:, :, : start + T], values[:, :, : start + T]
+        if start == 0:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        elif T == 1:  # the newest token sees every earlier one: no mask
+            y = F.scaled_dot_product_attention(q, k, v)
+        else:  # token i of x sees positions up to start + i
+            mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self._merge(y)
+
     def forward_explicit(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Masked-softmax attention written out; returns (output, weights of shape (B, nh, T, T))."""
         q, k, v = self._heads(x)
@@ -115,9 +155,17 @@ class Block(nn.Module):
         self.ln_2 = LayerNorm(config.n_embd, config.bias)
         self.mlp = FeedForward(config)
 
-    def forward(self, x: torch.Tensor, explicit: bool = False) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        explicit: bool = False,
+        kv: tuple[torch.Tensor, torch.Tensor, int] | None = None,
+    ) -> torch.Tensor:
         h = self.ln_1(x)
-        x = x + (self.attn.forward_explicit(h)[0] if explicit else self.attn(h))
+        if kv is not None:
+            x = x + self.attn.forward_cached(h, *kv)
+        else:
+            x = x + (self.attn.forward_explicit(h)[0] if explicit else self.attn(h))
         return x + self.mlp(self.ln_2(x))
 
 
@@ -155,16 +203,29 @@ class GPT(nn.Module):
         return n - self.wpe.weight.numel() if non_embedding else n
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None, explicit: bool = False
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        explicit: bool = False,
+        cache: KVCache | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits (B, T, vocab) for token ids (B, T); mean cross-entropy when targets are given."""
+        """Logits (B, T, vocab) for token ids (B, T); mean cross-entropy when targets are given.
+
+        With `cache`, idx continues the tokens cached so far (positions cache.length ..), and
+        their keys and values are added to it."""
         T = idx.shape[1]
-        if self.config.block_size < T:
-            raise ValueError(f"sequence of {T} tokens exceeds block_size {self.config.block_size}")
-        pos = torch.arange(T, device=idx.device)
+        start = cache.length if cache is not None else 0
+        if self.config.block_size < start + T:
+            raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
+        if cache is not None and explicit:
+            raise ValueError("the explicit attention path does not use a KV cache")
+        pos = torch.arange(start, start + T, device=idx.device)
         x = self.drop(self.wte(idx) + self.wpe(pos))
-        for block in self.h:
-            x = block(x, explicit=explicit)
+        for i, block in enumerate(self.h):
+            kv = (cache.k[i], cache.v[i], start) if cache is not None else None
+            x = block(x, explicit=explicit, kv=kv)
+        if cache is not None:
+            cache.length = start + T
         logits = self.lm_head(self.ln_f(x))
         if targets is None:
             return logits, None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -14,7 +16,7 @@ from gptcore.generate import (
     sample_next,
     stream_completion,
 )
-from gptcore.model import GPT, GPTConfig
+from gptcore.model import GPT, GPTConfig, KVCache
 from gptcore.tokenizer import CharTokenizer
 
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\nROMEO: JULIET:\n"
@@ -33,7 +35,8 @@ def model(tok: CharTokenizer) -> GPT:
 
 
 class CountingModel(nn.Module):
-    """A stand-in GPT whose next token is always (last token + 1) mod V; it records context lengths."""
+    """A stand-in GPT whose next token is always (last token + 1) mod V; it records context lengths
+    (its next token depends on the last one only, so it works with or without a KV cache)."""
 
     def __init__(self, vocab_size: int = 10, block_size: int = 8):
         super().__init__()
@@ -42,10 +45,14 @@ class CountingModel(nn.Module):
         self.lengths: list[int] = []
         self.eval()
 
-    def forward(self, idx: torch.Tensor) -> tuple[torch.Tensor, None]:
-        if idx.shape[1] > self.config.block_size:
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> tuple[torch.Tensor, None]:
+        # with a cache, idx continues the cached tokens: the context is both
+        context = idx.shape[1] + (cache.length if cache is not None else 0)
+        if context > self.config.block_size:
             raise ValueError("context longer than block_size")
-        self.lengths.append(idx.shape[1])
+        if cache is not None:
+            cache.length = context
+        self.lengths.append(context)
         nxt = (idx + 1) % self.config.vocab_size
         return nn.functional.one_hot(nxt, self.config.vocab_size).float() * 10.0, None
 
@@ -227,3 +234,67 @@ def test_completion_stops_at_eot_and_holds_back_replacement_characters() -> None
     assert pieces[:2] == ["g", "h"]
     # an empty prompt starts from <|endoftext|>: the counting model then wraps round to id 0
     assert complete(counting, tok, "", 3, temperature=0.0) == "abc"
+
+
+# ---------------------------------------------------------------------------------------------
+# KV cache
+
+
+def test_cached_forward_gives_the_logits_of_the_full_forward(model: GPT) -> None:
+    torch.manual_seed(1)
+    idx = torch.randint(0, model.config.vocab_size, (2, model.config.block_size))
+    with torch.inference_mode():
+        full, _ = model(idx)
+        cache = KVCache(model.config, 2, idx.device, torch.float32)
+        # a prefill of 5, single tokens, then a chunk of 3 on a non-empty cache (the masked path)
+        pieces = [(0, 5), (5, 6), (6, 7), (7, 10), (10, model.config.block_size)]
+        for a, b in pieces:
+            logits, _ = model(idx[:, a:b], cache=cache)
+            torch.testing.assert_close(logits, full[:, a:b], rtol=1e-5, atol=1e-5)
+        assert cache.length == model.config.block_size
+
+
+@pytest.mark.parametrize("prompt_len", [1, 5, 16, 23])
+@pytest.mark.parametrize("new", [9, 40])
+def test_greedy_output_with_the_cache_equals_without_it(model: GPT, prompt_len: int, new: int) -> None:
+    # float64: the cached and full computations round differently, and a random model's top two
+    # logits can lie within float32 rounding of each other; the sequences must not hinge on that
+    wide = copy.deepcopy(model).double()
+    prompt = torch.arange(prompt_len).remainder(model.config.vocab_size)[None, :].repeat(2, 1)
+    prompt[1] = prompt[1].flip(0)
+    cached = generate(wide, prompt, new, temperature=0.0, use_cache=True)
+    uncached = generate(wide, prompt, new, temperature=0.0, use_cache=False)
+    assert cached.shape == (2, prompt_len + new)
+    assert torch.equal(cached, uncached)
+
+
+def test_sampling_with_the_cache_draws_the_same_tokens(model: GPT) -> None:
+    wide = copy.deepcopy(model).double()
+    prompt = torch.tensor([[1, 2, 3]])
+    runs = [
+        generate(
+            wide, prompt, 50, top_k=5, top_p=0.9, generator=torch.Generator().manual_seed(4), use_cache=c
+        )
+        for c in (True, False)
+    ]
+    assert torch.equal(runs[0], runs[1])
+
+
+def test_past_block_size_the_window_slides_by_half_a_block() -> None:
+    counting = CountingModel(vocab_size=10, block_size=8)
+    out = generate(counting, torch.tensor([[0]]), 14, temperature=0.0)
+    assert out[0].tolist() == [i % 10 for i in range(15)]
+    # contexts seen: 1..8, then the last 4 tokens again at positions 0.., and so on
+    assert counting.lengths == [1, 2, 3, 4, 5, 6, 7, 8, 4, 5, 6, 7, 8, 4]
+
+
+def test_a_cache_cannot_grow_past_block_size_or_serve_the_explicit_path(model: GPT) -> None:
+    block = model.config.block_size
+    cache = KVCache(model.config, 1, torch.device("cpu"), torch.float32)
+    with torch.inference_mode():
+        model(torch.zeros(1, block - 1, dtype=torch.long), cache=cache)
+        with pytest.raises(ValueError, match=f"sequence of {block + 1} tokens exceeds block_size {block}"):
+            model(torch.zeros(1, 2, dtype=torch.long), cache=cache)
+        cache.reset()
+        with pytest.raises(ValueError, match="explicit"):
+            model(torch.zeros(1, 2, dtype=torch.long), explicit=True, cache=cache)
