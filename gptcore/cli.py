@@ -210,10 +210,55 @@ def _read_line(interactive: bool) -> str | None:
     return line.rstrip("\r\n")
 
 
+CHAT_HELP = """commands (a line that starts with /):
+  /temperature X   softmax temperature; 0 is greedy
+  /top_k N         keep the N most likely tokens; 0 keeps all
+  /top_p P         keep the smallest set of tokens whose probability reaches P, in (0, 1]; 1 keeps all
+  /max_tokens N    new tokens per reply
+  /reset           forget the conversation so far
+  /help            this list
+The model sees the conversation so far (its last block_size tokens). Ctrl-C stops a reply; Ctrl-D quits."""
+
+# setting -> (Sampling field, parse, valid?, what is allowed)
+_SETTINGS: dict[str, tuple[str, Callable[[str], Any], Callable[[Any], bool], str]] = {
+    "temperature": ("temperature", float, lambda v: 0.0 <= v < float("inf"), "a number >= 0"),
+    "top_k": ("top_k", int, lambda v: v >= 0, "a whole number >= 0"),
+    "top_p": ("top_p", float, lambda v: 0.0 < v <= 1.0, "a number in (0, 1]"),
+    "max_tokens": ("max_new_tokens", int, lambda v: v >= 1, "a whole number >= 1"),
+}
+
+
+def chat_command(line: str, sampling: Sampling) -> tuple[Sampling, str, bool]:
+    """Apply one chat /command: (the settings after it, what to tell the user, whether to forget
+    the conversation). An unknown command or a bad value raises GptcoreError and changes nothing."""
+    name, _, value = line[1:].strip().partition(" ")
+    if name == "help":
+        return sampling, CHAT_HELP, False
+    if name == "reset":
+        return sampling, "[conversation cleared]", True
+    if name not in _SETTINGS:
+        raise GptcoreError(f"unknown command /{name}: /help lists them")
+    field, parse, valid, allowed = _SETTINGS[name]
+    try:
+        parsed = parse(value.strip())
+    except ValueError:
+        parsed = None
+    if parsed is None or not valid(parsed):
+        raise GptcoreError(f"/{name} needs {allowed}, got {value.strip()!r}")
+    sampling = replace(sampling, **{field: parsed})
+    return sampling, f"[{sampling.describe()}]", False
+
+
 def _write_completion(
-    model: GPT, tokenizer: Tokenizer, prompt: str, sampling: Sampling, generator: torch.Generator, last: str
-) -> str:
-    """Stream the completion of `prompt` to stdout as it is generated; return the last character written."""
+    model: GPT,
+    tokenizer: Tokenizer,
+    prompt: str,
+    sampling: Sampling,
+    generator: torch.Generator,
+    written: list[str],
+) -> None:
+    """Stream the completion of `prompt` to stdout as it is generated, appending each piece to
+    `written` (so a reply stopped by Ctrl-C still knows what it said)."""
     for piece in stream_completion(
         model,
         tokenizer,
@@ -226,8 +271,7 @@ def _write_completion(
     ):
         sys.stdout.write(piece)
         sys.stdout.flush()
-        last = piece[-1]
-    return last
+        written.append(piece)
 
 
 def cmd_chat(args: argparse.Namespace) -> None:
@@ -244,9 +288,13 @@ def cmd_chat(args: argparse.Namespace) -> None:
         f"gptcore chat: {args.model} ({model.num_params(non_embedding=False):,} parameters, "
         f"{tokenizer.kind} tokenizer of {tokenizer.vocab_size} tokens) on {device}\n"
         f"{sampling.describe()}\n"
-        "Each line is a prompt that the model continues. Ctrl-C stops a reply; Ctrl-D quits.",
+        "Each line continues the conversation; /help lists the commands. Ctrl-C stops a reply; Ctrl-D quits.",
         file=sys.stderr,
     )
+    # the conversation as the model sees it: each line and its reply, as printed; kept to a tail
+    # comfortably longer than the block_size tokens the model reads
+    conversation = ""
+    keep_chars = 16 * model.config.block_size
     while True:
         try:
             line = _read_line(interactive)
@@ -256,16 +304,28 @@ def cmd_chat(args: argparse.Namespace) -> None:
             if interactive:
                 print(file=sys.stderr)  # end the line the prompt is on
             return
-        last = "\n"
+        if line.startswith("/"):
+            try:
+                sampling, message, reset = chat_command(line, sampling)
+            except GptcoreError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                continue
+            conversation = "" if reset else conversation
+            print(message, file=sys.stderr)
+            continue
+        written: list[str] = []
         try:
-            last = _write_completion(model, tokenizer, line, sampling, generator, last)
+            _write_completion(model, tokenizer, conversation + line, sampling, generator, written)
         except KeyboardInterrupt:  # Ctrl-C during a reply: drop the rest of it, back to the prompt
             sys.stdout.write("\n")
             print("[stopped]", file=sys.stderr)
-            last = "\n"
-        if last != "\n":
+            written.append("\n")
+        reply = "".join(written)
+        if not reply.endswith("\n"):
             sys.stdout.write("\n")
+            reply += "\n"
         sys.stdout.flush()
+        conversation = (conversation + line + reply)[-keep_chars:]
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
@@ -286,9 +346,10 @@ def cmd_sample(args: argparse.Namespace) -> None:
             count += 1
             if total > 1:
                 print(f"--- sample {count} of {total} ---")
+            written = [prompt]
             sys.stdout.write(prompt)
-            last = _write_completion(model, tokenizer, prompt, sampling, generator, prompt[-1:] or "\n")
-            if last != "\n":
+            _write_completion(model, tokenizer, prompt, sampling, generator, written)
+            if not "".join(written).endswith("\n"):
                 sys.stdout.write("\n")
     sys.stdout.flush()
 

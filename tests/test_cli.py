@@ -89,11 +89,45 @@ def test_chat_through_a_pipe_answers_each_line_and_exits_zero_at_eof(workdir: Pa
     args = shlex.split("chat --model models/model.pt --temperature 0 --max-new-tokens 12 --device cpu")
     result = run_cli(args, workdir, stdin="ROMEO:\nJULIET:\n")
     assert result.returncode == 0, result.stderr
-    replies = [reference_completion(p, 12, 0, temperature=0.0) for p in ("ROMEO:", "JULIET:")]
-    assert all(replies)
-    assert result.stdout == "".join(r if r.endswith("\n") else r + "\n" for r in replies)
+    # the second line continues the conversation: the model sees the first exchange before it
+    first = reference_completion("ROMEO:", 12, 0, temperature=0.0)
+    first = first if first.endswith("\n") else first + "\n"
+    second = reference_completion("ROMEO:" + first + "JULIET:", 12, 0, temperature=0.0)
+    assert first.strip() and second
+    assert result.stdout == first + (second if second.endswith("\n") else second + "\n")
     assert "gptcore chat" in result.stderr  # the banner, kept off stdout
     assert "> " not in result.stdout  # no prompt when stdin is not a terminal
+
+
+def test_chat_commands_change_the_settings_and_reset_forgets_the_conversation(workdir: Path) -> None:
+    args = shlex.split("chat --model models/model.pt --temperature 0.9 --max-new-tokens 12 --device cpu")
+    lines = [
+        "/help",
+        "/temperature 0",
+        "/max_tokens 5",
+        "/top_k 3",
+        "/top_p 0.5",
+        "/top_p 2",
+        "/max_tokens zero",
+        "/bogus",
+        "ROMEO:",
+        "/reset",
+        "ROMEO:",
+    ]
+    result = run_cli(args, workdir, stdin="\n".join(lines) + "\n")
+    assert result.returncode == 0, result.stderr
+    err = result.stderr
+    assert "/temperature X" in err and "/reset" in err  # the help
+    assert "[temperature 0, top_k 3, top_p 0.5, max_new_tokens 5," in err
+    assert "error: /top_p needs a number in (0, 1], got '2'" in err
+    assert "error: /max_tokens needs a whole number >= 1, got 'zero'" in err
+    assert "error: unknown command /bogus: /help lists them" in err
+    assert "[conversation cleared]" in err
+    # greedy, 5 tokens, top-k 3 / top-p 0.5; after /reset the same prompt gives the same reply
+    reply = reference_completion("ROMEO:", 5, 0, temperature=0.0, top_k=3, top_p=0.5)
+    reply = reply if reply.endswith("\n") else reply + "\n"
+    assert result.stdout == reply + reply
+    assert "/" not in result.stdout  # commands are never sent to the model
 
 
 def test_chat_with_no_input_exits_zero_quietly(
