@@ -20,7 +20,7 @@ import torch
 
 from gptcore.checkpoint import load_model
 from gptcore.errors import DataError, GptcoreError, run_main
-from gptcore.generate import stream_completion
+from gptcore.generate import complete_batch, stream_completion
 from gptcore.model import GPT, GPTConfig, flops_per_token
 from gptcore.params import SampleParams, TrainParams, load_section
 from gptcore.tokenizer import Tokenizer, load_tokenizer
@@ -98,6 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sampling.add_argument("--seed", type=int, help="seeds sampling (default: sample.seed, else random)")
     sampling.add_argument(
+        "--stop",
+        action="append",
+        type=_typed(str, lambda v: v != "", "a non-empty string"),
+        metavar="TEXT",
+        help="end a completion just before this text; repeat for several (default: sample.stop)",
+    )
+    sampling.add_argument(
         "--device",
         type=_device,
         default="auto",
@@ -143,11 +150,13 @@ class Sampling:
     top_k: int
     top_p: float
     seed: int | None  # None: draw a fresh random seed
+    stop: tuple[str, ...] = ()
 
     def describe(self) -> str:
+        stop = f", stop {list(self.stop)!r}" if self.stop else ""
         return (
             f"temperature {self.temperature:g}, top_k {self.top_k}, top_p {self.top_p:g}, "
-            f"max_new_tokens {self.max_new_tokens}, seed {self.seed}"
+            f"max_new_tokens {self.max_new_tokens}, seed {self.seed}{stop}"
         )
 
 
@@ -174,6 +183,7 @@ def resolve_sampling(args: argparse.Namespace) -> tuple[Sampling, SampleParams |
         top_k=pick(args.top_k, "top_k", 0),
         top_p=pick(args.top_p, "top_p", 1.0),
         seed=pick(args.seed, "seed", None),
+        stop=tuple(pick(args.stop, "stop", [])),
     )
     if sampling.seed is None:
         # a seed drawn here and reported, so that a run the user liked can be repeated
@@ -268,6 +278,7 @@ def _write_completion(
         top_k=sampling.top_k,
         top_p=sampling.top_p,
         generator=generator,
+        stop=sampling.stop,
     ):
         sys.stdout.write(piece)
         sys.stdout.flush()
@@ -342,7 +353,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
         # seeded once per prompt, as the sample stage does: a prompt's completions do not depend
         # on which prompts came before it, and the first one matches reports/samples.md
         generator = _generator(sampling.seed)
-        for _ in range(args.num_samples):
+        if args.num_samples == 1:  # streamed as it is generated
             count += 1
             if total > 1:
                 print(f"--- sample {count} of {total} ---")
@@ -351,6 +362,25 @@ def cmd_sample(args: argparse.Namespace) -> None:
             _write_completion(model, tokenizer, prompt, sampling, generator, written)
             if not "".join(written).endswith("\n"):
                 sys.stdout.write("\n")
+            continue
+        # several samples of a prompt: the rows of one batch, one forward pass per step for all
+        texts = complete_batch(
+            model,
+            tokenizer,
+            prompt,
+            args.num_samples,
+            sampling.max_new_tokens,
+            temperature=sampling.temperature,
+            top_k=sampling.top_k,
+            top_p=sampling.top_p,
+            generator=generator,
+            stop=sampling.stop,
+        )
+        for text in texts:
+            count += 1
+            print(f"--- sample {count} of {total} ---")
+            full = prompt + text
+            print(full, end="" if full.endswith("\n") else "\n")
     sys.stdout.flush()
 
 

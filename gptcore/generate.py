@@ -23,7 +23,7 @@ step, which gives the same tokens (tested), only slower.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -195,6 +195,22 @@ def generate(
     return torch.cat([idx, torch.stack(steps, dim=1)], dim=1)
 
 
+def check_stop(stop: Sequence[str]) -> None:
+    if any(not s for s in stop):
+        raise ValueError(f"stop strings must not be empty, got {list(stop)!r}")
+
+
+def _held_back(text: str, stop: Sequence[str]) -> int:
+    """Length of the longest tail of `text` that could be the start of a stop string."""
+    longest = 0
+    for s in stop:
+        for n in range(min(len(s) - 1, len(text)), longest, -1):
+            if text.endswith(s[:n]):
+                longest = n
+                break
+    return longest
+
+
 def stream_completion(
     model: GPT,
     tokenizer: Tokenizer,
@@ -205,13 +221,52 @@ def stream_completion(
     top_k: int = 0,
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
+    stop: Sequence[str] = (),
 ) -> Iterator[str]:
-    """Yield the text that continues `prompt`, piece by piece as tokens come, ending at <|endoftext|>.
+    """Yield the text that continues `prompt`, piece by piece as tokens come, ending at
+    <|endoftext|>, after max_new_tokens, or just before the first of the `stop` strings to appear
+    (which is not yielded; generation ends there).
 
     An empty prompt starts from <|endoftext|>, the token that precedes every document in training.
     A piece that ends in U+FFFD is held back until the next token: with a byte-level tokenizer it
-    may be the first bytes of a character that the next token completes.
+    may be the first bytes of a character that the next token completes. Text that could be the
+    start of a stop string is held back too, until the next tokens tell.
     """
+    check_stop(stop)
+    pieces = _stable_pieces(model, tokenizer, prompt, max_new_tokens, temperature, top_k, top_p, generator)
+    if not stop:
+        yield from pieces
+        return
+    text, sent = "", 0
+    longest = max(len(s) for s in stop)
+    for piece in pieces:
+        text += piece
+        window = max(0, sent - longest)  # a stop string can only end in the new text
+        found = [i for i in (text.find(s, window) for s in stop) if i >= 0]
+        if found:
+            cut = min(found)
+            if cut > sent:
+                yield text[sent:cut]
+            return
+        safe = len(text) - _held_back(text, stop)
+        if safe > sent:
+            yield text[sent:safe]
+            sent = safe
+    if sent < len(text):
+        yield text[sent:]
+
+
+def _stable_pieces(
+    model: GPT,
+    tokenizer: Tokenizer,
+    prompt: str,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    generator: torch.Generator | None,
+) -> Iterator[str]:
+    """The decoded text of each new token, whole characters only, until <|endoftext|>."""
     ids = tokenizer.encode(prompt) or [tokenizer.eot_id]
     device = next(model.parameters()).device
     idx = torch.tensor([ids], dtype=torch.long, device=device)
@@ -248,6 +303,7 @@ def complete(
     top_k: int = 0,
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
+    stop: Sequence[str] = (),
 ) -> str:
     """The whole text that continues `prompt` (see stream_completion)."""
     return "".join(
@@ -260,5 +316,44 @@ def complete(
             top_k=top_k,
             top_p=top_p,
             generator=generator,
+            stop=stop,
         )
     )
+
+
+def complete_batch(
+    model: GPT,
+    tokenizer: Tokenizer,
+    prompt: str,
+    num_samples: int,
+    max_new_tokens: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+    stop: Sequence[str] = (),
+) -> list[str]:
+    """`num_samples` continuations of `prompt`, generated together as the rows of one batch (one
+    forward pass per step for all of them), each ending as `complete`'s would."""
+    check_stop(stop)
+    ids = tokenizer.encode(prompt) or [tokenizer.eot_id]
+    device = next(model.parameters()).device
+    idx = torch.tensor([ids] * num_samples, dtype=torch.long, device=device)
+    out = generate(
+        model,
+        idx,
+        max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        generator=generator,
+        eot_id=tokenizer.eot_id,
+    )
+    texts = []
+    for row in out[:, len(ids) :].tolist():
+        row = row[: row.index(tokenizer.eot_id)] if tokenizer.eot_id in row else row
+        text = tokenizer.decode(row)
+        cuts = [i for i in (text.find(s) for s in stop) if i >= 0]
+        texts.append(text[: min(cuts)] if cuts else text)
+    return texts

@@ -190,8 +190,11 @@ class SampleParams:
     top_k: int
     top_p: float
     seed: int
+    stop: list[str]
 
     def check(self) -> None:
+        if any(not s for s in self.stop):
+            _fail("sample.stop", self.stop, "stop strings must not be empty")
         if not self.prompts:
             _fail("sample.prompts", self.prompts, "must list at least one prompt")
         _positive("sample.max_new_tokens", self.max_new_tokens)

@@ -35,6 +35,7 @@ def main() -> None:
         top_p=params.top_p,
         max_new_tokens=params.max_new_tokens,
         seed=f"{params.seed} (reseeded for each prompt)",
+        stop=repr(params.stop),
     )
     lines = ["# Samples", "", f"Completions by `{MODEL_FILE}`.", "", "| setting | value |", "|---|---|"]
     lines += ["| {} | {} |".format(key, str(value).replace("|", "\\|")) for key, value in settings.items()]
@@ -50,6 +51,7 @@ def main() -> None:
             top_k=params.top_k,
             top_p=params.top_p,
             generator=generator,
+            stop=params.stop,
         )
         span, fence = _backticks(prompt, 1), _backticks(text, 3)
         pad = " " if prompt[:1] == "`" or prompt[-1:] == "`" else ""  # CommonMark strips one space each side

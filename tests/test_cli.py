@@ -34,6 +34,7 @@ SAMPLE_SECTION = {
     "top_k": 10,
     "top_p": 0.95,
     "seed": 1337,
+    "stop": [],
 }
 
 
@@ -186,6 +187,20 @@ def test_sample_prints_the_prompt_and_its_completion(workdir: Path, capsys: pyte
     main(shlex.split("sample --prompt ROMEO: --max-new-tokens 15 --seed 3 --top-k 5 --device cpu"))
     expected = "ROMEO:" + reference_completion("ROMEO:", 15, 3, top_k=5)
     assert capsys.readouterr().out == expected + ("" if expected.endswith("\n") else "\n")
+
+
+def test_sample_stop_flag_ends_each_completion_before_the_text(
+    workdir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    full = reference_completion("ROMEO:", 15, 3, temperature=0.0)
+    stop = full[4:6]  # some text the greedy completion reaches
+    assert stop and stop in full
+    main(
+        shlex.split("sample --prompt ROMEO: --max-new-tokens 15 --seed 3 --temperature 0 --device cpu")
+        + ["--stop", stop]
+    )
+    cut = full[: full.index(stop)]
+    assert capsys.readouterr().out == "ROMEO:" + cut + ("" if cut.endswith("\n") else "\n")
 
 
 def test_sample_prints_num_samples_completions_per_prompt(

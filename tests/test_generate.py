@@ -10,6 +10,7 @@ from torch import nn
 
 from gptcore.generate import (
     complete,
+    complete_batch,
     filter_logits,
     generate,
     generate_stream,
@@ -234,6 +235,65 @@ def test_completion_stops_at_eot_and_holds_back_replacement_characters() -> None
     assert pieces[:2] == ["g", "h"]
     # an empty prompt starts from <|endoftext|>: the counting model then wraps round to id 0
     assert complete(counting, tok, "", 3, temperature=0.0) == "abc"
+
+
+def test_temperature_sharpens_or_flattens_the_distribution_drawn_from() -> None:
+    # 40,000 draws from one row of logits per temperature: the frequencies follow softmax(logits / T)
+    logits = torch.tensor([2.0, 1.0, 0.0, -1.0])
+    for temperature in (0.5, 1.0, 2.0):
+        draws = sample_next(
+            logits.expand(40_000, 4), temperature=temperature, generator=torch.Generator().manual_seed(0)
+        )
+        freq = torch.bincount(draws, minlength=4).float() / 40_000
+        expected = (logits / temperature).softmax(-1)
+        torch.testing.assert_close(freq, expected, atol=0.01, rtol=0)
+    # lower temperature, more mass on the most likely token
+    assert (logits / 0.5).softmax(-1)[0] > logits.softmax(-1)[0] > (logits / 2.0).softmax(-1)[0]
+
+
+def test_max_new_tokens_bounds_the_completion(model: GPT, tok: CharTokenizer) -> None:
+    for n in (1, 7, 30):
+        steps = list(
+            generate_stream(model, torch.tensor([[1]]), n, generator=torch.Generator().manual_seed(1))
+        )
+        assert len(steps) == n
+    assert len(complete(model, tok, "ROMEO:", 5, temperature=0.0)) <= 5  # char tokenizer: 1 token, 1 char
+
+
+def test_stop_strings_end_the_completion_just_before_them() -> None:
+    tok = CharTokenizer(list("abcdefgh"))
+    counting = CountingModel(vocab_size=tok.vocab_size)  # from "a": b, c, d, e, f, ...
+    assert complete(counting, tok, "a", 7, temperature=0.0) == "bcdefgh"
+    assert complete(counting, tok, "a", 7, temperature=0.0, stop=["de"]) == "bc"
+    assert complete(counting, tok, "a", 7, temperature=0.0, stop=["fg", "d"]) == "bc"  # the first to appear
+    assert complete(counting, tok, "a", 7, temperature=0.0, stop=["xyz"]) == "bcdefgh"
+    # streamed: a possible start of a stop string is held back, never shown and then retracted
+    pieces = list(stream_completion(counting, tok, "a", 7, temperature=0.0, stop=["dx"]))
+    assert pieces == ["b", "c", "de", "f", "g", "h"]  # "d" waited for the "e" that cleared it
+    # generation ends at the stop string: no tokens are spent past it
+    counting.lengths.clear()
+    complete(counting, tok, "a", 7, temperature=0.0, stop=["c"])
+    assert len(counting.lengths) == 2
+    with pytest.raises(ValueError, match="must not be empty"):
+        complete(counting, tok, "a", 3, stop=[""])
+
+
+def test_several_samples_are_drawn_as_one_batch(model: GPT, tok: CharTokenizer, monkeypatch) -> None:
+    calls: list[int] = []
+    original = GPT.forward
+
+    def counted(self, idx, *args, **kwargs):
+        calls.append(idx.shape[0])
+        return original(self, idx, *args, **kwargs)
+
+    monkeypatch.setattr(GPT, "forward", counted)
+    texts = complete_batch(model, tok, "ROMEO:", 4, 10, generator=torch.Generator().manual_seed(2))
+    assert len(texts) == 4 and len(set(texts)) > 1  # four different draws
+    assert set(calls) == {4} and len(calls) <= 10  # every forward pass carries all four rows
+    again = complete_batch(model, tok, "ROMEO:", 4, 10, generator=torch.Generator().manual_seed(2))
+    assert again == texts
+    greedy = complete_batch(model, tok, "ROMEO:", 3, 10, temperature=0.0)
+    assert greedy == [complete(model, tok, "ROMEO:", 10, temperature=0.0)] * 3
 
 
 # ---------------------------------------------------------------------------------------------
