@@ -152,6 +152,10 @@ class Sampling:
     seed: int | None  # None: draw a fresh random seed
     stop: tuple[str, ...] = ()
 
+    def controls(self) -> dict[str, Any]:
+        """The keyword arguments the gptcore.generate completions take from these settings."""
+        return {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p, "stop": self.stop}
+
     def describe(self) -> str:
         stop = f", stop {list(self.stop)!r}" if self.stop else ""
         return (
@@ -274,11 +278,8 @@ def _write_completion(
         tokenizer,
         prompt,
         sampling.max_new_tokens,
-        temperature=sampling.temperature,
-        top_k=sampling.top_k,
-        top_p=sampling.top_p,
         generator=generator,
-        stop=sampling.stop,
+        **sampling.controls(),
     ):
         sys.stdout.write(piece)
         sys.stdout.flush()
@@ -370,11 +371,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
             prompt,
             args.num_samples,
             sampling.max_new_tokens,
-            temperature=sampling.temperature,
-            top_k=sampling.top_k,
-            top_p=sampling.top_p,
             generator=generator,
-            stop=sampling.stop,
+            **sampling.controls(),
         )
         for text in texts:
             count += 1

@@ -200,6 +200,12 @@ def check_stop(stop: Sequence[str]) -> None:
         raise ValueError(f"stop strings must not be empty, got {list(stop)!r}")
 
 
+def _first_stop(text: str, stop: Sequence[str], start: int = 0) -> int | None:
+    """Where the first of the `stop` strings found in text[start:] begins, or None."""
+    found = [i for i in (text.find(s, start) for s in stop) if i >= 0]
+    return min(found) if found else None
+
+
 def _held_back(text: str, stop: Sequence[str]) -> int:
     """Length of the longest tail of `text` that could be the start of a stop string."""
     longest = 0
@@ -242,9 +248,8 @@ def stream_completion(
     for piece in pieces:
         text += piece
         window = max(0, sent - longest)  # a stop string can only end in the new text
-        found = [i for i in (text.find(s, window) for s in stop) if i >= 0]
-        if found:
-            cut = min(found)
+        cut = _first_stop(text, stop, window)
+        if cut is not None:
             if cut > sent:
                 yield text[sent:cut]
             return
@@ -354,6 +359,5 @@ def complete_batch(
     for row in out[:, len(ids) :].tolist():
         row = row[: row.index(tokenizer.eot_id)] if tokenizer.eot_id in row else row
         text = tokenizer.decode(row)
-        cuts = [i for i in (text.find(s) for s in stop) if i >= 0]
-        texts.append(text[: min(cuts)] if cuts else text)
+        texts.append(text[: _first_stop(text, stop)])
     return texts

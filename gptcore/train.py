@@ -182,14 +182,6 @@ def model_flops_utilization(
 RESUME_IGNORES = ("log_interval", "checkpoint_interval", "nproc_per_node", "nnodes", "rdzv_endpoint")
 
 
-@dataclass(frozen=True)
-class Checkpointing:
-    """Where the run's checkpoint lives and how often it is written (0: never written)."""
-
-    path: Path
-    interval: int
-
-
 def run_identity(params: TrainParams, train_store: TokenStore, val_store: TokenStore) -> dict[str, Any]:
     """What a checkpoint must match to be resumed: the train params and the token data."""
     values = {k: v for k, v in dataclasses.asdict(params).items() if k not in RESUME_IGNORES}
@@ -474,11 +466,11 @@ def train(
     val_store: TokenStore,
     on_eval: EvalCallback | None = None,
     progress: bool = True,
-    checkpointing: Checkpointing | None = None,
+    checkpoint: Path | None = None,
     ranks: Ranks | None = None,
 ) -> TrainResult:
-    """Train a GPT on the token stores, continuing from `checkpointing.path` when it holds this
-    run's checkpoint; `on_eval` receives every evaluation of the run, earlier segments' first.
+    """Train a GPT on the token stores, writing a resumable checkpoint to `checkpoint` every
+    train.checkpoint_interval steps (0: never) and continuing from it when it holds this run's; `on_eval` receives every evaluation of the run, earlier segments' first.
 
     Under torchrun pass `ranks` (`Ranks.from_env()`): this process then trains its share of each
     batch in the run's process group, and only rank 0 writes the checkpoint; give `on_eval` on
@@ -503,12 +495,12 @@ def train(
                 f"({params.block_size + 1}): use more data or a smaller block_size"
             )
     with process_group(ranks, device):
-        return _train(params, train_store, val_store, on_eval, progress, checkpointing, ranks, device)
+        return _train(params, train_store, val_store, on_eval, progress, checkpoint, ranks, device)
 
 
-def _resume(loop: _Loop, checkpointing: Checkpointing, identity: dict[str, Any]) -> int | None:
+def _resume(loop: _Loop, path: Path, identity: dict[str, Any]) -> int | None:
     """Continue from the checkpoint if it is this run's (rank 0 decides for all); the step, or None."""
-    ranks, path = loop.ranks, checkpointing.path
+    ranks = loop.ranks
     saved, why = None, None
     if ranks.is_main and path.exists():
         saved = load_checkpoint(path)
@@ -545,13 +537,13 @@ def _train(
     val_store: TokenStore,
     on_eval: EvalCallback | None,
     progress: bool,
-    checkpointing: Checkpointing | None,
+    checkpoint: Path | None,
     ranks: Ranks,
     device: torch.device,
 ) -> TrainResult:
     loop = _Loop(params, train_store, val_store, ranks, device)
-    identity = run_identity(params, train_store, val_store) if checkpointing else {}
-    resumed_from = _resume(loop, checkpointing, identity) if checkpointing else None
+    identity = run_identity(params, train_store, val_store) if checkpoint else {}
+    resumed_from = _resume(loop, checkpoint, identity) if checkpoint else None
     if on_eval:
         for record in loop.history:
             on_eval(int(record["step"]), {k: v for k, v in record.items() if k != "step"})
@@ -601,8 +593,8 @@ def _train(
             mean_loss = loop.check_pending()  # the only host sync in the hot loop
             rate = window["steps"] * loop.tokens_per_step / max(clock.training() - window["since"], 1e-9)
             bar.set_postfix(loss=f"{mean_loss:.4f}", tok_s=f"{rate:,.0f}")
-        if checkpointing and checkpointing.interval and loop.step % checkpointing.interval == 0:
-            save_checkpoint_now(checkpointing.path)
+        if checkpoint and params.checkpoint_interval and loop.step % params.checkpoint_interval == 0:
+            save_checkpoint_now(checkpoint)
     loop.check_pending()
     final = evaluate_and_log()
     bar.close()

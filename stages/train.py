@@ -25,7 +25,7 @@ from gptcore.params import load_section
 from gptcore.reports import write_json
 from gptcore.tokenizer import load_tokenizer
 from gptcore.tokens import TokenStore
-from gptcore.train import Checkpointing, train
+from gptcore.train import train
 
 TOKENS_DIR = Path("data/tokens")
 VOCAB_DIR = Path("data/vocab")
@@ -48,11 +48,8 @@ def main() -> None:
     ranks = Ranks.from_env()
     if ranks.distributed:
         die_with_parent()
-    checkpointing = Checkpointing(CHECKPOINT, params.checkpoint_interval)
     if not ranks.is_main:
-        train(
-            params, stores["train"], stores["val"], progress=False, checkpointing=checkpointing, ranks=ranks
-        )
+        train(params, stores["train"], stores["val"], progress=False, checkpoint=CHECKPOINT, ranks=ranks)
         return
 
     # dvcyaml=False: dvc.yaml is written by hand; DVCLive must not edit it (see README, "Plots")
@@ -69,7 +66,7 @@ def main() -> None:
             stores["train"],
             stores["val"],
             on_eval=log,
-            checkpointing=checkpointing,
+            checkpoint=CHECKPOINT,
             ranks=ranks,
         )
 

@@ -7,6 +7,7 @@ one rank fails."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -133,8 +134,6 @@ def test_two_processes_end_with_the_weights_of_one(one_and_two: dict[int, Path])
 
 
 def test_only_rank_0_writes_and_the_report_counts_the_global_batch(one_and_two: dict[int, Path]) -> None:
-    import json
-
     reports = [json.loads((one_and_two[n] / "reports" / "train.json").read_text()) for n in (1, 2)]
     assert (reports[0]["processes"], reports[1]["processes"]) == (1, 2)
     assert reports[0]["tokens_seen"] == reports[1]["tokens_seen"]

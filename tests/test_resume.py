@@ -32,7 +32,6 @@ from gptcore.params import TrainParams
 from gptcore.tokenizer import CharTokenizer
 from gptcore.tokens import TokenStore, write_token_file
 from gptcore.train import (
-    Checkpointing,
     NonFiniteLossError,
     TrainResult,
     model_flops_utilization,
@@ -67,11 +66,8 @@ def run(
             raise Interrupted
         evals.append((step, metrics))
 
-    checkpointing = Checkpointing(ckpt, (p or P).checkpoint_interval) if ckpt else None
     try:
-        result = train(
-            p or P, stores[0], stores[1], on_eval=on_eval, progress=False, checkpointing=checkpointing
-        )
+        result = train(p or P, stores[0], stores[1], on_eval=on_eval, progress=False, checkpoint=ckpt)
     except Interrupted:
         return None, evals
     return result, evals
