@@ -23,7 +23,7 @@ step, which gives the same tokens (tested), only slower.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 
@@ -234,12 +234,48 @@ def stream_completion(
     (which is not yielded; generation ends there).
 
     An empty prompt starts from <|endoftext|>, the token that precedes every document in training.
-    A piece that ends in U+FFFD is held back until the next token: with a byte-level tokenizer it
-    may be the first bytes of a character that the next token completes. Text that could be the
-    start of a stop string is held back too, until the next tokens tell.
+    See `decode_stream` and `cut_at_stop` for what is held back and why.
     """
     check_stop(stop)
-    pieces = _stable_pieces(model, tokenizer, prompt, max_new_tokens, temperature, top_k, top_p, generator)
+    ids = tokenizer.encode(prompt) or [tokenizer.eot_id]
+    device = next(model.parameters()).device
+    idx = torch.tensor([ids], dtype=torch.long, device=device)
+    steps = generate_stream(
+        model,
+        idx,
+        max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        generator=generator,
+        eot_id=tokenizer.eot_id,
+    )
+    yield from cut_at_stop(decode_stream(tokenizer, (int(step[0]) for step in steps)), stop)
+
+
+def decode_stream(tokenizer: Tokenizer, tokens: Iterable[int]) -> Iterator[str]:
+    """The text of new `tokens`, piece by piece, whole characters only, until <|endoftext|>.
+
+    A piece that ends in U+FFFD is held back until the next token: with a byte-level tokenizer it
+    may be the first bytes of a character that the next token completes.
+    """
+    pending: list[int] = []
+    for token in tokens:
+        if token == tokenizer.eot_id:
+            break
+        pending.append(token)
+        text = tokenizer.decode(pending)
+        if not text.endswith(REPLACEMENT_CHAR):
+            pending.clear()
+            yield text
+    if pending:
+        yield tokenizer.decode(pending)
+
+
+def cut_at_stop(pieces: Iterable[str], stop: Sequence[str]) -> Iterator[str]:
+    """The text of `pieces` up to just before the first of the `stop` strings, where it ends
+    (`pieces` is not read further). Text that could be the start of a stop string is held back
+    until the next pieces tell."""
     if not stop:
         yield from pieces
         return
@@ -259,43 +295,6 @@ def stream_completion(
             sent = safe
     if sent < len(text):
         yield text[sent:]
-
-
-def _stable_pieces(
-    model: GPT,
-    tokenizer: Tokenizer,
-    prompt: str,
-    max_new_tokens: int,
-    temperature: float,
-    top_k: int,
-    top_p: float,
-    generator: torch.Generator | None,
-) -> Iterator[str]:
-    """The decoded text of each new token, whole characters only, until <|endoftext|>."""
-    ids = tokenizer.encode(prompt) or [tokenizer.eot_id]
-    device = next(model.parameters()).device
-    idx = torch.tensor([ids], dtype=torch.long, device=device)
-    pending: list[int] = []
-    for step in generate_stream(
-        model,
-        idx,
-        max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        generator=generator,
-        eot_id=tokenizer.eot_id,
-    ):
-        token = int(step[0])
-        if token == tokenizer.eot_id:
-            break
-        pending.append(token)
-        text = tokenizer.decode(pending)
-        if not text.endswith(REPLACEMENT_CHAR):
-            pending.clear()
-            yield text
-    if pending:
-        yield tokenizer.decode(pending)
 
 
 def complete(

@@ -17,6 +17,7 @@ Architecture (GPT-2 shape, Radford et al. 2019):
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import asdict, dataclass
 
@@ -56,6 +57,16 @@ class KVCache:
 
     def reset(self) -> None:
         self.length = 0
+
+    def rows(self, start: int, stop: int) -> KVCache:
+        """A cache over rows start..stop-1 of this one, sharing its storage, empty (length 0).
+
+        A server keeps one cache for every request it serves and works on some rows at a time:
+        it fills one row with a new prompt, then steps the rows in use together."""
+        view = copy.copy(self)
+        view.k, view.v = self.k[:, start:stop], self.v[:, start:stop]
+        view.length = 0
+        return view
 
 
 class LayerNorm(nn.Module):
@@ -99,12 +110,27 @@ class MultiHeadAttention(nn.Module):
         return self._merge(F.scaled_dot_product_attention(q, k, v, is_causal=True))
 
     def forward_cached(
-        self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start: int
+        self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start: int | torch.Tensor
     ) -> torch.Tensor:
         """Attention for x's tokens at positions start.., over the cached keys and values
-        (B, nh, block_size, hs) of positions ..start - 1, which it extends with x's own."""
+        (B, nh, block_size, hs) of positions ..start - 1, which it extends with x's own.
+
+        `start` may be a tensor (B,) of positions, one per row, for one new token per row: rows
+        of a batch that are at different lengths (requests that arrived at different times)."""
         q, k, v = self._heads(x)
         T = x.shape[1]
+        if isinstance(start, torch.Tensor):
+            rows = torch.arange(x.shape[0], device=x.device)
+            # (B, nh, 1, hs) -> (B, nh, hs) written at (row, :, start[row])
+            keys[rows, :, start] = k[:, :, 0]
+            values[rows, :, start] = v[:, :, 0]
+            seen = int(start.max()) + 1
+            # row b sees its own positions up to start[b]; a shorter row's tail is masked out
+            mask = torch.arange(seen, device=x.device)[None, :] <= start[:, None]  # (B, seen)
+            y = F.scaled_dot_product_attention(
+                q, keys[:, :, :seen], values[:, :, :seen], attn_mask=mask[:, None, None, :]
+            )
+            return self._merge(y)
         keys[:, :, start : start + T] = k
         values[:, :, start : start + T] = v
         k, v = keys[:, :, : start + T], values[:, :, : start + T]
@@ -159,7 +185,7 @@ class Block(nn.Module):
         self,
         x: torch.Tensor,
         explicit: bool = False,
-        kv: tuple[torch.Tensor, torch.Tensor, int] | None = None,
+        kv: tuple[torch.Tensor, torch.Tensor, int | torch.Tensor] | None = None,
     ) -> torch.Tensor:
         h = self.ln_1(x)
         if kv is not None:
@@ -208,24 +234,35 @@ class GPT(nn.Module):
         targets: torch.Tensor | None = None,
         explicit: bool = False,
         cache: KVCache | None = None,
+        positions: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (B, T, vocab) for token ids (B, T); mean cross-entropy when targets are given.
 
         With `cache`, idx continues the tokens cached so far (positions cache.length ..), and
-        their keys and values are added to it."""
+        their keys and values are added to it. With `positions` (B,) as well, idx is one token
+        per row (B, 1) and row b's token sits at positions[b], after that row's cached tokens:
+        the rows may be at different lengths; cache.length is left as it is."""
         T = idx.shape[1]
-        start = cache.length if cache is not None else 0
-        if self.config.block_size < start + T:
-            raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
+        start: int | torch.Tensor = cache.length if cache is not None else 0
+        if positions is not None:
+            if cache is None or T != 1 or positions.shape != (idx.shape[0],):
+                raise ValueError("positions need a cache and idx of one token per row (B, 1)")
+            start = positions
+            pos = positions[:, None]  # (B, 1): each row's own position
+            end = int(positions.max()) + 1
+        else:
+            pos = torch.arange(start, start + T, device=idx.device)
+            end = start + T
+        if self.config.block_size < end:
+            raise ValueError(f"sequence of {end} tokens exceeds block_size {self.config.block_size}")
         if cache is not None and explicit:
             raise ValueError("the explicit attention path does not use a KV cache")
-        pos = torch.arange(start, start + T, device=idx.device)
         x = self.drop(self.wte(idx) + self.wpe(pos))
         for i, block in enumerate(self.h):
             kv = (cache.k[i], cache.v[i], start) if cache is not None else None
             x = block(x, explicit=explicit, kv=kv)
-        if cache is not None:
-            cache.length = start + T
+        if cache is not None and positions is None:
+            cache.length = end
         logits = self.lm_head(self.ln_f(x))
         if targets is None:
             return logits, None
