@@ -1,4 +1,5 @@
-"""The `gptcore` command: `chat` with a trained model, `sample` completions, `info` on a model's size.
+"""The `gptcore` command: `chat` with a trained model, `sample` completions, `info` on a model's size,
+`serve` it over HTTP (an OpenAI-compatible API and a chat page; see gptcore.serve).
 
 Sampling options default to the `sample` section of params.yaml when the file is there (the same
 settings the sample stage records, so `gptcore sample` reproduces reports/samples.md); outside a
@@ -65,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gptcore", description="Chat with, sample from and size up gptcore models."
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{chat,sample,info}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{chat,sample,info,serve}")
 
     sampling = argparse.ArgumentParser(add_help=False)
     sampling.add_argument(
@@ -96,7 +97,6 @@ def build_parser() -> argparse.ArgumentParser:
         type=_typed(int, lambda v: v > 0, "an integer > 0"),
         help=f"tokens generated per completion (default: sample.max_new_tokens, else {FALLBACK_MAX_NEW_TOKENS})",
     )
-    sampling.add_argument("--seed", type=int, help="seeds sampling (default: sample.seed, else random)")
     sampling.add_argument(
         "--stop",
         action="append",
@@ -115,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
         "chat", parents=[sampling], help="continue each line you type (or pipe in) with the model"
     )
     chat.set_defaults(run=cmd_chat)
+    seed_help = "seeds sampling (default: sample.seed, else random)"
+    chat.add_argument("--seed", type=int, help=seed_help)
 
     sample = commands.add_parser("sample", parents=[sampling], help="print completions of prompts")
     sample.add_argument(
@@ -130,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="completions per prompt (default: %(default)s)",
     )
+    sample.add_argument("--seed", type=int, help=seed_help)
     sample.set_defaults(run=cmd_sample)
 
     info = commands.add_parser(
@@ -138,6 +141,47 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--model", type=Path, help=f"model file (default: {DEFAULT_MODEL} if it exists)")
     info.add_argument("--params", type=Path, help=f"params file (default: {DEFAULT_PARAMS} if it exists)")
     info.set_defaults(run=cmd_info)
+
+    serve = commands.add_parser(
+        "serve",
+        parents=[sampling],
+        help="an OpenAI-compatible HTTP API and a chat page; the sampling flags are the defaults of requests",
+    )
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine only)"
+    )
+    serve.add_argument(
+        "--port",
+        type=_typed(int, lambda v: 0 <= v < 65536, "a port number"),
+        default=8000,
+        help="(default: %(default)s)",
+    )
+    serve.add_argument(
+        "--name", default="gptcore", help="the model id clients ask for (default: %(default)s)"
+    )
+    serve.add_argument(
+        "--api-key",
+        help="require Authorization: Bearer KEY on every /v1 route (default: $GPTCORE_API_KEY, else none)",
+    )
+    serve.add_argument(
+        "--max-tokens-limit",
+        type=_typed(int, lambda v: v > 0, "an integer > 0"),
+        default=2048,
+        help="largest max_tokens a request may ask for (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--max-batch",
+        type=_typed(int, lambda v: v > 0, "an integer > 0"),
+        default=16,
+        help="requests generated together, one forward pass per token for all; more wait (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--max-body-bytes",
+        type=_typed(int, lambda v: v > 0, "an integer > 0"),
+        default=1 << 20,
+        help="largest request body accepted (default: %(default)s)",
+    )
+    serve.set_defaults(run=cmd_serve)
     return parser
 
 
@@ -186,7 +230,7 @@ def resolve_sampling(args: argparse.Namespace) -> tuple[Sampling, SampleParams |
         temperature=pick(args.temperature, "temperature", 1.0),
         top_k=pick(args.top_k, "top_k", 0),
         top_p=pick(args.top_p, "top_p", 1.0),
-        seed=pick(args.seed, "seed", None),
+        seed=pick(getattr(args, "seed", None), "seed", None),
         stop=tuple(pick(args.stop, "stop", [])),
     )
     if sampling.seed is None:
@@ -380,6 +424,26 @@ def cmd_sample(args: argparse.Namespace) -> None:
             full = prompt + text
             print(full, end="" if full.endswith("\n") else "\n")
     sys.stdout.flush()
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    # imported here: the web stack is needed by this command only
+    from gptcore.serve import ServeOptions, serve
+
+    sampling, _ = resolve_sampling(args)
+    if not args.model.is_file():
+        raise DataError(f"{args.model} not found: train a model first (dvc repro train) or pass --model")
+    options = ServeOptions(
+        model_path=args.model,
+        name=args.name,
+        defaults=sampling,
+        device=str(resolve_device(args.device)),
+        max_tokens_limit=args.max_tokens_limit,
+        max_batch=args.max_batch,
+        max_body_bytes=args.max_body_bytes,
+        api_key=args.api_key or os.environ.get("GPTCORE_API_KEY") or None,
+    )
+    serve(options, args.host, args.port)
 
 
 # ---------------------------------------------------------------------------------------------
