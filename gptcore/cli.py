@@ -181,6 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=1 << 20,
         help="largest request body accepted (default: %(default)s)",
     )
+    serve.add_argument(
+        "--threads",
+        type=_typed(int, lambda v: v >= 0, "an integer >= 0"),
+        default=0,
+        help="CPU threads for torch (0: torch's default, one per core)",
+    )
     serve.set_defaults(run=cmd_serve)
     return parser
 
@@ -431,6 +437,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from gptcore.serve import ServeOptions, serve
 
     sampling, _ = resolve_sampling(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if not args.model.is_file():
         raise DataError(f"{args.model} not found: train a model first (dvc repro train) or pass --model")
     options = ServeOptions(

@@ -55,6 +55,8 @@ from gptcore.tokenizer import Tokenizer
 MAX_CHOICES = 16  # largest `n`
 MAX_STOP = 4  # stop strings per request, as OpenAI allows
 ROLES = ("system", "developer", "user", "assistant")
+# fields whose truthy values ask for what this server does not do
+UNSUPPORTED = ("logprobs", "top_logprobs", "echo", "suffix", "tools", "functions", "logit_bias")
 
 
 @dataclass(frozen=True)
@@ -374,6 +376,9 @@ def build_app(options: ServeOptions, on_load_error: Callable[[str], None] | None
         authorize(request)
         body = await read_json(request)
         prompts = [render_chat(_messages(body))] if chat else _prompts(body)
+        for key in UNSUPPORTED:  # refused rather than silently ignored: the client relies on them
+            if body.get(key):
+                raise ApiError(400, f"{key} is not supported by gptcore serve", param=key)
         sampling, seed = _settings(body, options.defaults, options.max_tokens_limit)
         n = _optional(
             body, "n", lambda v: _is_int(v) and 1 <= v <= MAX_CHOICES, f"an integer in [1, {MAX_CHOICES}]"
@@ -398,7 +403,7 @@ def build_app(options: ServeOptions, on_load_error: Callable[[str], None] | None
         }
 
         def usage() -> dict:
-            prompt_tokens = sum(len(ids) for ids in prompt_ids) * n
+            prompt_tokens = sum(len(ids) for ids in prompt_ids)  # once per prompt, whatever n is
             completion_tokens = sum(c.stream.generated for c in choices)
             return {
                 "prompt_tokens": prompt_tokens,

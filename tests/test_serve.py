@@ -207,6 +207,7 @@ def test_seed_repeats_a_reply_and_n_choices_differ(client: openai.OpenAI) -> Non
     assert texts == [c.text for c in again.choices]
     assert len(set(texts)) == 3
     assert first.usage.completion_tokens == 60
+    assert first.usage.prompt_tokens == len("JULIET:")  # the prompt counts once, whatever n is
 
 
 def test_stop_string_ends_the_completion(client: openai.OpenAI, model_path: Path) -> None:
@@ -292,6 +293,8 @@ OK = {"model": NAME, "prompt": "ROMEO:", "max_tokens": 3}
         ({**OK, "stop": ["a", "b", "c", "d", "e"]}, 400, "stop", "up to 4"),
         ({**OK, "stop": [""]}, 400, "stop", "empty"),
         ({**OK, "stream": "yes"}, 400, "stream", "true or false"),
+        ({**OK, "logprobs": 2}, 400, "logprobs", "not supported"),
+        ({**OK, "echo": True}, 400, "echo", "not supported"),
     ],
 )
 def test_bad_completion_requests_get_openai_errors(
