@@ -6,7 +6,12 @@ each unless --threads says otherwise), on the same model:
   batched       --max-batch 16: every live request gets its token from one forward pass per step
   one at a time --max-batch 1:  requests are generated in turn, the others wait (the baseline)
 
-Each round sends N streaming completions at once (`stream: true`, `--tokens` new tokens each,
+First, without HTTP, the two ways a server can serve N streams at once are timed in this process
+on the same model: N threads each running `gptcore.generate.generate` (interleaving), and the
+engine `gptcore serve` uses (one batched forward pass per step for all N); the table gives the
+new tokens/s of each and their ratio, medians over rounds.
+
+Each round then sends N streaming completions at once (`stream: true`, `--tokens` new tokens each,
 temperature 0.8, top-k 50, a 20-token prompt) to each server in turn, from N client threads.
 Reported per server and N: aggregate new tokens/s (all streams' tokens over the round's wall
 time), time to first token (from sending a request to its first chunk; median and worst over
@@ -39,7 +44,9 @@ from pathlib import Path
 
 import torch
 
-from gptcore.checkpoint import save_model
+from gptcore.checkpoint import load_model, save_model
+from gptcore.engine import Controls, Engine
+from gptcore.generate import generate
 from gptcore.model import GPT, GPTConfig
 from gptcore.tokenizer import BpeTokenizer
 
@@ -148,6 +155,35 @@ def round_of(port: int, streams: int, tokens: int, seed: int) -> tuple[float, li
     return sum(r[2] for r in results) / wall, [r[0] for r in results]
 
 
+def in_process(model_file: Path, streams: int, tokens: int) -> tuple[float, float]:
+    """(threads tokens/s, engine tokens/s) for `streams` generations of `tokens` tokens, in this process."""
+    model, tokenizer, _ = load_model(model_file)
+    prompt = tokenizer.encode(PROMPT)
+
+    threads_each = torch.get_num_threads()
+
+    def run(i: int) -> None:
+        torch.set_num_threads(threads_each)  # a new thread starts with OpenMP's default team
+        generator = torch.Generator().manual_seed(i)
+        idx = torch.tensor([prompt])
+        generate(model, idx, tokens, temperature=0.8, top_k=50, generator=generator, eot_id=None)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(streams)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    threaded = streams * tokens / (time.perf_counter() - start)
+    engine = Engine(model, eot_id=-1, max_batch=16)  # an id never drawn: every stream runs to its end
+    start = time.perf_counter()
+    outs = [engine.submit(prompt, tokens, Controls(0.8, 50, 1.0, seed=i)) for i in range(streams)]
+    drawn = sum(len(list(out)) for out in outs)
+    batched = drawn / (time.perf_counter() - start)
+    engine.shutdown()
+    return threaded, batched
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, help="a model file (default: random weights of the default shape)")
@@ -177,6 +213,16 @@ def main() -> None:
             "one at a time": start_server(model, 1, args.threads),
         }
         try:
+            print(
+                f"{'in process':14s} {'streams':>7s} {'threads tok/s':>14s} {'engine tok/s':>13s} {'ratio':>6s}"
+            )
+            torch.set_num_threads(args.threads)
+            in_process(model, 2, 20)  # warm-up: first calls allocate
+            for streams in args.streams:
+                pairs = [in_process(model, streams, args.tokens) for _ in range(args.rounds)]
+                threaded = statistics.median(p[0] for p in pairs)
+                batched = statistics.median(p[1] for p in pairs)
+                print(f"{'':14s} {streams:7d} {threaded:14.0f} {batched:13.0f} {batched / threaded:5.2f}x")
             for _, port in servers.values():  # warm both up (first calls allocate and JIT-free paths settle)
                 round_of(port, 2, 20, 0)
             rates: dict = {}

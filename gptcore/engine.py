@@ -102,6 +102,7 @@ class Engine:
         self._waiting: deque[TokenStream] = deque()
         self._wake = threading.Condition()
         self._stopping = False
+        self._threads = torch.get_num_threads()
         self._thread = threading.Thread(target=self._run, name="gptcore-engine", daemon=True)
         self._thread.start()
 
@@ -129,6 +130,8 @@ class Engine:
     # -- the engine thread ---------------------------------------------------------------------
 
     def _run(self) -> None:
+        # a new thread starts with OpenMP's default team, not what its creator set (--threads)
+        torch.set_num_threads(self._threads)
         while True:
             with self._wake:
                 while not (self._stopping or self._rows or self._waiting):
