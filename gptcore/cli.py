@@ -56,6 +56,9 @@ def _typed(
     return parse
 
 
+_positive_int = _typed(int, lambda v: v > 0, "an integer > 0")
+
+
 def _device(text: str) -> str:
     if text in ("auto", "cpu", "cuda", "mps") or (text.startswith("cuda:") and text[5:].isdigit()):
         return text
@@ -94,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sampling.add_argument(
         "--max-new-tokens",
-        type=_typed(int, lambda v: v > 0, "an integer > 0"),
+        type=_positive_int,
         help=f"tokens generated per completion (default: sample.max_new_tokens, else {FALLBACK_MAX_NEW_TOKENS})",
     )
     sampling.add_argument(
@@ -128,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sample.add_argument(
         "--num-samples",
-        type=_typed(int, lambda v: v > 0, "an integer > 0"),
+        type=_positive_int,
         default=1,
         help="completions per prompt (default: %(default)s)",
     )
@@ -163,24 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--api-key",
         help="require Authorization: Bearer KEY on every /v1 route (default: $GPTCORE_API_KEY, else none)",
     )
-    serve.add_argument(
-        "--max-tokens-limit",
-        type=_typed(int, lambda v: v > 0, "an integer > 0"),
-        default=2048,
-        help="largest max_tokens a request may ask for (default: %(default)s)",
-    )
-    serve.add_argument(
-        "--max-batch",
-        type=_typed(int, lambda v: v > 0, "an integer > 0"),
-        default=16,
-        help="requests generated together, one forward pass per token for all; more wait (default: %(default)s)",
-    )
-    serve.add_argument(
-        "--max-body-bytes",
-        type=_typed(int, lambda v: v > 0, "an integer > 0"),
-        default=1 << 20,
-        help="largest request body accepted (default: %(default)s)",
-    )
+    for flag, default, what in (
+        ("--max-tokens-limit", 2048, "largest max_tokens a request may ask for"),
+        ("--max-batch", 16, "requests generated together, one forward pass per token for all; more wait"),
+        ("--max-body-bytes", 1 << 20, "largest request body accepted, in bytes"),
+    ):
+        serve.add_argument(flag, type=_positive_int, default=default, help=f"{what} (default: %(default)s)")
     serve.add_argument(
         "--threads",
         type=_typed(int, lambda v: v >= 0, "an integer >= 0"),

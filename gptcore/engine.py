@@ -2,9 +2,9 @@
 
 A server that ran each request's `generate_stream` on its own would either serve one at a time
 or leave threads to fight over the cores. Here one engine thread owns the model: each step it
-takes one token for every live request in one forward pass of a batch, so 16 streams cost about
-5x one stream on a CPU instead of 16x (benchmarks/serve_speed.py). Requests join and leave
-between steps (continuous batching):
+takes one token for every live request in one forward pass of a batch, whose small matmuls cost
+far less than one pass per request (figures: benchmarks/serve_speed.py and the README's Serve
+section). Requests join and leave between steps (continuous batching):
 
 - the KV cache holds one row per slot (`max_batch` of them); the rows in use are 0..n-1, so a
   step works on a view of the cache, and a request that ends hands its slot to the last row;

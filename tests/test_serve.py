@@ -88,12 +88,16 @@ def running(model_path: Path, **overrides) -> Iterator[str]:
         thread.join(timeout=30)
 
 
+def endless_model(folder: Path) -> Path:
+    """A tiny model that never draws <|endoftext|>: replies run to max_tokens unless a stop
+    string (or the client) ends them."""
+    save_tiny_model(folder / "model.pt", never_eot=True)
+    return folder / "model.pt"
+
+
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # never draws <|endoftext|>: replies run to max_tokens unless a stop string ends them
-    path = tmp_path_factory.mktemp("serve") / "model.pt"
-    save_tiny_model(path, never_eot=True)
-    return path
+    return endless_model(tmp_path_factory.mktemp("serve"))
 
 
 @pytest.fixture(scope="module")

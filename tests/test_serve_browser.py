@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_serve import get, greedy, running, save_tiny_model, wait_for
+from test_serve import endless_model, get, greedy, running, wait_for
 
 from gptcore.serve import render_chat
 
@@ -23,9 +23,7 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("page") / "model.pt"
-    save_tiny_model(path, never_eot=True)
-    return path
+    return endless_model(tmp_path_factory.mktemp("page"))
 
 
 @pytest.fixture(scope="module")
