@@ -217,6 +217,7 @@ def main() -> None:
                 f"{'in process':14s} {'streams':>7s} {'threads tok/s':>14s} {'engine tok/s':>13s} {'ratio':>6s}"
             )
             torch.set_num_threads(args.threads)
+            sys.setswitchinterval(0.0005)  # the GIL switch interval `gptcore serve` sets (see serve.py)
             in_process(model, 2, 20)  # warm-up: first calls allocate
             for streams in args.streams:
                 pairs = [in_process(model, streams, args.tokens) for _ in range(args.rounds)]
