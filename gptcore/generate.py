@@ -237,9 +237,7 @@ def stream_completion(
     See `decode_stream` and `cut_at_stop` for what is held back and why.
     """
     check_stop(stop)
-    ids = tokenizer.encode(prompt) or [tokenizer.eot_id]
-    device = next(model.parameters()).device
-    idx = torch.tensor([ids], dtype=torch.long, device=device)
+    _, idx = _prompt_batch(model, tokenizer, prompt, 1)
     steps = generate_stream(
         model,
         idx,
@@ -251,6 +249,13 @@ def stream_completion(
         eot_id=tokenizer.eot_id,
     )
     yield from cut_at_stop(decode_stream(tokenizer, (int(step[0]) for step in steps)), stop)
+
+
+def _prompt_batch(model: GPT, tokenizer: Tokenizer, prompt: str, rows: int) -> tuple[list[int], torch.Tensor]:
+    """The prompt's ids (<|endoftext|> for an empty one), and `rows` copies of them on the model's device."""
+    ids = tokenizer.encode(prompt) or [tokenizer.eot_id]
+    device = next(model.parameters()).device
+    return ids, torch.tensor([ids] * rows, dtype=torch.long, device=device)
 
 
 def decode_stream(tokenizer: Tokenizer, tokens: Iterable[int]) -> Iterator[str]:
@@ -341,9 +346,7 @@ def complete_batch(
     """`num_samples` continuations of `prompt`, generated together as the rows of one batch (one
     forward pass per step for all of them), each ending as `complete`'s would."""
     check_stop(stop)
-    ids = tokenizer.encode(prompt) or [tokenizer.eot_id]
-    device = next(model.parameters()).device
-    idx = torch.tensor([ids] * num_samples, dtype=torch.long, device=device)
+    ids, idx = _prompt_batch(model, tokenizer, prompt, num_samples)
     out = generate(
         model,
         idx,
