@@ -61,8 +61,8 @@ Flags:
   --device DEV        cpu (default) or cuda (cuda:N)
   --threads N         torch.set_num_threads(N) before anything runs (default: torch's choice)
   --peak              also measure the device's fp32, bf16 and fp16 matmul GFLOP/s
-  --peak-flops F      peak FLOP/s for MFU (default 989e12 on an H100 or H200, i.e. the SXM dense
-                      bf16 figure; pass it for other GPUs, PCIe cards, or CPUs; MFU is n/a without)
+  --peak-flops F      peak FLOP/s for MFU (default: the dense bf16 peak of the GPU in
+                      gptcore.device's table; pass it for unlisted GPUs or CPUs; MFU is n/a without)
 
     python benchmarks/train_speed.py                 # tiny and small, all variants, on CPU
     python benchmarks/train_speed.py --config tiny --rounds 5 --reference /path/to/nanoGPT
@@ -89,6 +89,7 @@ from typing import NamedTuple
 
 import torch
 
+from gptcore.device import gpu_bf16_peak
 from gptcore.model import GPT, GPTConfig, flops_per_token
 
 CONFIGS = {
@@ -110,7 +111,6 @@ CONFIGS = {
     ),
 }
 SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "dropout")
-GPU_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12}  # dense bf16, SXM
 
 
 class Variant(NamedTuple):
@@ -260,10 +260,6 @@ def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
-def default_peak_flops(name: str) -> float | None:
-    return next((flops for gpu, flops in GPU_PEAK_FLOPS.items() if gpu in name), None)
-
-
 def selected_variants(spec: str | None, cname: str, device: torch.device) -> list[str]:
     names = list(VARIANTS)
     if spec is None:
@@ -380,7 +376,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = args.device
     name = device_name(device)
-    peak_flops = args.peak_flops or default_peak_flops(name)
+    peak_flops = args.peak_flops or gpu_bf16_peak(name)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device} ({name})")
     print(f"MFU against {peak_flops / 1e9:,.0f} GFLOP/s" if peak_flops else "MFU: n/a (no --peak-flops)")
     peaks = {}

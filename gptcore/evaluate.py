@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from gptcore.device import autocast
 from gptcore.errors import DataError
 from gptcore.tokens import TokenStore
-from gptcore.train import autocast
 
 
 @dataclass(frozen=True)

@@ -32,48 +32,12 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from gptcore.checkpoint import load_checkpoint, save_checkpoint
+from gptcore.device import autocast, autocast_dtype, model_flops_utilization, peak_flops, resolve_device
 from gptcore.distributed import Ranks, from_main, gather_to_all, mean_over_ranks, process_group
 from gptcore.errors import GptcoreError
 from gptcore.model import GPT, GPTConfig, flops_per_token
 from gptcore.params import TrainParams
 from gptcore.tokens import TokenStore
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` picks cuda, then mps, then cpu; an explicit device that is missing is an error."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise GptcoreError(f"train.device = {name!r} but no CUDA device is available (use auto or cpu)")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise GptcoreError("train.device = 'mps' but MPS is not available (use auto or cpu)")
-    return torch.device(name)
-
-
-def autocast_dtype(device: torch.device, dtype: str) -> torch.dtype | None:
-    """The autocast dtype for matmuls, or None for plain fp32. Master weights stay fp32.
-
-    `auto` means bf16 on CUDA GPUs that support it, fp32 elsewhere: on the CPUs we measured
-    (benchmarks/train_speed.py) bf16 autocast ran slower than fp32, as casting costs more than
-    the matmuls save at these sizes.
-    """
-    if dtype == "float32":
-        return None
-    if dtype == "bfloat16":
-        return torch.bfloat16
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return None
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def model_config(params: TrainParams, vocab_size: int) -> GPTConfig:
@@ -140,38 +104,6 @@ def estimate_loss(
         total += loss.float()
     model.train(was_training)
     return (total / len(batches)).item()
-
-
-# --- throughput and model FLOP utilisation ------------------------------------------------------
-
-# Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets, matched against
-# torch.cuda.get_device_name(); the first match wins, so the more specific names come first.
-GPU_BF16_PEAKS: tuple[tuple[str, float], ...] = (
-    ("H100 PCIe", 756e12),
-    ("H100", 989e12),
-    ("H200", 989e12),
-    ("GH200", 989e12),
-    ("A100", 312e12),
-    ("L40S", 362e12),
-    ("A10G", 70e12),
-    ("L4", 121e12),
-    ("RTX 4090", 165e12),
-)
-
-
-def peak_flops(device: torch.device, dtype: torch.dtype | None) -> float | None:
-    """The accelerator's peak FLOP/s for this precision, when known (bf16 on listed GPUs)."""
-    if device.type != "cuda" or dtype is not torch.bfloat16:
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((peak for key, peak in GPU_BF16_PEAKS if key in name), None)
-
-
-def model_flops_utilization(
-    flops_per_token: int, tokens_per_second: float, peak: float | None
-) -> float | None:
-    """MFU: the model FLOPs a second achieved, as a fraction of the hardware's peak (PaLM, app. B)."""
-    return None if not peak else flops_per_token * tokens_per_second / peak
 
 
 # --- checkpoints ---------------------------------------------------------------------------------

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from gptcore.checkpoint import load_model
+from gptcore.device import resolve_device
 from gptcore.errors import run_main
 from gptcore.evaluate import evaluate_sample, evaluate_split
 from gptcore.params import load_section
 from gptcore.reports import plot_losses, read_loss_log, write_json
 from gptcore.tokens import TokenStore
-from gptcore.train import resolve_device
 
 TOKENS_DIR = Path("data/tokens")
 MODEL = Path("models/model.pt")

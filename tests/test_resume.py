@@ -26,6 +26,7 @@ from test_train import BASE, counting_documents, write_store
 
 import gptcore.train as train_module
 from gptcore.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
+from gptcore.device import model_flops_utilization, peak_flops
 from gptcore.errors import DataError
 from gptcore.model import GPT
 from gptcore.params import TrainParams
@@ -34,8 +35,6 @@ from gptcore.tokens import TokenStore, write_token_file
 from gptcore.train import (
     NonFiniteLossError,
     TrainResult,
-    model_flops_utilization,
-    peak_flops,
     resume_mismatch,
     run_identity,
     train,

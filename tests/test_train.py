@@ -10,17 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from gptcore.device import autocast_dtype, resolve_device
 from gptcore.errors import GptcoreError
 from gptcore.model import GPT, GPTConfig, flops_per_token
 from gptcore.params import TrainParams
 from gptcore.tokens import TokenStore, write_token_file
-from gptcore.train import (
-    autocast_dtype,
-    configure_optimizer,
-    lr_at,
-    resolve_device,
-    train,
-)
+from gptcore.train import configure_optimizer, lr_at, train
 
 VOCAB = 12  # ids 0..10 are "text", 11 is the end-of-text id
 EOT = VOCAB - 1
