@@ -7,7 +7,9 @@ Three configs, timed with the same settings a user would set in params.yaml:
   gpt2   n_layer=12 n_head=12 n_embd=768 block_size=1024 batch_size=16 dropout=0.0  vocab 50304
          (GPT-2 124M, vocabulary padded to a multiple of 64; meant for `--device cuda`)
 
-Each variant runs a full optimizer step (forward, backward, clip, AdamW) on random tokens. Variants
+Each variant runs a full optimizer step (forward, backward, clip, AdamW) on random tokens, with
+the optimizer gptcore.train.configure_optimizer builds from params.yaml's train section (decay and
+no-decay groups, betas, weight decay, grad_clip): what the training loop steps. Variants
 are interleaved round by round, so slow phases of a shared machine hit all of them alike; the
 figure quoted is the median over rounds, and ratios are taken against the first variant of the
 same run: the reference when --reference is given, else variant 1. Comparing ratios measured in
@@ -89,8 +91,13 @@ from typing import NamedTuple
 
 import torch
 
-from gptcore.device import gpu_bf16_peak
+from gptcore.device import autocast, gpu_bf16_peak
 from gptcore.model import GPT, GPTConfig, flops_per_token
+from gptcore.params import load_section
+from gptcore.train import configure_optimizer
+
+# the optimisation settings the pipeline trains with (run from the repository root)
+TRAIN_PARAMS = load_section("train")
 
 CONFIGS = {
     "tiny": dict(
@@ -164,23 +171,18 @@ def gptcore_step(cfg: dict, variant: Variant, device: torch.device) -> tuple[Ste
     torch.manual_seed(0)
     config = GPTConfig(**shape(cfg))
     model = GPT(config).to(device)
-    opt = torch.optim.AdamW(
-        model.parameters(), lr=1e-3, fused=variant.fused, foreach=None if variant.fused else True
-    )
+    # the optimizer the training loop builds (groups, betas, weight decay from params.yaml's
+    # train section); only the fused/foreach choice is the variant's
+    opt = configure_optimizer(model, TRAIN_PARAMS, device, fused=variant.fused)
     fwd = torch.compile(model, mode=variant.compile_mode) if variant.compile_mode else model
     opt_step = torch.compile(opt.step) if variant.compile_opt else opt.step
     x, y = random_batch(cfg, device)
 
-    def ctx() -> contextlib.AbstractContextManager:
-        if variant.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device.type, dtype=variant.dtype)
-
     def step() -> None:
-        with ctx():
+        with autocast(device, variant.dtype):
             _, loss = fwd(x, y)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), TRAIN_PARAMS.grad_clip)
         opt_step()
         opt.zero_grad(set_to_none=True)
 

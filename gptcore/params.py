@@ -184,6 +184,12 @@ class TrainParams:
             )
 
 
+# train keys that change no output: how often the progress bar updates and a checkpoint is
+# written, and where the processes of a multi-node run meet. dvc.yaml lists every other train key
+# as the train stage's params, so editing one of these re-runs nothing.
+TRAIN_KEYS_WITHOUT_OUTPUT = ("log_interval", "checkpoint_interval", "rdzv_endpoint")
+
+
 @dataclass(frozen=True)
 class EvaluateParams:
     batch_size: int

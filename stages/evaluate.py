@@ -17,6 +17,8 @@ MODEL = Path("models/model.pt")
 LOSS_LOGS = {split: Path(f"dvclive/plots/metrics/{split}/loss.tsv") for split in ("train", "val")}
 REPORT = Path("reports/eval.json")
 PLOT = Path("reports/loss.png")
+# seeds the fixed sample of train windows behind train_loss (any fixed value: the same every run)
+TRAIN_SAMPLE_SEED = 0
 
 
 def main() -> None:
@@ -26,25 +28,25 @@ def main() -> None:
     stores = {split: TokenStore(TOKENS_DIR / f"{split}.h5") for split in ("train", "val")}
     for store in stores.values():
         store.check_vocab(tokenizer.identity)
-    block = model.config.block_size
 
-    val, val_bytes = evaluate_split(model, stores["val"], block, params.batch_size, params.max_tokens, device)
-    train = evaluate_sample(model, stores["train"], block, params.batch_size, params.train_tokens, 0, device)
+    windows = {"block_size": model.config.block_size, "batch_size": params.batch_size, "device": device}
+    val = evaluate_split(model, stores["val"], max_tokens=params.max_tokens, **windows)
+    train = evaluate_sample(
+        model, stores["train"], n_tokens=params.train_tokens, seed=TRAIN_SAMPLE_SEED, **windows
+    )
     write_json(
         REPORT,
         {
             "val_loss": round(val.loss, 4),
             "val_perplexity": round(val.perplexity, 3),
-            "val_bits_per_byte": round(val.bits_per_byte(val_bytes), 4),
+            "val_bits_per_byte": round(val.bits_per_byte, 4),
             "val_tokens": val.tokens,
             "train_loss": round(train.loss, 4),
             "train_tokens": train.tokens,
         },
     )
     plot_losses({split: read_loss_log(path) for split, path in LOSS_LOGS.items()}, PLOT)
-    print(
-        f"evaluate: val loss {val.loss:.4f}, {val.bits_per_byte(val_bytes):.4f} bits/byte over {val.tokens} tokens"
-    )
+    print(f"evaluate: val loss {val.loss:.4f}, {val.bits_per_byte:.4f} bits/byte over {val.tokens} tokens")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ one round of experiments on top of it; each test reads what those runs printed a
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import math
 import os
@@ -21,6 +22,8 @@ from typing import Any
 import pytest
 import yaml
 from PIL import Image
+
+from gptcore.params import TRAIN_KEYS_WITHOUT_OUTPUT, TrainParams
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ["download", "extract_split", "build_vocab", "tokenize", "train", "evaluate", "sample"]
@@ -177,6 +180,13 @@ def test_stage_params_are_the_section_its_script_loads(stage: str) -> None:
     _, sections = stage_imports(stage)
     listed = DVC_YAML["stages"][stage].get("params", [])
     assert {key.split(".")[0] for key in listed} == sections
+
+
+def test_train_params_are_every_train_key_that_changes_an_output() -> None:
+    every = {f"train.{field.name}" for field in dataclasses.fields(TrainParams)}
+    neutral = {f"train.{key}" for key in TRAIN_KEYS_WITHOUT_OUTPUT}
+    assert neutral < every
+    assert set(DVC_YAML["stages"]["train"]["params"]) == every - neutral
 
 
 # --- end to end ---------------------------------------------------------------------------------
@@ -384,6 +394,20 @@ def test_plots_diff_compares_head_with_the_experiment(experiments: dict[str, Any
     assert {(row["rev"], row["filename"]) for row in rows} == {
         (rev, f"{split}/loss.tsv") for rev in ("HEAD", "two-layers") for split in ("train", "val")
     }
+
+
+@pytest.mark.e2e
+def test_editing_a_train_key_that_changes_no_output_leaves_train_up_to_date(
+    built: dict[str, Any], tmp_path: Path
+) -> None:
+    repo = Repo(tmp_path / "repo", built["repo"].env)
+    shutil.copytree(built["repo"].path, repo.path, symlinks=True)
+    repo.edit_params("train", log_interval=TINY_TRAIN["log_interval"] + 1, checkpoint_interval=7)
+    assert json.loads(repo.dvc("status", "--json").stdout) == {}  # nothing to re-run, train included
+    # while a key that shapes the model does make train (and what follows) stale
+    repo.edit_params("train", learning_rate=1.0e-3)  # params.yaml has 2.0e-3
+    stale = json.loads(repo.dvc("status", "--json").stdout)
+    assert "train" in stale and not set(DATA_STAGES) & set(stale)
 
 
 @pytest.mark.e2e

@@ -25,7 +25,13 @@ import yaml
 from test_train import BASE, counting_documents, write_store
 
 import gptcore.train as train_module
-from gptcore.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
+from gptcore.checkpoint import (
+    CHECKPOINT_FORMAT,
+    load_checkpoint,
+    resume_mismatch,
+    run_identity,
+    save_checkpoint,
+)
 from gptcore.device import model_flops_utilization, peak_flops
 from gptcore.errors import DataError
 from gptcore.model import GPT
@@ -35,8 +41,6 @@ from gptcore.tokens import TokenStore, write_token_file
 from gptcore.train import (
     NonFiniteLossError,
     TrainResult,
-    resume_mismatch,
-    run_identity,
     train,
 )
 
@@ -206,9 +210,10 @@ def test_a_checkpoint_of_other_token_data_is_not_resumed(
 def test_run_identity_ignores_only_intervals_and_the_process_layout(stores) -> None:
     # the process count does not change the data stream: every rank draws the same global batch
     ignored = {"log_interval", "checkpoint_interval", "nproc_per_node", "nnodes", "rdzv_endpoint"}
-    base = run_identity(P, *stores)
+    data = {str(store.path): store.sha256() for store in stores}
+    base = run_identity(P, data)
     for key, value in dataclasses.asdict(P).items():
-        changed = run_identity(dataclasses.replace(P, **{key: _other(value)}), *stores)
+        changed = run_identity(dataclasses.replace(P, **{key: _other(value)}), data)
         if key in ignored:
             assert resume_mismatch(base, changed) is None, key
         else:
