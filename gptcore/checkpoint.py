@@ -29,6 +29,8 @@ from gptcore.model import GPT, GPTConfig
 from gptcore.params import TRAIN_KEYS_WITHOUT_OUTPUT, TrainParams
 from gptcore.tokenizer import Tokenizer, tokenizer_from_dict
 
+# where the train stage writes the model and evaluate, sample and the CLI read it (dvc.yaml: train's out)
+MODEL_FILE = Path("models/model.pt")
 MODEL_FORMAT = "gptcore.model"
 MODEL_VERSION = 2  # 2: a sha256 of the contents
 CHECKPOINT_FORMAT = "gptcore.checkpoint"

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from gptcore.checkpoint import load_model
+from gptcore.checkpoint import MODEL_FILE, load_model
 from gptcore.device import resolve_device
 from gptcore.errors import DataError, GptcoreError, run_main
 from gptcore.generate import complete_batch, seeded_generator, stream_completion
@@ -28,7 +28,6 @@ from gptcore.sampling import RULES, Sampling, SamplingError, check_setting
 from gptcore.tokenizer import Tokenizer, load_tokenizer
 from gptcore.train import model_config
 
-DEFAULT_MODEL = Path("models/model.pt")
 DEFAULT_PARAMS = Path("params.yaml")
 VOCAB_DIR = Path("data/vocab")
 # Tokens given to a model whose vocabulary is not built yet: a byte-level alphabet, the size of
@@ -110,9 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="{chat,sample,info}")
 
     sampling = argparse.ArgumentParser(add_help=False)
-    sampling.add_argument(
-        "--model", type=Path, default=DEFAULT_MODEL, help="model file (default: %(default)s)"
-    )
+    sampling.add_argument("--model", type=Path, default=MODEL_FILE, help="model file (default: %(default)s)")
     sampling.add_argument(
         "--params",
         type=Path,
@@ -179,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser(
         "info", help="parameters, FLOPs and memory of a model or of params.yaml's train section"
     )
-    info.add_argument("--model", type=Path, help=f"model file (default: {DEFAULT_MODEL} if it exists)")
+    info.add_argument("--model", type=Path, help=f"model file (default: {MODEL_FILE} if it exists)")
     info.add_argument("--params", type=Path, help=f"params file (default: {DEFAULT_PARAMS} if it exists)")
     info.set_defaults(run=cmd_info)
     return parser
@@ -386,22 +383,21 @@ def activation_bytes(config: GPTConfig, batch_size: int) -> int:
 
     Counted per token from what autograd saves on the CPU in fp32 (4 bytes a value), following the
     breakdown of Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer
-    Models", section 4.1); C = n_embd, T = block_size, H = n_head, V = vocab_size:
+    Models", section 4.1); C = n_embd, H = n_head, V = vocab_size:
     - each block: the inputs of ln_1, c_attn, c_proj (attention), ln_2, c_fc, c_proj (MLP, 4C),
-      q, k, v and the GELU input: 16C values = 64C bytes; with dropout, the masks of the two
-      residual branches, which the CPU keeps as fp32 (8C bytes);
-    - each block's attention weights: with dropout the CPU's `scaled_dot_product_attention` takes
-      its math path and keeps the softmax output, an fp32 dropout mask and the dropped weights
-      (12HT bytes); without dropout its flash kernel keeps one log-sum-exp per head (4H bytes);
+      q, k, v and the GELU input: 16C values = 64C bytes; the fused attention kernel's one
+      log-sum-exp per head (4H bytes), with or without dropout (it regenerates its dropout mask,
+      so no T x T weights are kept); with dropout, the masks of the two residual branches, which
+      the CPU keeps as fp32 (8C bytes);
     - outside the blocks: the inputs of ln_f and the head (2C values), the embedding dropout mask
       (C values, with dropout), the logits (alive until the loss is taken) and their log-softmax
       (2V values).
-    Checked against the tensors autograd saves, plus the logits (torch 2.13, CPU): they agree
-    to within 1% with and without dropout. On CUDA, flash attention with dropout and bf16 autocast make it an upper bound.
+    tests/test_cli.py checks it against the tensors a real backward saves plus the logits: within
+    3% with and without dropout. On CUDA, bf16 autocast makes it an upper bound.
     """
     C, T, H, V, L = config.n_embd, config.block_size, config.n_head, config.vocab_size, config.n_layer
     dropout = config.dropout > 0
-    per_block = 64 * C + (8 * C + 12 * H * T if dropout else 4 * H)
+    per_block = 64 * C + 4 * H + (8 * C if dropout else 0)
     outside = 8 * C + (4 * C if dropout else 0) + 8 * V
     return batch_size * T * (L * per_block + outside)
 
@@ -450,9 +446,7 @@ def _vocab_from_folder() -> tuple[int, str]:
 def cmd_info(args: argparse.Namespace) -> None:
     params_file = _params_file(args)
     train: TrainParams | None = load_section("train", params_file) if params_file else None
-    model_path = (
-        args.model if args.model is not None else (DEFAULT_MODEL if DEFAULT_MODEL.is_file() else None)
-    )
+    model_path = args.model if args.model is not None else (MODEL_FILE if MODEL_FILE.is_file() else None)
     rows: list[tuple[str, str]] = []
     if model_path is not None:
         model, tokenizer, meta = load_model(model_path, "cpu")
@@ -464,16 +458,14 @@ def cmd_info(args: argparse.Namespace) -> None:
     else:
         if train is None:
             raise DataError(
-                f"no model file ({DEFAULT_MODEL} not found) and no {DEFAULT_PARAMS} to size a model from"
+                f"no model file ({MODEL_FILE} not found) and no {DEFAULT_PARAMS} to size a model from"
             )
         vocab_size, vocab_note = _vocab_from_folder()
         config = model_config(train, vocab_size)
         # the meta device builds the modules without allocating their weights: exact counts, no memory
         with torch.device("meta"):
             model = GPT(config)
-        rows.append(
-            ("model file", f"none ({DEFAULT_MODEL} not found): sizes from {params_file} train section")
-        )
+        rows.append(("model file", f"none ({MODEL_FILE} not found): sizes from {params_file} train section"))
         rows.append(("vocab_size", vocab_note))
 
     total = model.num_params(non_embedding=False)

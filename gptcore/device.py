@@ -38,7 +38,7 @@ def autocast_dtype(device: torch.device, dtype: str) -> torch.dtype | None:
     """The autocast dtype for matmuls, or None for plain fp32. Master weights stay fp32.
 
     `auto` means bf16 on CUDA GPUs that support it, fp32 elsewhere: on the CPUs we measured
-    bf16 autocast ran slower than fp32 (README, "Speed"), as casting costs more than the
+    bf16 autocast ran slower than fp32 (README, "Performance"), as casting costs more than the
     matmuls save at these sizes.
     """
     if dtype == "float32":

@@ -76,7 +76,7 @@ def configure_optimizer(
         {"params": decay, "weight_decay": params.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    # the fused kernel: one pass over each tensor for the whole update (README, "Speed")
+    # the fused kernel: one pass over each tensor for the whole update (README, "Performance")
     if fused is None:
         fused = device.type in ("cuda", "cpu")
     extra = {"fused": True} if fused else {"foreach": True}
@@ -428,7 +428,7 @@ def train(
         torch.set_num_threads(threads)
     if device.type == "cpu":
         # compiled CPU kernels may otherwise reduce in a run-dependent order; eager CPU ops are
-        # deterministic already, and it measured no slower (README, "Speed")
+        # deterministic already, and it measured no slower (README, "Performance")
         torch.use_deterministic_algorithms(True)
     for name, store in (("train", train_store), ("val", val_store)):
         if len(store) <= params.block_size:

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gptcore.checkpoint import load_model
+from gptcore.atomic import write_json
+from gptcore.checkpoint import MODEL_FILE, load_model
 from gptcore.device import resolve_device
 from gptcore.errors import run_main
 from gptcore.evaluate import evaluate_sample, evaluate_split
 from gptcore.params import load_section
-from gptcore.reports import plot_losses, read_loss_log, write_json
+from gptcore.reports import plot_losses, read_loss_log
 from gptcore.tokens import TokenStore
 
 TOKENS_DIR = Path("data/tokens")
-MODEL = Path("models/model.pt")
 LOSS_LOGS = {split: Path(f"dvclive/plots/metrics/{split}/loss.tsv") for split in ("train", "val")}
 REPORT = Path("reports/eval.json")
 PLOT = Path("reports/loss.png")
@@ -24,7 +24,7 @@ TRAIN_SAMPLE_SEED = 0
 def main() -> None:
     params = load_section("evaluate")
     device = resolve_device("auto")
-    model, tokenizer, _ = load_model(MODEL, device)
+    model, tokenizer, _ = load_model(MODEL_FILE, device)
     stores = {split: TokenStore(TOKENS_DIR / f"{split}.h5") for split in ("train", "val")}
     for store in stores.values():
         store.check_vocab(tokenizer.identity)

@@ -6,12 +6,11 @@ import re
 from pathlib import Path
 
 from gptcore.atomic import write_text
-from gptcore.checkpoint import load_model
+from gptcore.checkpoint import MODEL_FILE, load_model
 from gptcore.errors import run_main
 from gptcore.generate import complete, seeded_generator
 from gptcore.params import load_section
 
-MODEL_FILE = Path("models/model.pt")
 SAMPLES_FILE = Path("reports/samples.md")
 
 

@@ -260,6 +260,35 @@ def test_info_without_a_model_sizes_the_params_and_says_the_vocab_is_unknown(
     assert "placeholder" not in out and f"vocab_size={tok.vocab_size}" in out
 
 
+def _saved_activation_bytes(config: GPTConfig, batch_size: int) -> int:
+    """Bytes of the tensors autograd saves in one training forward (weights left out), plus the
+    logits, which stay alive until the loss is taken."""
+    torch.manual_seed(0)
+    model = GPT(config).train()
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in weights:  # a tensor and its views share one storage
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    T, V = config.block_size, config.vocab_size
+    x, y = (torch.randint(0, V, (batch_size, T)) for _ in range(2))
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        logits, _ = model(x, y)
+    return sum(saved.values()) + logits.numel() * logits.element_size()
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+@pytest.mark.parametrize("block_size", [32, 128])
+def test_activation_estimate_matches_what_a_real_backward_saves(dropout: float, block_size: int) -> None:
+    config = GPTConfig(vocab_size=64, block_size=block_size, n_layer=2, n_head=2, n_embd=32, dropout=dropout)
+    measured = _saved_activation_bytes(config, 4)
+    assert activation_bytes(config, 4) == pytest.approx(measured, rel=0.03)
+
+
 def test_activation_estimate_grows_linearly_with_batch() -> None:
     config = GPTConfig(vocab_size=65, block_size=64, n_layer=2, n_head=4, n_embd=64, dropout=0.1)
     assert activation_bytes(config, 8) == 2 * activation_bytes(config, 4) > 0

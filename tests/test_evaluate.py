@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import write_token_file
 
 from gptcore.errors import DataError
 from gptcore.evaluate import SplitLoss, evaluate_sample, evaluate_split
 from gptcore.model import GPT, GPTConfig
-from gptcore.tokens import TokenStore, write_token_file
+from gptcore.tokens import TokenStore
 
 VOCAB = 11
 BLOCK = 8

@@ -167,7 +167,7 @@ def test_dvc_yaml_has_the_seven_stages_run_as_modules() -> None:
     ],
 )
 def test_stage_deps_list_exactly_the_gptcore_modules_its_script_uses_even_indirectly(stage: str) -> None:
-    # design.md: a stage lists as deps its own script and the gptcore modules it uses, so that an
+    # a stage lists as deps its own script and the gptcore modules it uses, so that an
     # edit re-runs exactly the stages it affects: one missing would leave a stale output, one too
     # many re-runs a stage for nothing (evaluate once listed train.py: a loop edit re-ran it)
     modules, _ = stage_imports(stage)

@@ -22,7 +22,8 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from test_train import BASE, counting_documents, write_store
+from conftest import counting_documents, write_counting_store, write_token_file
+from test_train import BASE
 
 import gptcore.train as train_module
 from gptcore.checkpoint import (
@@ -37,7 +38,7 @@ from gptcore.errors import DataError
 from gptcore.model import GPT
 from gptcore.params import TrainParams
 from gptcore.tokenizer import CharTokenizer
-from gptcore.tokens import TokenStore, write_token_file
+from gptcore.tokens import TokenStore
 from gptcore.train import (
     NonFiniteLossError,
     TrainResult,
@@ -201,7 +202,7 @@ def test_a_checkpoint_of_other_token_data_is_not_resumed(
 ) -> None:
     ckpt = tmp_path / "checkpoint.pt"
     run(P, stores, ckpt, stop_at=15)
-    other_train = write_store(tmp_path / "train.h5", counting_documents(40, seed=9))
+    other_train = write_counting_store(tmp_path / "train.h5", counting_documents(40, seed=9))
     result, _ = run(P, (other_train, stores[1]), ckpt)
     assert result is not None and result.resumed_from is None
     assert f"{other_train.path} has other tokens" in capsys.readouterr().out
