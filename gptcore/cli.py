@@ -8,6 +8,7 @@ gptcore checkout they default to plain sampling: temperature 1, no top-k or top-
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import sys
@@ -87,6 +88,16 @@ def _flag(field: str) -> Callable[[str], Any]:
     return parse
 
 
+# the sampling settings that have a flag, and what each does
+_SAMPLING_FLAGS = {
+    "temperature": "softmax temperature; 0 is greedy",
+    "top_k": "keep the k most likely tokens; 0 is off",
+    "top_p": "keep the smallest set of tokens whose probability reaches p; 1 is off",
+    "max_new_tokens": "tokens generated per completion",
+    "seed": "seeds sampling",
+}
+
+
 def _stop_flag(text: str) -> str:
     try:
         check_setting("stop", (text,))
@@ -115,29 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help=f"params file whose sample section gives the defaults (default: {DEFAULT_PARAMS} if it exists)",
     )
-    sampling.add_argument(
-        "--temperature",
-        type=_flag("temperature"),
-        help="softmax temperature; 0 is greedy (default: sample.temperature, else 1.0)",
-    )
-    sampling.add_argument(
-        "--top-k",
-        type=_flag("top_k"),
-        help="keep the k most likely tokens; 0 is off (default: sample.top_k, else 0)",
-    )
-    sampling.add_argument(
-        "--top-p",
-        type=_flag("top_p"),
-        help="keep the smallest set of tokens whose probability reaches p; 1 is off (default: sample.top_p, else 1.0)",
-    )
-    sampling.add_argument(
-        "--max-new-tokens",
-        type=_flag("max_new_tokens"),
-        help=f"tokens generated per completion (default: sample.max_new_tokens, else {Sampling.max_new_tokens})",
-    )
-    sampling.add_argument(
-        "--seed", type=_flag("seed"), help="seeds sampling (default: sample.seed, else random)"
-    )
+    plain = {f.name: f.default for f in dataclasses.fields(Sampling)}  # outside a checkout
+    for field, meaning in _SAMPLING_FLAGS.items():
+        fallback = "random" if plain[field] is None else plain[field]
+        sampling.add_argument(
+            f"--{field.replace('_', '-')}",
+            type=_flag(field),
+            help=f"{meaning} (default: sample.{field}, else {fallback})",
+        )
     sampling.add_argument(
         "--stop",
         action="append",
