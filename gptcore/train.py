@@ -428,7 +428,7 @@ def train(
         torch.set_num_threads(threads)
     if device.type == "cpu":
         # compiled CPU kernels may otherwise reduce in a run-dependent order; eager CPU ops are
-        # deterministic already, and it measured no slower (README, "Performance")
+        # deterministic already, so this costs nothing there (its measured cost was within noise)
         torch.use_deterministic_algorithms(True)
     for name, store in (("train", train_store), ("val", val_store)):
         if len(store) <= params.block_size:
