@@ -45,9 +45,10 @@ from pathlib import Path
 import torch
 
 from gptcore.checkpoint import load_model, save_model
-from gptcore.engine import Controls, Engine
-from gptcore.generate import generate
+from gptcore.engine import Engine
+from gptcore.generate import generate, seeded_generator
 from gptcore.model import GPT, GPTConfig
+from gptcore.sampling import Sampling
 from gptcore.tokenizer import BpeTokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -161,12 +162,13 @@ def in_process(model_file: Path, streams: int, tokens: int) -> tuple[float, floa
     prompt = tokenizer.encode(PROMPT)
 
     threads_each = torch.get_num_threads()
+    # stream i's settings: the same for both ways, but for its seed
+    sampling = [Sampling(temperature=0.8, top_k=50, max_new_tokens=tokens, seed=i) for i in range(streams)]
 
     def run(i: int) -> None:
         torch.set_num_threads(threads_each)  # a new thread starts with OpenMP's default team
-        generator = torch.Generator().manual_seed(i)
         idx = torch.tensor([prompt])
-        generate(model, idx, tokens, temperature=0.8, top_k=50, generator=generator, eot_id=None)
+        generate(model, idx, sampling[i], generator=seeded_generator(sampling[i]), eot_id=None)
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(streams)]
     start = time.perf_counter()
@@ -177,7 +179,7 @@ def in_process(model_file: Path, streams: int, tokens: int) -> tuple[float, floa
     threaded = streams * tokens / (time.perf_counter() - start)
     engine = Engine(model, eot_id=-1, max_batch=16)  # an id never drawn: every stream runs to its end
     start = time.perf_counter()
-    outs = [engine.submit(prompt, tokens, Controls(0.8, 50, 1.0, seed=i)) for i in range(streams)]
+    outs = [engine.submit(prompt, sampling[i]) for i in range(streams)]
     drawn = sum(len(list(out)) for out in outs)
     batched = drawn / (time.perf_counter() - start)
     engine.shutdown()

@@ -13,7 +13,9 @@ section). Requests join and leave between steps (continuous batching):
 - when a row reaches block_size its window slides by half a block and that half is encoded
   again, exactly as `gptcore.generate` does for one sequence, so a request's tokens are those of
   `generate` with the same settings (greedy output is tested equal);
-- each request draws from its own seeded generator with its own temperature, top-k and top-p.
+- each request draws with its own `Sampling` settings (temperature, top-k, top-p,
+  max_new_tokens) from its own generator, seeded with the settings' seed, through
+  `gptcore.generate.sample_next`, as `generate` does.
 
 A request's tokens arrive in a queue that its consumer reads; `TokenStream.close()` (a client
 that went away, a stop string that was reached) takes the request out at the next step.
@@ -29,32 +31,24 @@ from dataclasses import dataclass
 
 import torch
 
-from gptcore.generate import sample_next
+from gptcore.generate import sample_next, seeded_generator
 from gptcore.model import GPT, KVCache
+from gptcore.sampling import Sampling
 
 _END = object()  # put in a stream's queue after its last token
-
-
-@dataclass(frozen=True)
-class Controls:
-    """How one request samples: generate.py's controls, plus its own random stream."""
-
-    temperature: float
-    top_k: int
-    top_p: float
-    seed: int
 
 
 class TokenStream:
     """The new token ids of one request, in order, as the engine draws them.
 
     Iterating blocks until the next token; it ends at <|endoftext|> (which is yielded) or after
-    max_new_tokens. `finish_reason` is then "stop" (end of text) or "length"."""
+    sampling.max_new_tokens. `finish_reason` is then "stop" (end of text) or "length". Stop
+    strings are text: the consumer cuts at them (`gptcore.generate.cut_at_stop`) and closes the
+    stream."""
 
-    def __init__(self, prompt: list[int], max_new_tokens: int, controls: Controls) -> None:
+    def __init__(self, prompt: list[int], sampling: Sampling) -> None:
         self.prompt = prompt
-        self.max_new_tokens = max_new_tokens
-        self.controls = controls
+        self.sampling = sampling
         self.generated = 0
         self.finish_reason: str | None = None
         self.error: BaseException | None = None
@@ -106,11 +100,14 @@ class Engine:
         self._thread = threading.Thread(target=self._run, name="gptcore-engine", daemon=True)
         self._thread.start()
 
-    def submit(self, prompt: list[int], max_new_tokens: int, controls: Controls) -> TokenStream:
-        """Queue a request; its tokens come out of the returned stream."""
+    def submit(self, prompt: list[int], sampling: Sampling) -> TokenStream:
+        """Queue a request, to be sampled with `sampling`, whose seed must be set (a request's
+        draws do not depend on the others'); its tokens come out of the returned stream."""
         if not prompt:
             raise ValueError("a prompt needs at least one token")
-        stream = TokenStream(prompt, max_new_tokens, controls)
+        if sampling.seed is None:
+            raise ValueError("a request's sampling needs a seed")
+        stream = TokenStream(prompt, sampling)
         with self._wake:
             self._waiting.append(stream)
             self._wake.notify()
@@ -156,11 +153,12 @@ class Engine:
         if stream.closed.is_set():
             stream._queue.put(_END)
             return
-        c = stream.controls
+        generator = seeded_generator(stream.sampling)
+        assert generator is not None  # submit checked the seed
         self._rows.append(
             _Row(
                 stream=stream,
-                generator=torch.Generator().manual_seed(c.seed),
+                generator=generator,
                 history=list(stream.prompt),
                 start=max(0, len(stream.prompt) - self.block_size),  # a long prompt: its last block
             )
@@ -194,22 +192,13 @@ class Engine:
             logits.append(out[0, -1])
         for row, row_logits in zip(self._rows, logits, strict=True):
             row.fed = len(row.history)
-            c = row.stream.controls
-            token = int(
-                sample_next(
-                    row_logits[None].float(),
-                    temperature=c.temperature,
-                    top_k=c.top_k,
-                    top_p=c.top_p,
-                    generator=row.generator,
-                )[0]
-            )
+            token = int(sample_next(row_logits[None].float(), row.stream.sampling, row.generator)[0])
             row.history.append(token)
             row.stream.generated += 1
             row.stream._queue.put(token)
             if token == self.eot_id:
                 row.stream.finish_reason = "stop"
-            elif row.stream.generated >= row.stream.max_new_tokens:
+            elif row.stream.generated >= row.stream.sampling.max_new_tokens:
                 row.stream.finish_reason = "length"
         for row in [r for r in self._rows if r.stream.finish_reason is not None]:
             self._remove(row)

@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import hmac
 import json
-import math
 import os
 import sys
 import threading
@@ -48,9 +47,9 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 
 from gptcore.checkpoint import load_model
-from gptcore.cli import Sampling
-from gptcore.engine import Controls, Engine, TokenStream
-from gptcore.generate import check_sampling, check_stop, cut_at_stop, decode_stream
+from gptcore.engine import Engine, TokenStream
+from gptcore.generate import cut_at_stop, decode_stream, prompt_ids
+from gptcore.sampling import Sampling, SamplingError
 from gptcore.tokenizer import Tokenizer
 
 MAX_CHOICES = 16  # largest `n`
@@ -66,7 +65,7 @@ class ServeOptions:
 
     model_path: Path
     name: str  # the model id clients send
-    defaults: Sampling  # for fields a request leaves out (its seed is not used: see _settings)
+    defaults: Sampling  # for fields a request leaves out (not the seed: see _settings)
     device: str
     max_tokens_limit: int  # a request's max_tokens may not exceed this
     max_batch: int  # requests generated together; more wait their turn
@@ -131,53 +130,37 @@ def _optional(body: dict, key: str, check: Callable[[Any], bool], what: str) -> 
     return value
 
 
-def _number(body: dict, key: str) -> float | None:
-    value = _optional(
-        body, key, lambda v: (_is_int(v) or isinstance(v, float)) and math.isfinite(v), "a finite number"
-    )
-    return None if value is None else float(value)
-
-
-def _stop(body: dict) -> tuple[str, ...] | None:
-    value = body.get("stop")
-    if value is None:
-        return None
-    stop = [value] if isinstance(value, str) else value
-    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop) or len(stop) > MAX_STOP:
-        raise ApiError(400, f"stop must be a string or a list of up to {MAX_STOP} strings", param="stop")
-    return tuple(stop)
-
-
-def _settings(body: dict, defaults: Sampling, limit: int) -> tuple[Sampling, int]:
-    """(sampling settings, seed) of a request: its fields over the server's defaults, checked by
-    generate.py's own validation (the one adapter between the API and the sampler)."""
-    fields = {
-        "temperature": _number(body, "temperature"),
-        "top_p": _number(body, "top_p"),
-        "top_k": _optional(body, "top_k", _is_int, "an integer"),
-        "max_new_tokens": _optional(body, "max_tokens", _is_int, "an integer"),
-        "stop": _stop(body),
-    }
-    if fields["max_new_tokens"] is None:  # the newer name of chat's max_tokens
-        fields["max_new_tokens"] = _optional(body, "max_completion_tokens", _is_int, "an integer")
-    sampling = replace(defaults, **{k: v for k, v in fields.items() if v is not None})
+def _settings(body: dict, defaults: Sampling, limit: int) -> Sampling:
+    """The sampling settings of a request: its fields over the server's defaults, checked by the
+    Sampling type, whose rules are params.yaml's and the CLI's too. The setting it refuses is the
+    error's `param`, by the request's name for it (max_tokens for max_new_tokens)."""
+    # chat's newer max_completion_tokens counts when max_tokens is absent
+    keys = ("max_tokens", "max_completion_tokens")
+    length_key = next((key for key in keys if body.get(key) is not None), "max_tokens")
+    fields = {key: body.get(key) for key in ("temperature", "top_k", "top_p", "stop", "seed")}
+    fields["max_new_tokens"] = body.get(length_key)
+    if isinstance(fields["stop"], str):
+        fields["stop"] = [fields["stop"]]
     if fields["max_new_tokens"] is None:
-        sampling = replace(sampling, max_new_tokens=min(sampling.max_new_tokens, limit))
+        fields["max_new_tokens"] = min(defaults.max_new_tokens, limit)
+    if fields["seed"] is None:
+        # a fresh seed per request: one seed for all (the params') would make every reply the same
+        fields["seed"] = int.from_bytes(os.urandom(4), "little")
     try:
-        check_sampling(sampling.temperature, sampling.top_k, sampling.top_p)
-        check_stop(sampling.stop)
-    except ValueError as exc:  # generate.py's messages start with the field's name
-        raise ApiError(400, str(exc), param=str(exc).split(" ", 1)[0]) from None
-    if not 1 <= sampling.max_new_tokens <= limit:
+        sampling = replace(defaults, **{k: v for k, v in fields.items() if v is not None})
+    except SamplingError as exc:
+        param = length_key if exc.field == "max_new_tokens" else exc.field
+        shown = json.dumps(list(exc.value) if isinstance(exc.value, tuple) else exc.value)[:100]
+        raise ApiError(400, f"{param} = {shown} is invalid: {exc.rule}", param=param) from None
+    if sampling.max_new_tokens > limit:
         raise ApiError(
             400,
-            f"max_tokens must lie in [1, {limit}] (this server's limit), got {sampling.max_new_tokens}",
-            param="max_tokens",
+            f"{length_key} = {sampling.max_new_tokens} is invalid: must be at most {limit} (this server's limit)",
+            param=length_key,
         )
-    seed = _optional(body, "seed", _is_int, "an integer")
-    # a request without a seed gets a fresh one: the params' seed would make every reply the same
-    seed = int.from_bytes(os.urandom(4), "little") if seed is None else seed
-    return sampling, seed
+    if len(sampling.stop) > MAX_STOP:
+        raise ApiError(400, f"stop is invalid: at most {MAX_STOP} strings are allowed", param="stop")
+    return sampling
 
 
 def _prompts(body: dict) -> list[str]:
@@ -219,7 +202,6 @@ def _messages(body: dict) -> list[tuple[str, str]]:
 @dataclass
 class _Choice:
     stream: TokenStream
-    stop: tuple[str, ...]
     drained: bool = False  # the token stream ran to its end (no stop string cut it short)
 
     def finish_reason(self) -> str:
@@ -232,7 +214,7 @@ def _pieces(choice: _Choice, tokenizer: Tokenizer) -> Iterator[str]:
         choice.drained = True
 
     try:
-        yield from cut_at_stop(decode_stream(tokenizer, tokens()), choice.stop)
+        yield from cut_at_stop(decode_stream(tokenizer, tokens()), choice.stream.sampling.stop)
     finally:
         choice.stream.close()
 
@@ -380,7 +362,7 @@ def build_app(options: ServeOptions, on_load_error: Callable[[str], None] | None
         for key in UNSUPPORTED:  # refused rather than silently ignored: the client relies on them
             if body.get(key):
                 raise ApiError(400, f"{key} is not supported by gptcore serve", param=key)
-        sampling, seed = _settings(body, options.defaults, options.max_tokens_limit)
+        sampling = _settings(body, options.defaults, options.max_tokens_limit)
         n = _optional(
             body, "n", lambda v: _is_int(v) and 1 <= v <= MAX_CHOICES, f"an integer in [1, {MAX_CHOICES}]"
         )
@@ -390,13 +372,13 @@ def build_app(options: ServeOptions, on_load_error: Callable[[str], None] | None
         include_usage = isinstance(stream_options, dict) and stream_options.get("include_usage") is True
         engine, tokenizer = ready_engine()
 
-        prompt_ids = [tokenizer.encode(p) or [tokenizer.eot_id] for p in prompts]
+        prompts_ids = [prompt_ids(tokenizer, p) for p in prompts]
         choices = []
-        for ids in prompt_ids:
+        for ids in prompts_ids:
             for k in range(n):
                 # choice k is seeded with seed + k: n choices differ, and a seeded request repeats
-                controls = Controls(sampling.temperature, sampling.top_k, sampling.top_p, (seed + k) % 2**63)
-                choices.append(_Choice(engine.submit(ids, sampling.max_new_tokens, controls), sampling.stop))
+                seeded = replace(sampling, seed=(sampling.seed + k) % 2**63)
+                choices.append(_Choice(engine.submit(ids, seeded)))
         head = {
             "id": ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex,
             "created": int(time.time()),
@@ -404,7 +386,7 @@ def build_app(options: ServeOptions, on_load_error: Callable[[str], None] | None
         }
 
         def usage() -> dict:
-            prompt_tokens = sum(len(ids) for ids in prompt_ids)  # once per prompt, whatever n is
+            prompt_tokens = sum(len(ids) for ids in prompts_ids)  # once per prompt, whatever n is
             completion_tokens = sum(c.stream.generated for c in choices)
             return {
                 "prompt_tokens": prompt_tokens,

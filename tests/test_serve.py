@@ -25,14 +25,14 @@ from test_cli import CHILD_ENV, run_cli, save_tiny_model
 
 import gptcore.serve as serve_module
 from gptcore.checkpoint import load_model
-from gptcore.cli import Sampling
-from gptcore.engine import Controls, Engine
+from gptcore.engine import Engine
 from gptcore.generate import complete, generate
 from gptcore.model import GPT, GPTConfig
+from gptcore.sampling import Sampling
 from gptcore.serve import ServeOptions, build_app, render_chat
 
 NAME = "tiny"
-DEFAULTS = Sampling(max_new_tokens=20, temperature=1.0, top_k=0, top_p=1.0, seed=None, stop=())
+DEFAULTS = Sampling(max_new_tokens=20)
 
 
 def wait_for(condition, what: str, timeout: float = 20.0) -> None:
@@ -113,7 +113,7 @@ def client(server: str) -> openai.OpenAI:
 
 def greedy(model_path: Path, prompt: str, max_tokens: int, stop: tuple[str, ...] = ()) -> str:
     model, tokenizer, _ = load_model(model_path)
-    return complete(model, tokenizer, prompt, max_tokens, temperature=0.0, stop=stop)
+    return complete(model, tokenizer, prompt, Sampling(temperature=0.0, max_new_tokens=max_tokens, stop=stop))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,14 +132,13 @@ def test_engine_batched_tokens_equal_generate_for_many_requests_of_any_length() 
     prompts = [[rng.randrange(50) for _ in range(rng.randrange(1, 40))] for _ in range(8)]
     lengths = [rng.randrange(1, 45) for _ in prompts]
     streams = [
-        engine.submit(p, n, Controls(0.0, 0, 1.0, seed=0)) for p, n in zip(prompts, lengths, strict=True)
+        engine.submit(p, Sampling(temperature=0.0, max_new_tokens=n, seed=0))
+        for p, n in zip(prompts, lengths, strict=True)
     ]
     try:
         for prompt, n, stream in zip(prompts, lengths, streams, strict=True):
-            expected = generate(model, torch.tensor([prompt]), n, temperature=0.0, eot_id=49)[
-                0, len(prompt) :
-            ]
-            expected = expected.tolist()
+            greedy = Sampling(temperature=0.0, max_new_tokens=n)
+            expected = generate(model, torch.tensor([prompt]), greedy, eot_id=49)[0, len(prompt) :].tolist()
             if 49 in expected:
                 expected = expected[: expected.index(49) + 1]
             assert list(stream) == expected
@@ -153,8 +152,8 @@ def test_engine_closed_stream_ends_and_frees_its_slot() -> None:
     model = GPT(GPTConfig(vocab_size=20, block_size=8, n_layer=1, n_head=1, n_embd=8)).eval()
     engine = Engine(model, eot_id=999, max_batch=1)  # an id never drawn: the stream is endless
     try:
-        endless = engine.submit([1, 2], 10**9, Controls(1.0, 0, 1.0, seed=1))
-        waiting = engine.submit([3], 5, Controls(1.0, 0, 1.0, seed=2))
+        endless = engine.submit([1, 2], Sampling(max_new_tokens=10**9, seed=1))
+        waiting = engine.submit([3], Sampling(max_new_tokens=5, seed=2))
         tokens = iter(endless)
         next(tokens)
         assert engine.live() == 2  # one generating, one waiting for the only slot
@@ -290,12 +289,17 @@ OK = {"model": NAME, "prompt": "ROMEO:", "max_tokens": 3}
         ({**OK, "top_p": 0}, 400, "top_p", "(0, 1]"),
         ({**OK, "top_p": 1.5}, 400, "top_p", "(0, 1]"),
         ({**OK, "top_k": -1}, 400, "top_k", ">= 0"),
-        ({**OK, "max_tokens": 0}, 400, "max_tokens", "[1, 500]"),
-        ({**OK, "max_tokens": 501}, 400, "max_tokens", "server's limit"),
+        ({**OK, "top_k": 2.5}, 400, "top_k", "whole number"),
+        ({**OK, "temperature": True}, 400, "temperature", "number"),
+        # the Sampling type's rule, under the request's name for the setting
+        ({**OK, "max_tokens": 0}, 400, "max_tokens", "max_tokens = 0 is invalid: must be"),
+        ({"model": NAME, "prompt": "a", "max_completion_tokens": 0}, 400, "max_completion_tokens", ">= 1"),
+        ({**OK, "max_tokens": 501}, 400, "max_tokens", "at most 500 (this server's limit)"),
         ({**OK, "n": 0}, 400, "n", "[1, 16]"),
-        ({**OK, "seed": 1.5}, 400, "seed", "integer"),
-        ({**OK, "stop": ["a", "b", "c", "d", "e"]}, 400, "stop", "up to 4"),
-        ({**OK, "stop": [""]}, 400, "stop", "empty"),
+        ({**OK, "seed": 1.5}, 400, "seed", "whole number"),
+        ({**OK, "stop": ["a", "b", "c", "d", "e"]}, 400, "stop", "at most 4"),
+        ({**OK, "stop": [""]}, 400, "stop", "non-empty strings"),
+        ({**OK, "stop": 5}, 400, "stop", "stop = 5 is invalid"),
         ({**OK, "stream": "yes"}, 400, "stream", "true or false"),
         ({**OK, "logprobs": 2}, 400, "logprobs", "not supported"),
         ({**OK, "echo": True}, 400, "echo", "not supported"),
