@@ -38,6 +38,8 @@ class DataParams:
     pile_set_names: list[str]
     max_docs: int | None
     max_bytes: int | None
+    max_document_bytes: int
+    newlines: str
     val_fraction: float
     seed: int
 
@@ -57,6 +59,11 @@ class DataParams:
             value = getattr(self, key)
             if value is not None and value <= 0:
                 _fail(f"data.{key}", value, "must be > 0, or null for no limit")
+        if not 1 << 10 <= self.max_document_bytes <= 1 << 28:
+            # the upper bound keeps every data stage under 1 GB (README, "Memory"); the lower, sense
+            _fail("data.max_document_bytes", self.max_document_bytes, "must lie between 1024 and 268435456")
+        if self.newlines not in ("lf", "keep"):
+            _fail("data.newlines", self.newlines, "allowed: lf (CRLF and CR become LF), keep")
         if not 0.0 < self.val_fraction < 1.0:
             _fail("data.val_fraction", self.val_fraction, "must lie strictly between 0 and 1")
 

@@ -419,7 +419,14 @@ def _fetch_pip(requirement: str, staging: Path) -> list[str]:
         # --only-binary=:all: makes pip pick wheels only and never build one; --no-build-isolation
         # keeps it from installing a build backend if a later pip ever gets that far
         command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
-        command += ["--no-build-isolation", "--no-input", "--disable-pip-version-check", "-d", tmp, requirement]
+        command += [
+            "--no-build-isolation",
+            "--no-input",
+            "--disable-pip-version-check",
+            "-d",
+            tmp,
+            requirement,
+        ]
         # pip's stderr is shown as it comes and its tail kept for the error message
         with subprocess.Popen(command, stderr=subprocess.PIPE, text=True, errors="replace") as proc:
             assert proc.stderr is not None
