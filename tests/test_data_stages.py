@@ -150,3 +150,43 @@ def test_a_200_megabyte_single_line_document_goes_through_every_data_stage(tmp_p
     assert peak_mb < 2_000, f"a data stage peaked at {peak_mb:.0f} MB"
     print(f"peak RSS of the largest stage process: {peak_mb:.0f} MB")
     shutil.rmtree(ws / "data")
+
+
+def test_a_windows_book_with_a_bom_and_a_png_beside_it_give_clean_text_and_a_report(tmp_path: Path) -> None:
+    ws = workspace(tmp_path, include=["**/*"])
+    chapter = "CHAPTER {i}.\r\n\r\nIt was the best of times, it was the worst of times.\r\n"
+    book = "\ufeffA TALE OF TWO CITIES\r\n\r\n" + "".join(chapter.format(i=i) for i in range(200))
+    (ws / "data/raw/tale.txt").write_bytes(book.encode("utf-8"))
+    (ws / "data/raw/cover.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 40)
+    done = run_stage(ws, "extract_split")
+    assert done.returncode == 0, done.stderr
+    assert "1 binary file skipped (not text): cover.png" in done.stdout
+    report = json.loads((ws / "reports/data.json").read_text(encoding="utf-8"))
+    assert report["binary_files"] == {"count": 1, "names": ["cover.png"]}
+    assert report["bom_dropped_documents"] == 1 and report["line_ends_normalised_documents"] == 1
+    text = "".join(
+        doc.text
+        for split in ("train", "val")
+        for doc in iter_split_file(ws / f"data/split/{split}.jsonl.zst")
+    )
+    assert text == book[1:].replace("\r\n", "\n")
+    assert run_stage(ws, "build_vocab").returncode == 0
+    chars = json.loads((ws / "data/vocab/tokenizer.json").read_text(encoding="utf-8"))["chars"]
+    assert "\r" not in chars and "\ufeff" not in chars and "\x00" not in chars
+
+
+def test_a_bpe_vocab_size_the_corpus_cannot_reach_is_reported_with_the_size_reached(tmp_path: Path) -> None:
+    ws = workspace(tmp_path, include=["**/*.txt"])
+    params = yaml.safe_load((ws / "params.yaml").read_text(encoding="utf-8"))
+    params["vocab"].update(kind="bpe", vocab_size=70_000)
+    (ws / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    (ws / "data/raw/small.txt").write_text("to be or not to be, that is the question\n" * 20)
+    assert run_stage(ws, "extract_split").returncode == 0
+    done = run_stage(ws, "build_vocab")
+    assert done.returncode == 0, done.stderr
+    size = json.loads((ws / "data/vocab/tokenizer.json").read_text(encoding="utf-8"))["vocab_size"]
+    assert size < 300
+    assert (
+        f"warning: vocab.vocab_size is 70,000, but the train split holds only enough distinct text for {size} ids"
+        in done.stderr
+    )

@@ -11,9 +11,9 @@ import re
 import signal
 import subprocess
 import sys
+import tarfile
 import threading
 import time
-import tarfile
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
