@@ -335,6 +335,4 @@ def test_refusing_a_pickled_object_never_advises_weights_only_false(tmp_path: Pa
         load_model(path)
     message = str(err.value)
     assert "weights_only" not in message and "\n" not in message
-    assert message.endswith(
-        "holds a Python object (pickle.PickleError) that only running code could rebuild"
-    )
+    assert message.endswith("holds a Python object (pickle.PickleError) that only running code could rebuild")

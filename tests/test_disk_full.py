@@ -115,9 +115,6 @@ def test_tokenize_on_a_full_disk(
 
     assert run("extract_split", capsys)[0] == 0 and run("build_vocab", capsys)[0] == 0
     with monkeypatch.context() as patch:
-        patch.setitem(
-            __import__("yaml").safe_load((ws / "params.yaml").read_text())["tokenize"], "workers", 1
-        )
         if where == "ids":  # the ids' temporary file fills the disk
             patch.setattr(tokens.TokenWriter, "add_block", lambda *a, **k: (_ for _ in ()).throw(ENOSPC))
         else:  # HDF5 says it in its own words; the filesystem has no room left
