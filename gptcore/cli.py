@@ -231,7 +231,8 @@ CHAT_HELP = """commands (a line that starts with /):
   /max_tokens N    new tokens per reply
   /reset           forget the conversation so far
   /help            this list
-The model sees the conversation so far (its last block_size tokens). Ctrl-C stops a reply; Ctrl-D quits."""
+The model sees the conversation so far (its last block_size tokens).
+Ctrl-C stops a reply, or clears the line being typed; Ctrl-D quits."""
 
 # setting -> (Sampling field, parse, valid?, what is allowed)
 _SETTINGS: dict[str, tuple[str, Callable[[str], Any], Callable[[Any], bool], str]] = {
@@ -286,6 +287,17 @@ def _write_completion(
         written.append(piece)
 
 
+def _note_unknown(tokenizer: Tokenizer, text: str, noted: set[str]) -> None:
+    """Say, once per character, which characters of a prompt the vocabulary lacks."""
+    new = [ch for ch in tokenizer.unknown_characters(text) if ch not in noted]
+    if new:
+        noted.update(new)
+        shown = ", ".join(repr(ch) for ch in new[:10]) + (
+            f" and {len(new) - 10} more" if len(new) > 10 else ""
+        )
+        print(f"note: {shown} not in the model's vocabulary: it reads each as <|unk|>", file=sys.stderr)
+
+
 def cmd_chat(args: argparse.Namespace) -> None:
     # Ctrl-C stops a reply: a process started in the background by a non-interactive shell
     # inherits SIGINT as ignored, and Python then never raises KeyboardInterrupt; take it back
@@ -307,11 +319,15 @@ def cmd_chat(args: argparse.Namespace) -> None:
     # comfortably longer than the block_size tokens the model reads
     conversation = ""
     keep_chars = 16 * model.config.block_size
+    noted: set[str] = set()
     while True:
         try:
             line = _read_line(interactive)
-        except KeyboardInterrupt:  # Ctrl-C at the prompt: leave as Ctrl-D would
-            line = None
+        except KeyboardInterrupt:
+            if interactive:  # Ctrl-C at the prompt drops what was typed, as in a shell; Ctrl-D quits
+                print(file=sys.stderr)
+                continue
+            line = None  # a pipe has no line to clear: stop, as at its end
         if line is None:
             if interactive:
                 print(file=sys.stderr)  # end the line the prompt is on
@@ -325,6 +341,7 @@ def cmd_chat(args: argparse.Namespace) -> None:
             conversation = "" if reset else conversation
             print(message, file=sys.stderr)
             continue
+        _note_unknown(tokenizer, line, noted)
         written: list[str] = []
         try:
             _write_completion(model, tokenizer, conversation + line, sampling, generator, written)
@@ -350,7 +367,9 @@ def cmd_sample(args: argparse.Namespace) -> None:
     model, tokenizer, _, _ = _load(args)
     total = len(prompts) * args.num_samples
     count = 0
+    noted: set[str] = set()
     for prompt in prompts:
+        _note_unknown(tokenizer, prompt, noted)
         # seeded once per prompt, as the sample stage does: a prompt's completions do not depend
         # on which prompts came before it, and the first one matches reports/samples.md
         generator = _generator(sampling.seed)
