@@ -45,13 +45,14 @@ from __future__ import annotations
 
 import codecs
 import contextlib
-import io
 import itertools
 import json
 import lzma
 import os
 import re
+import shutil
 import tarfile
+import tempfile
 import zipfile
 import zlib
 from collections import Counter
@@ -76,7 +77,6 @@ from gptcore.streams import (
 
 MANIFEST_NAME = "manifest.json"
 UNMATCHED_SAMPLE = 20  # names listed when no document matches the include globs
-NESTED_ZIP_LIMIT = 1 << 30  # a zip inside a tar stream must be held in memory to be read
 BINARY_SNIFF_BYTES = 8000  # how much of a file decides whether it is binary (git looks as far)
 BINARY_INVALID_SHARE = 0.25  # more of the head than this not UTF-8: binary, not text in Latin-1
 NAMES_KEPT = 100  # names kept per kind of notice (binary files, cut documents, ...) for the report
@@ -350,12 +350,14 @@ class _Reader:
                 yield from self.read_text(name, stream)
 
     def read_zip(self, name: _Name, stream: BinaryIO) -> Iterator[Document]:
-        if not seekable(stream):  # zip needs random access; a tar member arrives as a stream
-            data = stream.read(NESTED_ZIP_LIMIT + 1)
-            if len(data) > NESTED_ZIP_LIMIT:
-                raise DataError(f"{self.where(name)}: a zip inside a tar must be under 1 GiB")
-            stream = io.BytesIO(data)
-        with zipfile.ZipFile(stream) as archive:
+        with contextlib.ExitStack() as stack:
+            if not seekable(stream):  # zip needs random access; a tar member arrives as a stream
+                # spilled to an anonymous temporary file, not held in memory: it may be of any size
+                spill = stack.enter_context(tempfile.TemporaryFile(prefix=".gptcore-zip."))
+                shutil.copyfileobj(stream, spill, CUT_SEARCH_BYTES)
+                spill.seek(0)
+                stream = spill
+            archive = stack.enter_context(zipfile.ZipFile(stream))
             for info in sorted(archive.infolist(), key=lambda i: i.filename):
                 if info.is_dir():
                     continue
