@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from tqdm import tqdm
 
-from gptcore.atomic import atomic_dir, write_text
+from gptcore.atomic import atomic_dir, write_json
 from gptcore.documents import BINARY, BOM, CUT, LINE_ENDS, TOO_LONG, DocumentStats, iter_documents, some
 from gptcore.errors import run_main
 from gptcore.params import load_section
@@ -47,7 +46,7 @@ def main() -> None:
         "bom_dropped_documents": stats.changed[BOM],
         "line_ends_normalised_documents": stats.changed[LINE_ENDS],
     }
-    write_text(REPORT, json.dumps(report, indent=2, sort_keys=True) + "\n")
+    write_json(REPORT, report)
     for split in ("train", "val"):
         c = counts[split]
         print(

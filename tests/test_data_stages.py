@@ -15,22 +15,12 @@ from pathlib import Path
 import pytest
 import yaml
 import zstandard
+from conftest import workspace
 
 from gptcore.split import iter_split_file
 from gptcore.tokens import TokenStore
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def workspace(tmp_path: Path, **data: object) -> Path:
-    """A folder laid out like the repo: params.yaml (with `data` changes) and an empty data/raw."""
-    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
-    params["data"].update(data)
-    params["tokenize"]["workers"] = 2
-    params["vocab"]["kind"] = "char"  # one token per character: counts below are exact
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
-    (tmp_path / "data" / "raw").mkdir(parents=True)
-    return tmp_path
 
 
 def run_stage(ws: Path, name: str) -> subprocess.CompletedProcess[str]:

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import workspace
 
 import gptcore.atomic as atomic
 from gptcore.checkpoint import load_checkpoint, save_checkpoint
 from gptcore.errors import DiskFullError, run_main
-from tests.test_data_stages import workspace
 
 ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
