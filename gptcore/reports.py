@@ -1,4 +1,4 @@
-"""Reports kept in git: the train-vs-val loss chart (PNG) and metric JSON files."""
+"""Reports kept in git: the train-vs-val loss chart and a confusion matrix (PNG), metric JSON files."""
 
 from __future__ import annotations
 
@@ -45,5 +45,27 @@ def plot_losses(curves: dict[str, pd.DataFrame], path: Path | str, title: str = 
     fig.tight_layout()
     with atomic_file(path) as tmp:
         # no timestamp in the metadata: the same curves give the same bytes
+        fig.savefig(tmp, format="png", metadata={"Software": None})
+    plt.close(fig)
+
+
+def plot_confusion(matrix: list[list[int]], labels: list[str], path: Path | str, title: str) -> None:
+    """A confusion matrix (rows: actual class, columns: predicted) as a PNG, counts in the cells."""
+    k = len(labels)
+    fig, ax = plt.subplots(figsize=(1.2 * k + 2.5, 1.0 * k + 2), dpi=120)
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(k), labels, rotation=45, ha="right")
+    ax.set_yticks(range(k), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    ax.set_title(title)
+    peak = max((max(row) for row in matrix), default=0)
+    for r, row in enumerate(matrix):
+        for c, count in enumerate(row):
+            ax.text(
+                c, r, str(count), ha="center", va="center", color="white" if count > peak / 2 else "black"
+            )
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
         fig.savefig(tmp, format="png", metadata={"Software": None})
     plt.close(fig)
