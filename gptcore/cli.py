@@ -325,12 +325,17 @@ def cmd_chat(args: argparse.Namespace) -> None:
     generator = _generator(sampling.seed)
     # the banner goes to stderr: stdout carries only the model's text, so a piped run's output
     # is exactly the completions
+    if template is None:
+        turns = "Each line continues the conversation"
+    else:
+        turns = f"Prompt template {template.name}: each line is a new " + (
+            "input to the instruction" if args.instruction is not None else "instruction"
+        )
     print(
         f"gptcore chat: {args.model} ({model.num_params(non_embedding=False):,} parameters, "
         f"{tokenizer.kind} tokenizer of {tokenizer.vocab_size} tokens) on {device}\n"
-        + (f"prompt template: {template.name}\n" if template is not None else "")
-        + f"{sampling.describe()}\n"
-        "Each line continues the conversation; /help lists the commands. Ctrl-C stops a reply; Ctrl-D quits.",
+        f"{sampling.describe()}\n"
+        f"{turns}; /help lists the commands. Ctrl-C stops a reply; Ctrl-D quits.",
         file=sys.stderr,
     )
     # the conversation as the model sees it: each line and its reply, as printed; kept to a tail

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,24 @@ from gptcore.errors import DataError  # noqa: E402
 def write_json(path: Path | str, data: dict[str, Any]) -> None:
     """Pretty, key-sorted JSON, written atomically: stable diffs in git and in `dvc metrics diff`."""
     write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+@contextlib.contextmanager
+def live_logger(folder: str) -> Iterator[Callable[[int, dict[str, float]], None]]:
+    """A function logging (step, {name: value}) to DVCLive in `folder`: one TSV per name under
+    folder/plots/metrics, and folder/metrics.json with the latest values. dvcyaml=False: the
+    dvc.yaml files are written by hand, and DVCLive must not edit them."""
+    from dvclive import Live  # here, not at the top: the stages that only write reports skip its import
+
+    with Live(dir=folder, dvcyaml=False, save_dvc_exp=False) as live:
+
+        def log(step: int, metrics: dict[str, float]) -> None:
+            live.step = step
+            for name, value in metrics.items():
+                live.log_metric(name, value)
+            live.make_summary()
+
+        yield log
 
 
 def read_loss_log(path: Path | str) -> pd.DataFrame:

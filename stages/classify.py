@@ -14,7 +14,6 @@ from pathlib import Path
 
 import torch
 
-from dvclive import Live
 from gptcore import classify
 from gptcore.checkpoint import load_model
 from gptcore.errors import run_main
@@ -22,7 +21,7 @@ from gptcore.finetune import fine_tune, set_threads
 from gptcore.finetune_data import read_jsonl
 from gptcore.model import GPT
 from gptcore.params import load_section
-from gptcore.reports import plot_confusion, write_json
+from gptcore.reports import live_logger, plot_confusion, write_json
 from gptcore.train import resolve_device
 
 DATA_DIR = Path("data/finetune/classify")
@@ -67,14 +66,7 @@ def main() -> None:
             model, [seqs["train"][i] for i in batch], [y["train"][i] for i in batch], pad, device
         )
 
-    with Live(dir=LIVE_DIR, dvcyaml=False, save_dvc_exp=False) as live:
-
-        def log(step: int, metrics: dict[str, float]) -> None:
-            live.step = step
-            for name, value in metrics.items():
-                live.log_metric(name, value)
-            live.make_summary()
-
+    with live_logger(LIVE_DIR) as log:
         result = fine_tune(
             model, params, len(seqs["train"]), loss_on, evaluate, device, on_eval=log, progress=True
         )

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import torch
 
-from dvclive import Live
 from gptcore import instruct
 from gptcore.atomic import write_text
 from gptcore.checkpoint import load_model, save_model
@@ -22,7 +21,7 @@ from gptcore.errors import DataError, run_main
 from gptcore.finetune import fine_tune, set_threads
 from gptcore.finetune_data import InstructionRecord, read_jsonl
 from gptcore.params import load_section
-from gptcore.reports import write_json
+from gptcore.reports import live_logger, write_json
 from gptcore.train import resolve_device
 
 DATA_DIR = Path("data/finetune/instruct")
@@ -92,14 +91,7 @@ def main() -> None:
         return {"val/loss": response_loss("val")} if encoded["val"].inputs else {}
 
     torch.manual_seed(params.seed)
-    with Live(dir=LIVE_DIR, dvcyaml=False, save_dvc_exp=False) as live:
-
-        def log(step: int, metrics: dict[str, float]) -> None:
-            live.step = step
-            for name, value in metrics.items():
-                live.log_metric(name, value)
-            live.make_summary()
-
+    with live_logger(LIVE_DIR) as log:
         result = fine_tune(
             model, params, len(train.inputs), loss_on, evaluate, device, on_eval=log, progress=True
         )

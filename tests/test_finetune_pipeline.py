@@ -167,7 +167,7 @@ def test_the_cli_uses_the_finetuned_models(finetuned: dict[str, Any]) -> None:
         text=True,
         check=True,
     )
-    assert "prompt template: alpaca" in chat.stderr
+    assert "Prompt template alpaca" in chat.stderr
 
 
 @pytest.mark.e2e

@@ -117,7 +117,7 @@ def test_chat_wraps_each_line_in_the_models_template(
     flags = ["--temperature", "0", "--max-new-tokens", "12", "--seed", "1", "--device", "cpu"]
     cli_main(["chat", "--model", str(path), *flags])
     captured = capsys.readouterr()
-    assert "prompt template: alpaca" in captured.err
+    assert "Prompt template alpaca: each line is a new instruction" in captured.err
     expected = [
         complete(
             model, TOKENIZER, instruct.render_prompt(ALPACA, line), 12, temperature=0.0, stop=ALPACA.stops
