@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from gptcore.errors import DataError
 from gptcore.finetune_data import (
@@ -19,6 +20,7 @@ from gptcore.finetune_data import (
     read_labelled,
     split_by_hash,
 )
+from gptcore.params import ParamsError, parse_section
 
 PLAY = """# A Play
 
@@ -222,3 +224,48 @@ def test_dialogue_records_answer_a_speech_within_a_scene() -> None:
         ("Reply as CAROL to BEN.", "Well, lady, well.", "Who was that?"),
     ]  # no reply across the scene break, stage directions left out
     assert dialogue_records(PLAY, 17, 10) == [records[1]]  # the long speech is over max_chars
+
+
+REPO_PARAMS = yaml.safe_load(
+    (Path(__file__).resolve().parents[1] / "params.yaml").read_text(encoding="utf-8")
+)
+
+
+@pytest.mark.parametrize(
+    ("section", "changes", "message"),
+    [
+        (
+            "classify",
+            {"train_blocks": "some"},
+            r"classify.train_blocks = 'some' is invalid: allowed: all, or a number",
+        ),
+        ("classify", {"train_blocks": -1}, r"classify.train_blocks = -1 is invalid: must be >= 0"),
+        ("classify", {"init": "gpt2"}, r"classify.init = 'gpt2' is invalid: allowed: pretrained, random"),
+        (
+            "classify_data",
+            {"val_fraction": 0.5, "test_fraction": 0.5},
+            r"classify_data.test_fraction = 0.5 .* must be < 1",
+        ),
+        (
+            "classify_data",
+            {"text_column": 1},
+            r"classify_data.label_column = 'label' .* a name when text_column is a name",
+        ),
+        (
+            "classify_data",
+            {"format": "xlsx"},
+            r"classify_data.format = 'xlsx' is invalid: allowed: auto, csv, tsv, jsonl",
+        ),
+        (
+            "instruct",
+            {"template": "chatml"},
+            r"instruct.template = 'chatml' is invalid: allowed: alpaca, phi3",
+        ),
+        ("instruct", {"overlong": "wrap"}, r"instruct.overlong = 'wrap' is invalid: allowed: truncate, drop"),
+        ("instruct_data", {"max_chars": 0}, r"instruct_data.max_chars = 0 is invalid: must be > 0"),
+    ],
+)
+def test_bad_finetuning_params_are_named(section: str, changes: dict, message: str) -> None:
+    parse_section(section, REPO_PARAMS[section])  # the repository's own values are valid
+    with pytest.raises(ParamsError, match=message):
+        parse_section(section, {**REPO_PARAMS[section], **changes})
