@@ -9,6 +9,8 @@ checked (types, ranges) and the shape of every tensor is compared with what the 
 on torch's meta device, before a model is built and any memory allocated for it.
 
 - `models/model.pt`: weights, model config and tokenizer, what evaluate, sample and chat need.
+- `models/classifier.pt`: a fine-tuned classifier (gptcore.classify): backbone and head weights,
+  model config, tokenizer and the class labels in the order of the head's outputs.
 - `models/checkpoint.pt`: everything `gptcore.train` needs to continue a run exactly where it
   stopped (weights, optimizer, step, RNG states, logged history, seconds so far), and the run's
   identity (its train params and token data), which a run must match to resume from it.
@@ -40,6 +42,8 @@ MODEL_FORMAT = "gptcore.model"
 MODEL_VERSION = 2  # 2: a sha256 of the contents
 CHECKPOINT_FORMAT = "gptcore.checkpoint"
 CHECKPOINT_VERSION = 1
+CLASSIFIER_FORMAT = "gptcore.classifier"
+CLASSIFIER_VERSION = 1
 DIGEST_KEY = "sha256"
 
 
@@ -320,3 +324,43 @@ def set_rng_states(
     random.setstate((version, tuple(mt), gauss))
     keys, pos, has_gauss, cached = states["numpy"]
     np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+
+
+def save_classifier(
+    path: Path | str,
+    config: dict[str, Any],
+    state_dict: dict[str, torch.Tensor],
+    tokenizer: dict[str, Any],
+    labels: list[str],
+    meta: dict[str, Any],
+) -> None:
+    """Write a classifier file atomically (see gptcore.classify for what the weights are)."""
+    payload = {
+        "format": CLASSIFIER_FORMAT,
+        "version": CLASSIFIER_VERSION,
+        "config": config,
+        "state_dict": state_dict,
+        "tokenizer": tokenizer,
+        "labels": list(labels),
+        "meta": meta,
+    }
+    _save(path, payload)
+
+
+def read_classifier_file(path: Path | str) -> dict[str, Any]:
+    """Load and check a classifier file's payload without building the model."""
+    path = Path(path)
+    payload = _load(
+        path,
+        CLASSIFIER_FORMAT,
+        CLASSIFIER_VERSION,
+        "classifier file",
+        "run the fine-tuning pipeline first (dvc repro finetune/dvc.yaml)",
+    )
+    for key in ("config", "state_dict", "tokenizer", "meta"):
+        if not isinstance(payload.get(key), dict):
+            raise DataError(f"{path} is missing '{key}' or it is not a mapping")
+    labels = payload.get("labels")
+    if not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(x, str) for x in labels):
+        raise DataError(f"{path}: 'labels' must list at least two class names")
+    return payload
