@@ -1,5 +1,6 @@
 """The `gptcore` command: `chat` with a trained model, `sample` completions, `info` on a model's size,
-`serve` it over HTTP (an OpenAI-compatible API and a chat page; see gptcore.serve).
+`classify` texts with a fine-tuned classifier, `serve` a model over HTTP (an OpenAI-compatible API
+and a chat page; see gptcore.serve).
 
 Sampling options default to the `sample` section of params.yaml when the file is there (the same
 settings the sample stage records, so `gptcore sample` reproduces reports/samples.md); outside a
@@ -19,16 +20,19 @@ from typing import Any
 
 import torch
 
+from gptcore import classify
 from gptcore.checkpoint import MODEL_FILE, load_model
 from gptcore.device import resolve_device
 from gptcore.errors import DataError, GptcoreError, run_main
 from gptcore.generate import complete_batch, seeded_generator, stream_completion
+from gptcore.instruct import render_prompt, reply_stops, template_of
 from gptcore.model import GPT, GPTConfig, flops_per_token
 from gptcore.params import SampleParams, TrainParams, device_name_problem, load_section
 from gptcore.sampling import RULES, Sampling, SamplingError, check_setting
 from gptcore.tokenizer import Tokenizer, load_tokenizer
 from gptcore.train import model_config
 
+DEFAULT_CLASSIFIER = Path("models/classifier.pt")
 DEFAULT_PARAMS = Path("params.yaml")
 VOCAB_DIR = Path("data/vocab")
 # Tokens given to a model whose vocabulary is not built yet: a byte-level alphabet, the size of
@@ -131,7 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gptcore", description="Chat with, sample from and size up gptcore models."
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{chat,sample,info,serve}")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="{chat,sample,info,classify,serve}"
+    )
 
     sampling = argparse.ArgumentParser(add_help=False)
     sampling.add_argument("--model", type=Path, default=MODEL_FILE, help="model file (default: %(default)s)")
@@ -160,6 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
     chat = commands.add_parser(
         "chat", parents=[sampling], help="continue each line you type (or pipe in) with the model"
     )
+    chat.add_argument(
+        "--instruction",
+        metavar="TEXT",
+        help="instruction-tuned models: the instruction of every turn, each line then being its input "
+        "(default: each line is the instruction)",
+    )
     chat.set_defaults(run=cmd_chat)
     _add_sampling_flag(chat, "seed")
 
@@ -186,6 +198,16 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--model", type=Path, help=f"model file (default: {MODEL_FILE} if it exists)")
     info.add_argument("--params", type=Path, help=f"params file (default: {DEFAULT_PARAMS} if it exists)")
     info.set_defaults(run=cmd_info)
+
+    classify_cmd = commands.add_parser("classify", help="the label and class probabilities of texts")
+    classify_cmd.add_argument(
+        "texts", nargs="+", metavar="TEXT", help="text to classify; several for several"
+    )
+    classify_cmd.add_argument(
+        "--model", type=Path, default=DEFAULT_CLASSIFIER, help="classifier file (default: %(default)s)"
+    )
+    classify_cmd.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    classify_cmd.set_defaults(run=cmd_classify)
 
     serve = commands.add_parser(
         "serve",
@@ -276,7 +298,8 @@ CHAT_HELP = """commands (a line that starts with /):
   /max_tokens N    new tokens per reply
   /reset           forget the conversation so far
   /help            this list
-The model sees the conversation so far (its last block_size tokens). Ctrl-C stops a reply; Ctrl-D quits."""
+The model sees the conversation so far (its last block_size tokens).
+Ctrl-C stops a reply, or clears the line being typed; Ctrl-D quits."""
 
 # chat /command -> the sampling setting it changes
 _CHAT_SETTINGS = {
@@ -322,32 +345,62 @@ def _write_completion(
         written.append(piece)
 
 
+def _note_unknown(tokenizer: Tokenizer, text: str, noted: set[str]) -> None:
+    """Say, once per character, which characters of a prompt the vocabulary lacks."""
+    new = [ch for ch in tokenizer.unknown_characters(text) if ch not in noted]
+    if new:
+        noted.update(new)
+        shown = ", ".join(repr(ch) for ch in new[:10]) + (
+            f" and {len(new) - 10} more" if len(new) > 10 else ""
+        )
+        print(f"note: {shown} not in the model's vocabulary: it reads each as <|unk|>", file=sys.stderr)
+
+
 def cmd_chat(args: argparse.Namespace) -> None:
     # Ctrl-C stops a reply: a process started in the background by a non-interactive shell
     # inherits SIGINT as ignored, and Python then never raises KeyboardInterrupt; take it back
     signal.signal(signal.SIGINT, signal.default_int_handler)
     sampling, _ = resolve_sampling(args)
-    model, tokenizer, _, device = _load(args)
+    model, tokenizer, meta, device = _load(args)
+    # an instruction-tuned model: every line is wrapped in its template, seen alone (the template
+    # holds one turn), and the reply ends where the template says
+    template = template_of(meta)
+    if template is not None:
+        sampling = replace(sampling, stop=sampling.stop + reply_stops(template))
+    elif args.instruction is not None:
+        raise GptcoreError(
+            f"--instruction needs an instruction-tuned model; {args.model} has no prompt template"
+        )
     interactive = sys.stdin.isatty()
     generator = seeded_generator(sampling)
     # the banner goes to stderr: stdout carries only the model's text, so a piped run's output
     # is exactly the completions
+    if template is None:
+        turns = "Each line continues the conversation"
+    else:
+        turns = f"Prompt template {template.name}: each line is a new " + (
+            "input to the instruction" if args.instruction is not None else "instruction"
+        )
     print(
         f"gptcore chat: {args.model} ({model.num_params(non_embedding=False):,} parameters, "
         f"{tokenizer.kind} tokenizer of {tokenizer.vocab_size} tokens) on {device}\n"
         f"{sampling.describe()}\n"
-        "Each line continues the conversation; /help lists the commands. Ctrl-C stops a reply; Ctrl-D quits.",
+        f"{turns}; /help lists the commands. Ctrl-C stops a reply; Ctrl-D quits.",
         file=sys.stderr,
     )
     # the conversation as the model sees it: each line and its reply, as printed; kept to a tail
     # comfortably longer than the block_size tokens the model reads
     conversation = ""
     keep_chars = 16 * model.config.block_size
+    noted: set[str] = set()
     while True:
         try:
             line = _read_line(interactive)
-        except KeyboardInterrupt:  # Ctrl-C at the prompt: leave as Ctrl-D would
-            line = None
+        except KeyboardInterrupt:
+            if interactive:  # Ctrl-C at the prompt drops what was typed, as in a shell; Ctrl-D quits
+                print(file=sys.stderr)
+                continue
+            line = None  # a pipe has no line to clear: stop, as at its end
         if line is None:
             if interactive:
                 print(file=sys.stderr)  # end the line the prompt is on
@@ -361,9 +414,16 @@ def cmd_chat(args: argparse.Namespace) -> None:
             conversation = "" if reset else conversation
             print(message, file=sys.stderr)
             continue
+        _note_unknown(tokenizer, line, noted)
         written: list[str] = []
+        if template is None:
+            prompt = conversation + line
+        elif args.instruction is not None:
+            prompt = render_prompt(template, args.instruction, line)
+        else:
+            prompt = render_prompt(template, line)
         try:
-            _write_completion(model, tokenizer, conversation + line, sampling, generator, written)
+            _write_completion(model, tokenizer, prompt, sampling, generator, written)
         except KeyboardInterrupt:  # Ctrl-C during a reply: drop the rest of it, back to the prompt
             sys.stdout.write("\n")
             print("[stopped]", file=sys.stderr)
@@ -386,7 +446,9 @@ def cmd_sample(args: argparse.Namespace) -> None:
     model, tokenizer, _, _ = _load(args)
     total = len(prompts) * args.num_samples
     count = 0
+    noted: set[str] = set()
     for prompt in prompts:
+        _note_unknown(tokenizer, prompt, noted)
         # seeded once per prompt, as the sample stage does: a prompt's completions do not depend
         # on which prompts came before it, and the first one matches reports/samples.md
         generator = seeded_generator(sampling)
@@ -408,6 +470,18 @@ def cmd_sample(args: argparse.Namespace) -> None:
             full = prompt + text
             print(full, end="" if full.endswith("\n") else "\n")
     sys.stdout.flush()
+
+
+def cmd_classify(args: argparse.Namespace) -> None:
+    device = resolve_device(args.device)
+    model, tokenizer, labels, _ = classify.load(args.model, device)
+    probs = classify.classify_texts(model, tokenizer, args.texts, device)
+    for text, row in zip(args.texts, probs.tolist(), strict=True):
+        if len(args.texts) > 1:
+            print(f"--- {text[:60]!r}")
+        print(labels[max(range(len(row)), key=row.__getitem__)])
+        for label, p in sorted(zip(labels, row, strict=True), key=lambda lp: -lp[1]):
+            print(f"  {label}: {p:.4f}")
 
 
 def cmd_serve(args: argparse.Namespace) -> None:

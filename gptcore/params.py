@@ -50,6 +50,8 @@ class DataParams:
     pile_set_names: list[str]
     max_docs: int | None
     max_bytes: int | None
+    max_document_bytes: int
+    newlines: str
     val_fraction: float
     seed: int
 
@@ -69,6 +71,11 @@ class DataParams:
             value = getattr(self, key)
             if value is not None and value <= 0:
                 _fail(f"data.{key}", value, "must be > 0, or null for no limit")
+        if not 1 << 10 <= self.max_document_bytes <= 1 << 28:
+            # the upper bound keeps every data stage under 1 GB (README, "Memory"); the lower, sense
+            _fail("data.max_document_bytes", self.max_document_bytes, "must lie between 1024 and 268435456")
+        if self.newlines not in ("lf", "keep"):
+            _fail("data.newlines", self.newlines, "allowed: lf (CRLF and CR become LF), keep")
         if not 0.0 < self.val_fraction < 1.0:
             _fail("data.val_fraction", self.val_fraction, "must lie strictly between 0 and 1")
 
@@ -231,6 +238,132 @@ class SampleParams:
             raise ParamsError(f"params.yaml: sample.{exc}") from None
 
 
+# the names of gptcore.instruct.TEMPLATES (a test keeps the two equal); named here so that
+# loading params does not import the model code
+PROMPT_TEMPLATES = ("alpaca", "phi3")
+
+
+def _check_fraction_pair(section: str, val_fraction: float, test_fraction: float) -> None:
+    for key, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 < value < 1.0:
+            _fail(f"{section}.{key}", value, "must lie strictly between 0 and 1")
+    if val_fraction + test_fraction >= 1.0:
+        _fail(f"{section}.test_fraction", test_fraction, f"plus val_fraction ({val_fraction}) must be < 1")
+
+
+@dataclass(frozen=True)
+class ClassifyDataParams:
+    source: str
+    format: str
+    text_column: str | int
+    label_column: str | int
+    val_fraction: float
+    test_fraction: float
+    balance: bool
+    seed: int
+    passage_chars: int
+    passages_per_play: int
+
+    def check(self) -> None:
+        if not self.source.strip():
+            _fail("classify_data.source", self.source, "give data/split (the corpus) or a labelled file")
+        if self.format not in ("auto", "csv", "tsv", "jsonl"):
+            _fail("classify_data.format", self.format, "allowed: auto, csv, tsv, jsonl")
+        if type(self.text_column) is not type(self.label_column):
+            _fail(
+                "classify_data.label_column",
+                self.label_column,
+                "must be a name when text_column is a name, an index when it is an index",
+            )
+        if self.text_column == self.label_column:
+            _fail("classify_data.label_column", self.label_column, "must differ from text_column")
+        for key in ("text_column", "label_column"):
+            if isinstance(getattr(self, key), int):
+                _non_negative(f"classify_data.{key}", getattr(self, key))
+        _check_fraction_pair("classify_data", self.val_fraction, self.test_fraction)
+        _positive("classify_data.passage_chars", self.passage_chars)
+        _positive("classify_data.passages_per_play", self.passages_per_play)
+
+
+@dataclass(frozen=True)
+class FinetuneParams:
+    """What the classifier and the instruction fine-tuning share: the optimisation knobs."""
+
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    weight_decay: float
+    grad_clip: float
+    eval_interval: int
+    seed: int
+    device: str
+    threads: int
+
+    def check_finetune(self, section: str) -> None:
+        for key in ("epochs", "batch_size", "learning_rate", "eval_interval"):
+            _positive(f"{section}.{key}", getattr(self, key))
+        for key in ("weight_decay", "grad_clip", "threads"):
+            _non_negative(f"{section}.{key}", getattr(self, key))
+        if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):
+            _fail(f"{section}.device", self.device, "allowed: auto, cpu, cuda, cuda:N, mps")
+
+
+@dataclass(frozen=True)
+class ClassifyParams(FinetuneParams):
+    init: str
+    train_blocks: str | int
+
+    def check(self) -> None:
+        self.check_finetune("classify")
+        if self.init not in ("pretrained", "random"):
+            _fail("classify.init", self.init, "allowed: pretrained, random")
+        if isinstance(self.train_blocks, str) and self.train_blocks != "all":
+            _fail(
+                "classify.train_blocks",
+                self.train_blocks,
+                "allowed: all, or a number of last blocks (0: head only)",
+            )
+        if isinstance(self.train_blocks, int):
+            _non_negative("classify.train_blocks", self.train_blocks)
+
+
+@dataclass(frozen=True)
+class InstructDataParams:
+    source: str
+    val_fraction: float
+    test_fraction: float
+    seed: int
+    max_chars: int
+    records_per_play: int
+
+    def check(self) -> None:
+        if not self.source.strip():
+            _fail(
+                "instruct_data.source", self.source, "give data/split (the corpus) or a JSON/JSON Lines file"
+            )
+        _check_fraction_pair("instruct_data", self.val_fraction, self.test_fraction)
+        _positive("instruct_data.max_chars", self.max_chars)
+        _positive("instruct_data.records_per_play", self.records_per_play)
+
+
+@dataclass(frozen=True)
+class InstructParams(FinetuneParams):
+    template: str
+    mask_prompt: bool
+    overlong: str
+    samples: int
+    max_new_tokens: int
+
+    def check(self) -> None:
+        self.check_finetune("instruct")
+        if self.template not in PROMPT_TEMPLATES:
+            _fail("instruct.template", self.template, f"allowed: {', '.join(PROMPT_TEMPLATES)}")
+        if self.overlong not in ("truncate", "drop"):
+            _fail("instruct.overlong", self.overlong, "allowed: truncate, drop")
+        _non_negative("instruct.samples", self.samples)
+        _positive("instruct.max_new_tokens", self.max_new_tokens)
+
+
 SECTIONS: dict[str, type] = {
     "data": DataParams,
     "vocab": VocabParams,
@@ -238,6 +371,10 @@ SECTIONS: dict[str, type] = {
     "train": TrainParams,
     "evaluate": EvaluateParams,
     "sample": SampleParams,
+    "classify_data": ClassifyDataParams,
+    "classify": ClassifyParams,
+    "instruct_data": InstructDataParams,
+    "instruct": InstructParams,
 }
 
 

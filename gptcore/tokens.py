@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING, Any
 import h5py
 import numpy as np
 
-from gptcore.atomic import atomic_file
-from gptcore.errors import DataError
+from gptcore.atomic import atomic_file, free_bytes
+from gptcore.errors import DISK_FULL_ERRNOS, DataError, DiskFullError
 
 if TYPE_CHECKING:
     import torch
@@ -150,6 +150,9 @@ class TokenWriter:
         try:
             if exc_type is None:
                 self._finish()
+            elif isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+                # the ids' temporary file filled the disk: name the token file, not the temporary
+                raise DiskFullError(self.path, self._raw.tell(), free_bytes(self.path.parent)) from None
         finally:
             self._raw.close()
             self._raw = None

@@ -44,7 +44,7 @@ def main() -> None:
             }
             mb_s = (summary.source_bytes or 0) / 1e6 / seconds
             print(
-                f"tokenize: {split}: {summary.documents:,} documents, {summary.tokens:,} tokens "
+                f"tokenize: {split}: {summary.documents:,} document{'s' * (summary.documents != 1)}, {summary.tokens:,} tokens "
                 f"in {seconds:.1f} s ({mb_s:.1f} MB/s, {summary.tokens / seconds:,.0f} tokens/s, {workers} workers)"
             )
     write_json(REPORT, report)

@@ -9,11 +9,24 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from gptcore.tokens import TokenFileSummary, TokenIds, TokenStore, TokenWriter
 
 # the vocabulary of counting_documents: ids 0..10 are "text", 11 is the end-of-text id
 COUNTING_VOCAB = 12
+REPO = Path(__file__).resolve().parents[1]
+
+
+def workspace(tmp_path: Path, **data: object) -> Path:
+    """A folder laid out like the repo: params.yaml (with `data` changes) and an empty data/raw."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    params["data"].update(data)
+    params["tokenize"]["workers"] = 2
+    params["vocab"]["kind"] = "char"  # one token per character: counts below are exact
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    (tmp_path / "data" / "raw").mkdir(parents=True)
+    return tmp_path
 
 
 def write_token_file(

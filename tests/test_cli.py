@@ -179,6 +179,50 @@ def test_ctrl_c_at_the_prompt_exits_cleanly(workdir: Path) -> None:
     assert out == "" and "Traceback" not in err
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="pseudo-terminals are POSIX")
+def test_ctrl_c_at_an_idle_terminal_prompt_clears_the_line_and_ctrl_d_quits(workdir: Path) -> None:
+    import pty
+    import select
+
+    args = ["chat", "--max-new-tokens", "3", "--temperature", "0", "--device", "cpu"]
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: a chat on a terminal, as a user starts it
+        os.execve(sys.executable, [sys.executable, "-m", "gptcore.cli", *args], CHILD_ENV)
+    seen = b""
+
+    def read_until(text: bytes) -> None:
+        nonlocal seen
+        while text not in seen:
+            ready, _, _ = select.select([fd], [], [], 60)
+            assert ready, f"no {text!r} from the chat; it said {seen!r}"
+            seen += os.read(fd, 1024)
+
+    read_until(b"> ")
+    os.write(fd, b"half a thought")
+    read_until(b"half a thought")
+    os.write(fd, b"\x03")  # Ctrl-C: the terminal sends SIGINT
+    read_until(b"> ")  # a fresh prompt: the chat goes on
+    seen = b""
+    os.write(fd, b"ROMEO:\n")
+    read_until(b"> ")  # it answered the line and asks for the next
+    assert b"Traceback" not in seen
+    os.write(fd, b"\x04")  # Ctrl-D quits
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_prompt_characters_outside_a_char_vocabulary_are_noted_once(workdir: Path) -> None:
+    args = shlex.split("chat --model models/model.pt --temperature 0 --max-new-tokens 3 --device cpu")
+    result = run_cli(args, workdir, stdin="ROMEO: Ω and €\nJULIET: Ω and ✓\nROMEO:\n")
+    assert result.returncode == 0, result.stderr
+    notes = [line for line in result.stderr.splitlines() if line.startswith("note:")]
+    assert notes == [
+        "note: 'Ω', '€' not in the model's vocabulary: it reads each as <|unk|>",
+        "note: '✓' not in the model's vocabulary: it reads each as <|unk|>",
+    ]
+
+
 # ---------------------------------------------------------------------------------------------
 # sample
 
