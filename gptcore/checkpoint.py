@@ -102,7 +102,8 @@ def save_model(
     """Write the model file atomically; `meta` holds small facts about the run (steps, tokens)."""
     raw = getattr(model, "_orig_mod", model)  # a torch.compile wrapper prefixes every key
     state = {k: v.detach().to("cpu").clone() for k, v in raw.state_dict().items()}
-    state.pop("lm_head.weight", None)  # tied to wte.weight: stored once
+    if raw.config.tie_embeddings:
+        state.pop("lm_head.weight", None)  # tied to wte.weight: stored once
     payload = {
         "format": MODEL_FORMAT,
         "version": MODEL_VERSION,
@@ -131,11 +132,12 @@ def load_model(path: Path | str, device: torch.device | str = "cpu") -> tuple[GP
     payload = read_model_file(path)
     try:
         config = GPTConfig(**payload["config"])
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise DataError(f"{path} has an invalid model config: {exc}") from None
     model = GPT(config)
     state = dict(payload["state_dict"])
-    state["lm_head.weight"] = state.get("wte.weight")
+    if config.tie_embeddings:
+        state["lm_head.weight"] = state.get("wte.weight")
     try:
         model.load_state_dict(state, strict=True)
     except (RuntimeError, KeyError) as exc:

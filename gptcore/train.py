@@ -86,6 +86,9 @@ def model_config(params: TrainParams, vocab_size: int) -> GPTConfig:
         n_embd=params.n_embd,
         dropout=params.dropout,
         bias=params.bias,
+        arch=params.arch,
+        tie_embeddings=params.tie_embeddings,
+        qk_norm=params.qk_norm,
     )
 
 

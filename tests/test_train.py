@@ -26,6 +26,9 @@ VOCAB = 12  # ids 0..10 are "text", 11 is the end-of-text id
 EOT = VOCAB - 1
 
 BASE = TrainParams(
+    arch="gpt2",
+    tie_embeddings=True,
+    qk_norm=False,
     n_layer=1,
     n_head=2,
     n_embd=16,
