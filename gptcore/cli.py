@@ -1,4 +1,5 @@
-"""The `gptcore` command: `chat` with a trained model, `sample` completions, `info` on a model's size.
+"""The `gptcore` command: `chat` with a trained model, `sample` completions, `info` on a model's size,
+`export` it to the Hugging Face format. `--model` takes a model file or a Hugging Face folder.
 
 Sampling options default to the `sample` section of params.yaml when the file is there (the same
 settings the sample stage records, so `gptcore sample` reproduces reports/samples.md); outside a
@@ -21,6 +22,7 @@ import torch
 from gptcore.checkpoint import load_model
 from gptcore.errors import DataError, GptcoreError, run_main
 from gptcore.generate import complete_batch, stream_completion
+from gptcore.hf import export_folder, load_any
 from gptcore.model import GPT, GPTConfig, flops_per_token
 from gptcore.params import SampleParams, TrainParams, load_section
 from gptcore.tokenizer import Tokenizer, load_tokenizer
@@ -65,11 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gptcore", description="Chat with, sample from and size up gptcore models."
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{chat,sample,info}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{chat,sample,info,export}")
 
     sampling = argparse.ArgumentParser(add_help=False)
     sampling.add_argument(
-        "--model", type=Path, default=DEFAULT_MODEL, help="model file (default: %(default)s)"
+        "--model",
+        type=Path,
+        default=DEFAULT_MODEL,
+        help="model file or Hugging Face folder (default: %(default)s)",
     )
     sampling.add_argument(
         "--params",
@@ -138,6 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--model", type=Path, help=f"model file (default: {DEFAULT_MODEL} if it exists)")
     info.add_argument("--params", type=Path, help=f"params file (default: {DEFAULT_PARAMS} if it exists)")
     info.set_defaults(run=cmd_info)
+
+    export = commands.add_parser(
+        "export", help="write a model file as a Hugging Face folder (config, safetensors, tokenizer)"
+    )
+    export.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model file (default: %(default)s)")
+    export.add_argument("--out", type=Path, required=True, help="folder to write (replaced whole)")
+    export.set_defaults(run=cmd_export)
     return parser
 
 
@@ -203,7 +215,7 @@ def _generator(seed: int) -> torch.Generator:
 
 def _load(args: argparse.Namespace) -> tuple[GPT, Tokenizer, dict, torch.device]:
     device = resolve_device(args.device)
-    model, tokenizer, meta = load_model(args.model, device)
+    model, tokenizer, meta = load_any(args.model, device)
     return model, tokenizer, meta, device
 
 
@@ -460,7 +472,7 @@ def cmd_info(args: argparse.Namespace) -> None:
     )
     rows: list[tuple[str, str]] = []
     if model_path is not None:
-        model, tokenizer, meta = load_model(model_path, "cpu")
+        model, tokenizer, meta = load_any(model_path, "cpu")
         config = model.config
         rows.append(("model file", str(model_path)))
         # small facts the training run recorded (steps, tokens seen, losses)
@@ -515,6 +527,25 @@ def cmd_info(args: argparse.Namespace) -> None:
         )
         rows.append(("training: total", f"~{_bytes(states + activations)}"))
     print(_table(rows))
+
+
+# ---------------------------------------------------------------------------------------------
+# export
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    model, tokenizer, _ = load_model(args.model, "cpu")
+    export_folder(model, tokenizer, args.out)
+    config = model.config
+    family = {
+        "gpt2": "GPT2LMHeadModel",
+        "llama": "Qwen3ForCausalLM" if config.qk_norm else "LlamaForCausalLM",
+    }
+    print(
+        f"exported {args.model} to {args.out}/ as {family[config.arch]} "
+        f"({'tied' if config.tie_embeddings else 'untied'} head, {tokenizer.kind} tokenizer of "
+        f"{tokenizer.vocab_size} ids): load it with transformers' AutoModelForCausalLM.from_pretrained"
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -89,6 +89,7 @@ class TokenizeParams:
 
 @dataclass(frozen=True)
 class TrainParams:
+    init_from: str | None
     arch: str
     tie_embeddings: bool
     qk_norm: bool
@@ -148,6 +149,12 @@ class TrainParams:
         if self.n_embd % self.n_head:
             _fail("train.n_embd", self.n_embd, f"must be divisible by train.n_head ({self.n_head})")
         self._check_family()
+        if self.init_from is not None and not self.init_from.strip():
+            _fail(
+                "train.init_from",
+                self.init_from,
+                "name a Hugging Face model folder, or null to start from random weights",
+            )
         if not 0.0 <= self.dropout < 1.0:
             _fail("train.dropout", self.dropout, "must lie in [0, 1)")
         if self.learning_rate <= 0.0:

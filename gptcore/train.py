@@ -34,6 +34,7 @@ from tqdm import tqdm
 from gptcore.checkpoint import load_checkpoint, save_checkpoint
 from gptcore.distributed import Ranks, from_main, gather_to_all, mean_over_ranks, process_group
 from gptcore.errors import GptcoreError
+from gptcore.hf import initial_weights
 from gptcore.model import GPT, GPTConfig, flops_per_token
 from gptcore.params import TrainParams
 from gptcore.tokens import TokenStore
@@ -294,8 +295,15 @@ class _Loop:
         self.device = device
         self.dtype = autocast_dtype(self.device, params.dtype)
         torch.manual_seed(params.seed)
-        self.config = model_config(params, train_store.vocab_size)
-        self.model = GPT(self.config).to(self.device)
+        initial = None
+        if params.init_from:  # a Hugging Face folder: its config (checked against params), its weights
+            self.config, initial = initial_weights(params, train_store.vocab_size)
+        else:
+            self.config = model_config(params, train_store.vocab_size)
+        self.model = GPT(self.config)
+        if initial is not None:
+            self.model.load_state_dict(initial)
+        self.model.to(self.device)
         if ranks.rank:
             torch.manual_seed(params.seed + ranks.rank)  # each rank its own dropout masks
         self.optimizer = configure_optimizer(self.model, params, self.device)

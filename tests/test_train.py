@@ -26,6 +26,7 @@ VOCAB = 12  # ids 0..10 are "text", 11 is the end-of-text id
 EOT = VOCAB - 1
 
 BASE = TrainParams(
+    init_from=None,
     arch="gpt2",
     tie_embeddings=True,
     qk_norm=False,
