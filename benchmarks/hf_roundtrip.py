@@ -16,9 +16,14 @@ Tokenizer: every document of data/split/{train,val}.jsonl.zst encoded by the exp
 tokenizer as `doc + "<|endoftext|>"` against gptcore's `encode(doc) + [eot]` (what the tokenize
 stage writes); it prints the documents and tokens compared and the documents that differ.
 
+`--gpt2-124m` instead measures the import side at GPT-2's real size: a randomly initialised
+GPT2LMHeadModel of GPT-2 124M's config (its weights cannot be fetched here) saved by transformers,
+read by `gptcore.hf.read_folder` (median time), and both models' logits on 2 x 128 ids.
+
     dvc repro build_vocab   # data/split and data/vocab
     python benchmarks/hf_roundtrip.py
     python benchmarks/hf_roundtrip.py --model models/model.pt --rounds 5
+    python benchmarks/hf_roundtrip.py --gpt2-124m
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from gptcore.checkpoint import load_model
-from gptcore.hf import export_folder, load_folder
+from gptcore.hf import export_folder, load_folder, read_folder
 from gptcore.model import GPT
 from gptcore.params import load_section
 from gptcore.split import iter_split_file
@@ -56,8 +61,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--windows", type=int, default=8)
     parser.add_argument("--no-corpus", action="store_true", help="skip the whole-corpus tokenizer check")
+    parser.add_argument("--gpt2-124m", action="store_true", help="time importing a GPT-2 124M-shaped folder")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.gpt2_124m:
+        gpt2_124m(args.rounds)
+        return
 
     if args.model:
         model, tokenizer, _ = load_model(args.model)
@@ -121,6 +130,29 @@ def main() -> None:
         f"tokenizer ({tokenizer.kind}, {tokenizer.vocab_size} ids): {docs} documents, {tokens:,} tokens, "
         f"{differ} documents differ ({time.perf_counter() - start:.1f} s)"
     )
+
+
+def gpt2_124m(rounds: int) -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    hf = GPT2LMHeadModel(GPT2Config()).eval()  # GPT-2 124M's shape: 12 x 768, 1024 positions
+    with torch.no_grad():  # GPT-2's biases are not zero: make these not zero either
+        for name, p in hf.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0.0, 0.02)
+    folder = Path(tempfile.mkdtemp()) / "gpt2"
+    hf.save_pretrained(folder)
+    seconds = median_seconds(lambda: read_folder(folder), rounds)
+    config, state = read_folder(folder)
+    model = GPT(config)
+    state["lm_head.weight"] = state["wte.weight"]
+    model.load_state_dict(state)
+    idx = torch.randint(config.vocab_size, (2, 128), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        diff = (model.eval()(idx)[0] - hf(idx).logits).abs().max().item()
+    print(f"GPT-2 124M shape: {model.num_params(non_embedding=False):,} parameters, {config}")
+    print(f"read_folder: {seconds * 1000:.0f} ms (median of {rounds}); max |logit difference| {diff:.2e}")
 
 
 if __name__ == "__main__":

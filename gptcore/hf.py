@@ -455,6 +455,12 @@ def initial_weights(params: TrainParams, vocab_size: int) -> tuple[GPTConfig, di
         config, state = read_folder(folder)
     except DataError as exc:
         raise DataError(f"{where}: {exc}") from None
+    if params.bias and config.arch == "gpt2" and not config.bias:
+        # all-zero biases (a fresh GPT-2, an export of bias: false) were left out on reading;
+        # training with biases starts them at zero, the same function
+        config = dataclasses.replace(config, bias=True)
+        zeros = {k: torch.zeros(shape) for k, shape in _shapes(config).items() if k.endswith("bias")}
+        state = {**zeros, **state}
     for key in _MUST_MATCH:
         if getattr(params, key) != getattr(config, key):
             raise DataError(

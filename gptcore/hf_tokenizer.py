@@ -166,6 +166,8 @@ def tokenizer_files(tokenizer: Tokenizer, max_length: int) -> dict[str, dict[str
         "add_bos_token": False,
         "add_eos_token": False,
         "clean_up_tokenization_spaces": False,
+        # GPT-2's model would add token-type embeddings for token_type_ids: never hand them out
+        "model_input_names": ["input_ids", "attention_mask"],
     }
     return {
         TOKENIZER_FILE: tokenizer_json(tokenizer),

@@ -9,12 +9,14 @@ import dataclasses
 import json
 import pickle
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from test_model_families import VARIANTS
+from test_model_families import VARIANTS, perturb_gains_and_biases
 from test_train import BASE
 from transformers import (
     AutoModelForCausalLM,
@@ -57,10 +59,7 @@ def tiny(tokenizer_size: int, variant: str, seed: int = 0, **changes: object) ->
     torch.manual_seed(seed)
     fields = {"vocab_size": tokenizer_size, "block_size": 64, "n_layer": 2, "n_head": 4, "n_embd": 32}
     model = GPT(GPTConfig(**{**fields, **VARIANTS[variant], **changes})).eval()
-    with torch.no_grad():  # gains and biases away from 1 and 0, so a misplaced one shows
-        for name, p in model.named_parameters():
-            if name.endswith("bias") or "ln_" in name or "norm" in name:
-                p.add_(0.2 * torch.randn_like(p))
+    perturb_gains_and_biases(model)
     return model
 
 
@@ -262,10 +261,7 @@ def saved_by_transformers(
             **extra,
         )
         model = cls(config)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name or "ln_" in name or name.endswith("bias"):
-                p.add_(0.2 * torch.randn_like(p))
+    perturb_gains_and_biases(model)
     model.save_pretrained(folder)
     return model.eval()
 
@@ -468,3 +464,29 @@ def test_a_folder_whose_tokenizer_is_not_the_datas_is_refused(bpe: BpeTokenizer,
         DataError, match=r"its tokenizer is not the vocabulary of data/vocab \(bpe, \d+ ids\)"
     ):
         check_vocabulary(tmp_path / "hf", other)
+
+
+def test_gptcore_never_imports_transformers_at_run_time() -> None:
+    # transformers is a test dependency: the package, the CLI and the train loop run without it
+    code = (
+        "import sys, gptcore, gptcore.cli, gptcore.train, gptcore.hf, gptcore.hf_tokenizer; "
+        "print(sorted(m for m in ('transformers', 'tokenizers') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).parents[1],
+    )
+    assert out.stdout.strip() == "[]"
+
+
+def test_info_sizes_up_a_hugging_face_folder(
+    bpe: BpeTokenizer, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    model = tiny(bpe.vocab_size, "llama-untied")
+    export_folder(model, bpe, tmp_path / "hf")
+    main(["info", "--model", str(tmp_path / "hf")])
+    out = capsys.readouterr().out
+    assert f"{model.num_params(non_embedding=False):,}" in out and "arch=llama" in out

@@ -37,14 +37,19 @@ def config(variant: str, **changes: object) -> GPTConfig:
     )
 
 
+def perturb_gains_and_biases(net: torch.nn.Module) -> None:
+    """Move norm gains off 1 and biases off 0 (their initial values), which would hide a gain or
+    bias applied to the wrong tensor, in gptcore's models and transformers' alike."""
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if name.endswith("bias") or "ln_" in name or "norm" in name:
+                p.add_(0.2 * torch.randn_like(p))
+
+
 def model(variant: str, seed: int = 0, **changes: object) -> GPT:
     torch.manual_seed(seed)
     net = GPT(config(variant, **changes)).eval()
-    # gains of 1 would hide a norm applied to the wrong tensor: make them differ
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if name.endswith("norm.weight") or ".ln_" in name or name.startswith("ln_f"):
-                p.add_(0.1 * torch.randn_like(p))
+    perturb_gains_and_biases(net)
     return net
 
 
