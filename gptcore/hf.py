@@ -42,6 +42,7 @@ WEIGHTS_FILE = "model.safetensors"
 SHARDED_INDEX_FILE = "model.safetensors.index.json"
 PICKLE_WEIGHTS_FILE = "pytorch_model.bin"
 ARCHITECTURES = {"GPT2LMHeadModel": "gpt2", "LlamaForCausalLM": "llama", "Qwen3ForCausalLM": "qwen3"}
+MODEL_TYPES = {"gpt2": "gpt2", "llama": "llama", "qwen3": "qwen3"}  # when `architectures` is absent
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,7 @@ def hf_config(config: GPTConfig, vocab_size: int, eot_id: int) -> dict[str, Any]
         "max_position_embeddings": config.block_size,
         "rms_norm_eps": config.norm_eps,
         "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
+        "rope_theta": config.rope_theta,  # where transformers 4.x reads it
         "attention_bias": False,
         "attention_dropout": 0.0,
     }
@@ -240,8 +242,12 @@ def read_config(folder: Path | str) -> GPTConfig:
         raise DataError(f"{path} is not valid JSON: {exc}") from None
     if not isinstance(spec, dict):
         raise DataError(f"{path} must hold a JSON object")
-    names = spec.get("architectures") or [spec.get("model_type")]
-    family = next((ARCHITECTURES[n] for n in names if n in ARCHITECTURES), None)
+    names = spec.get("architectures")
+    if isinstance(names, list) and names:
+        family = next((ARCHITECTURES[n] for n in names if n in ARCHITECTURES), None)
+    else:
+        names = [spec.get("model_type")]
+        family = MODEL_TYPES.get(names[0]) if isinstance(names[0], str) else None
     if family is None:
         raise DataError(
             f"{path}: architecture {', '.join(map(str, names))} is not supported "
@@ -288,6 +294,8 @@ def _gpt2_config(spec: dict[str, Any], path: Path, get: Any) -> GPTConfig:
 
 def _llama_config(spec: dict[str, Any], path: Path, get: Any, qk_norm: bool) -> GPTConfig:
     hidden, heads = get("hidden_size", int), get("num_attention_heads", int)
+    if heads <= 0:
+        raise DataError(f"{path}: num_attention_heads = {heads} must be > 0")
     _require(
         path,
         "num_key_value_heads",

@@ -490,3 +490,34 @@ def test_info_sizes_up_a_hugging_face_folder(
     main(["info", "--model", str(tmp_path / "hf")])
     out = capsys.readouterr().out
     assert f"{model.num_params(non_embedding=False):,}" in out and "arch=llama" in out
+
+
+def test_a_config_without_architectures_is_read_by_its_model_type(tmp_path: Path) -> None:
+    saved_by_transformers("qwen3", tmp_path / "hf")
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    del config["architectures"]
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
+    assert read_folder(tmp_path / "hf")[0].qk_norm
+    edit_config(tmp_path / "hf", model_type="mistral")
+    with pytest.raises(DataError, match=r"architecture mistral is not supported"):
+        read_folder(tmp_path / "hf")
+
+
+def test_a_llama_with_another_rotary_base_imports_and_exports_with_it(
+    bpe: BpeTokenizer, tmp_path: Path
+) -> None:
+    hf = saved_by_transformers(
+        "llama", tmp_path / "hf", rope_parameters={"rope_type": "default", "rope_theta": 500000.0}
+    )
+    config, state = read_folder(tmp_path / "hf")
+    assert config.rope_theta == 500000.0
+    model = GPT(config)
+    model.load_state_dict({**state, "lm_head.weight": state["wte.weight"]})
+    idx = torch.randint(96, (2, 40), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (model.eval()(idx)[0] - hf(idx).logits).abs().max().item() <= 1e-4
+    edit_config(
+        tmp_path / "hf", rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0}
+    )
+    with pytest.raises(DataError, match=r"rope_parameters\.rope_type = 'llama3' is not supported"):
+        read_folder(tmp_path / "hf")
