@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 @contextlib.contextmanager
@@ -74,3 +76,9 @@ def write_text(path: Path | str, text: str) -> None:
     """Write a small text file atomically (UTF-8)."""
     with atomic_file(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: Path | str, data: dict[str, Any]) -> None:
+    """Pretty, key-sorted JSON, written atomically: stable diffs in git and in `dvc metrics diff`.
+    The one writer of the reports/*.json metrics files."""
+    write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")

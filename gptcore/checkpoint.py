@@ -7,23 +7,30 @@ error naming it instead of being half-used.
 
 - `models/model.pt`: weights, model config and tokenizer, what evaluate, sample and chat need.
 - `models/checkpoint.pt`: everything `gptcore.train` needs to continue a run exactly where it
-  stopped (weights, optimizer, step, RNG states, logged history); see `gptcore.train`.
+  stopped (weights, optimizer, step, RNG states, logged history, seconds so far), and the run's
+  identity (its train params and token data), which a run must match to resume from it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
+import random
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from gptcore.atomic import atomic_file
 from gptcore.errors import DataError
 from gptcore.model import GPT, GPTConfig
+from gptcore.params import TRAIN_KEYS_WITHOUT_OUTPUT, TrainParams
 from gptcore.tokenizer import Tokenizer, tokenizer_from_dict
 
+# where the train stage writes the model and evaluate, sample and the CLI read it (dvc.yaml: train's out)
+MODEL_FILE = Path("models/model.pt")
 MODEL_FORMAT = "gptcore.model"
 MODEL_VERSION = 2  # 2: a sha256 of the contents
 CHECKPOINT_FORMAT = "gptcore.checkpoint"
@@ -160,3 +167,70 @@ def load_checkpoint(path: Path | str) -> dict[str, Any]:
     """Load and check a training checkpoint; what is in it is `gptcore.train`'s business."""
     path = Path(path)
     return _load(path, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, "checkpoint", "nothing to resume")
+
+
+# --- what a checkpoint must match, and the random states it carries -----------------------------
+
+# train params a checkpoint written under other values of still continues: those that change no
+# output, and the process count (every rank draws from the same sampler, so the data stream is the
+# same for any number of processes; only dropout draws differ)
+RESUME_IGNORES = (*TRAIN_KEYS_WITHOUT_OUTPUT, "nproc_per_node", "nnodes")
+
+
+def run_identity(params: TrainParams, token_files: dict[str, str]) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: the train params and the token data
+    (`token_files`: each token file's path and sha256)."""
+    values = {k: v for k, v in dataclasses.asdict(params).items() if k not in RESUME_IGNORES}
+    return {"params": values, "data": dict(token_files)}
+
+
+def resume_mismatch(saved: Any, current: dict[str, Any]) -> str | None:
+    """Why a checkpoint's run is not this run (the params and data that differ), or None."""
+    if not isinstance(saved, dict) or not all(isinstance(saved.get(k), dict) for k in ("params", "data")):
+        return "it records no run identity"
+    reasons = []
+    old, new = saved["params"], current["params"]
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            reasons.append(f"train.{key} was {old.get(key)!r}, is {new.get(key)!r}")
+    for path, digest in current["data"].items():
+        if saved["data"].get(path) != digest:
+            reasons.append(f"{path} has other tokens")
+    return "; ".join(reasons) or None
+
+
+def device_rng_state(device: torch.device) -> dict[str, Any]:
+    """This process's own generators (dropout draws from them): torch's CPU one and CUDA's."""
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+    }
+
+
+def rng_states(batch_gen: torch.Generator, per_rank: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every random-number state a step can touch, as tensors and plain values; `per_rank` holds
+    each rank's `device_rng_state`, the batch sampler is the same on every rank."""
+    version, mt, gauss = random.getstate()
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "ranks": per_rank,
+        "batches": batch_gen.get_state(),
+        "python": [version, list(mt), gauss],
+        "numpy": [torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+    }
+
+
+def set_rng_states(
+    states: dict[str, Any], batch_gen: torch.Generator, device: torch.device, rank: int
+) -> None:
+    """Restore `rng_states`; this rank's own generators only when it has a saved state."""
+    if rank < len(states["ranks"]):
+        own = states["ranks"][rank]
+        torch.set_rng_state(own["torch"])
+        if device.type == "cuda" and own["cuda"] is not None:
+            torch.cuda.set_rng_state(own["cuda"], device)
+    batch_gen.set_state(states["batches"])
+    version, mt, gauss = states["python"]
+    random.setstate((version, tuple(mt), gauss))
+    keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, cached))

@@ -18,12 +18,24 @@ from typing import Any, Union
 import yaml
 
 from gptcore.errors import GptcoreError
+from gptcore.sampling import Sampling, SamplingError
 
 PARAMS_FILE = Path("params.yaml")
 
 
 class ParamsError(GptcoreError, ValueError):
     """A params.yaml value that the pipeline cannot use."""
+
+
+DEVICE_CHOICES = "auto, cpu, cuda, cuda:N, mps"
+
+
+def device_name_problem(name: str) -> str | None:
+    """Why `name` is not a device gptcore accepts, or None when it is one. (Whether that device
+    exists is gptcore.device's question, asked when it is used.)"""
+    if name in ("auto", "cpu", "cuda", "mps") or (name.startswith("cuda:") and name[5:].isdigit()):
+        return None
+    return f"must be one of {DEVICE_CHOICES}"
 
 
 def _fail(key: str, value: Any, allowed: str) -> None:
@@ -164,8 +176,9 @@ class TrainParams:
         for key in ("beta1", "beta2"):
             if not 0.0 <= getattr(self, key) < 1.0:
                 _fail(f"train.{key}", getattr(self, key), "must lie in [0, 1)")
-        if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):
-            _fail("train.device", self.device, "allowed: auto, cpu, cuda, cuda:N, mps")
+        problem = device_name_problem(self.device)
+        if problem:
+            _fail("train.device", self.device, problem)
         if self.dtype not in ("auto", "bfloat16", "float32"):
             _fail("train.dtype", self.dtype, "allowed: auto, bfloat16, float32")
         if self.batch_size % self.world_size:
@@ -197,6 +210,12 @@ class TrainParams:
             )
 
 
+# train keys that change no output: how often the progress bar updates and a checkpoint is
+# written, and where the processes of a multi-node run meet. dvc.yaml lists every other train key
+# as the train stage's params, so editing one of these re-runs nothing.
+TRAIN_KEYS_WITHOUT_OUTPUT = ("log_interval", "checkpoint_interval", "rdzv_endpoint")
+
+
 @dataclass(frozen=True)
 class EvaluateParams:
     batch_size: int
@@ -218,16 +237,24 @@ class SampleParams:
     seed: int
     stop: list[str]
 
+    def sampling(self) -> Sampling:
+        """These settings as the one sampling type that every sampler takes."""
+        return Sampling(
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            max_new_tokens=self.max_new_tokens,
+            stop=tuple(self.stop),
+            seed=self.seed,
+        )
+
     def check(self) -> None:
-        if any(not s for s in self.stop):
-            _fail("sample.stop", self.stop, "stop strings must not be empty")
         if not self.prompts:
             _fail("sample.prompts", self.prompts, "must list at least one prompt")
-        _positive("sample.max_new_tokens", self.max_new_tokens)
-        _non_negative("sample.temperature", self.temperature)
-        _non_negative("sample.top_k", self.top_k)
-        if not 0.0 < self.top_p <= 1.0:
-            _fail("sample.top_p", self.top_p, "must lie in (0, 1]")
+        try:
+            self.sampling()
+        except SamplingError as exc:  # the rules live with the type; the key is this file's
+            raise ParamsError(f"params.yaml: sample.{exc}") from None
 
 
 SECTIONS: dict[str, type] = {

@@ -1,10 +1,8 @@
-"""Reports kept in git: the train-vs-val loss chart (PNG) and metric JSON files."""
+"""Reports kept in git: the train-vs-val loss chart (PNG). (Metric JSON files: atomic.write_json.)"""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import matplotlib
 
@@ -12,13 +10,8 @@ matplotlib.use("Agg")  # headless: stages run without a display
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from gptcore.atomic import atomic_file, write_text  # noqa: E402
+from gptcore.atomic import atomic_file  # noqa: E402
 from gptcore.errors import DataError  # noqa: E402
-
-
-def write_json(path: Path | str, data: dict[str, Any]) -> None:
-    """Pretty, key-sorted JSON, written atomically: stable diffs in git and in `dvc metrics diff`."""
-    write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def read_loss_log(path: Path | str) -> pd.DataFrame:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -177,27 +177,6 @@ class TokenWriter:
             f.attrs["tokenizer"] = json.dumps(self.tokenizer_identity, sort_keys=True)
             f.attrs["tokens_sha256"] = digest.hexdigest()
         self.summary = TokenFileSummary(n, self._documents, self._source_bytes)
-
-
-def write_token_file(
-    path: Path | str,
-    documents: Iterable[TokenIds],
-    *,
-    vocab_size: int,
-    eot_id: int,
-    tokenizer_identity: dict[str, Any],
-    source_bytes: int | None = None,
-) -> TokenFileSummary:
-    """Write already-encoded documents (each followed by eot) to a token file; `source_bytes` is
-    the total UTF-8 bytes of their text, recorded as given (None: unknown)."""
-    with TokenWriter(
-        path, vocab_size=vocab_size, eot_id=eot_id, tokenizer_identity=tokenizer_identity
-    ) as writer:
-        for ids in documents:
-            writer.add_document(ids)
-        writer._source_bytes = source_bytes
-    assert writer.summary is not None
-    return writer.summary
 
 
 class TokenStore:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from tqdm import tqdm
 
-from gptcore.atomic import atomic_dir, write_text
+from gptcore.atomic import atomic_dir, write_json
 from gptcore.documents import DocumentStats, iter_documents
 from gptcore.errors import run_main
 from gptcore.params import load_section
@@ -40,7 +39,7 @@ def main() -> None:
         "invalid_utf8_documents": stats.invalid_utf8,
         "stopped_by": stats.stopped_by,
     }
-    write_text(REPORT, json.dumps(report, indent=2, sort_keys=True) + "\n")
+    write_json(REPORT, report)
     for split in ("train", "val"):
         c = counts[split]
         print(f"{split}: {c['documents']:,} documents, {c['characters']:,} characters, {c['bytes']:,} bytes")

@@ -33,12 +33,14 @@ from gptcore.bpe import pretrained_spec
 from gptcore.checkpoint import save_model
 from gptcore.cli import main
 from gptcore.errors import DataError
+from gptcore.evaluate import seeded_batches
 from gptcore.generate import complete, generate
 from gptcore.hf import check_vocabulary, export_folder, load_folder, read_folder
 from gptcore.hf_tokenizer import tokenizer_from_hf
 from gptcore.model import GPT, GPTConfig
+from gptcore.sampling import Sampling
 from gptcore.tokenizer import BpeTokenizer, CharTokenizer, TiktokenTokenizer
-from gptcore.train import fixed_batches, train
+from gptcore.train import train
 
 # text with what pre-tokenizers trip on: contractions, digits, runs of spaces and newlines, tabs,
 # punctuation runs, accents, CJK, emoji (4-byte UTF-8), a trailing space
@@ -105,7 +107,7 @@ def test_an_export_loads_in_transformers_with_the_same_logits_and_greedy_tokens(
     assert ours.std() > 0.1  # logits that differ from token to token: the comparison has teeth
     assert (ours - theirs).abs().max().item() <= 1e-4
     prompt = idx[:, :5]
-    greedy = generate(model, prompt, 30, temperature=0.0)
+    greedy = generate(model, prompt, Sampling(max_new_tokens=30, temperature=0.0))
     hf_greedy = hf.generate(
         prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=30, do_sample=False, pad_token_id=0
     )
@@ -371,12 +373,12 @@ def test_sample_and_chat_accept_a_hugging_face_folder(
     export_folder(model, bpe, tmp_path / "hf")
     monkeypatch.chdir(tmp_path)
     main(shlex.split("sample --model hf --prompt ROMEO: --max-new-tokens 12 --temperature 0 --device cpu"))
-    expected = "ROMEO:" + complete(model, bpe, "ROMEO:", 12, temperature=0.0)
+    expected = "ROMEO:" + complete(model, bpe, "ROMEO:", Sampling(max_new_tokens=12, temperature=0.0))
     assert capsys.readouterr().out.rstrip("\n") == expected.rstrip("\n")
     monkeypatch.setattr("sys.stdin", __import__("io").StringIO("ROMEO:\n"))
     main(shlex.split("chat --model hf --max-new-tokens 12 --temperature 0 --device cpu"))
     assert capsys.readouterr().out.startswith(
-        complete(model, bpe, "ROMEO:", 12, temperature=0.0).rstrip("\n")
+        complete(model, bpe, "ROMEO:", Sampling(max_new_tokens=12, temperature=0.0)).rstrip("\n")
     )
 
 
@@ -415,7 +417,7 @@ def test_training_starts_from_the_weights_of_an_imported_gpt2(stores, tmp_path: 
     logged: list[tuple[int, dict[str, float]]] = []
     result = train(p, train_store, val_store, on_eval=lambda s, m: logged.append((s, m)), progress=False)
     # the first evaluation is of GPT-2's weights as transformers computes them
-    batches = fixed_batches(val_store, p.eval_iters, p.batch_size, p.block_size, p.seed + 1)
+    batches = list(seeded_batches(val_store, p.eval_iters, p.batch_size, p.block_size, p.seed + 1))
     with torch.no_grad():
         expected = sum(
             torch.nn.functional.cross_entropy(hf(x).logits.flatten(0, 1), y.flatten()).item()

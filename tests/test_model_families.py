@@ -18,10 +18,12 @@ from gptcore.checkpoint import load_model, save_model
 from gptcore.errors import DataError
 from gptcore.generate import generate
 from gptcore.model import GPT, GPTConfig, KVCache, apply_rotary
+from gptcore.sampling import Sampling
 from gptcore.tokenizer import CharTokenizer
 from gptcore.train import model_config
 
 V, T, L, H, C = 13, 16, 2, 4, 32
+GREEDY_20 = Sampling(max_new_tokens=20, temperature=0.0)
 VARIANTS = {
     "gpt2": {"arch": "gpt2"},
     "gpt2-untied": {"arch": "gpt2", "tie_embeddings": False},
@@ -98,8 +100,8 @@ def test_the_kv_cache_gives_the_logits_of_the_full_forward(variant: str) -> None
 def test_greedy_generation_with_the_cache_equals_without_it(variant: str) -> None:
     wide = model(variant).double()
     prompt = ids(2, 4)
-    cached = generate(wide, prompt, 20, temperature=0.0, use_cache=True)
-    uncached = generate(wide, prompt, 20, temperature=0.0, use_cache=False)
+    cached = generate(wide, prompt, GREEDY_20, use_cache=True)
+    uncached = generate(wide, prompt, GREEDY_20, use_cache=False)
     assert torch.equal(cached, uncached)
 
 
