@@ -46,9 +46,9 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from gptcore.checkpoint import load_model
 from gptcore.engine import Engine, TokenStream
 from gptcore.generate import cut_at_stop, decode_stream, prompt_ids
+from gptcore.hf import load_any
 from gptcore.sampling import Sampling, SamplingError
 from gptcore.tokenizer import Tokenizer
 
@@ -63,7 +63,7 @@ UNSUPPORTED = ("logprobs", "top_logprobs", "echo", "suffix", "tools", "functions
 class ServeOptions:
     """What `gptcore serve` was started with."""
 
-    model_path: Path
+    model_path: Path  # a model file or a Hugging Face folder
     name: str  # the model id clients send
     defaults: Sampling  # for fields a request leaves out (not the seed: see _settings)
     device: str
@@ -270,7 +270,7 @@ def build_app(options: ServeOptions, on_load_error: Callable[[str], None] | None
 
     def load() -> None:
         try:
-            model, tokenizer, _ = load_model(options.model_path, options.device)
+            model, tokenizer, _ = load_any(options.model_path, options.device)
             served.tokenizer, served.block_size = tokenizer, model.config.block_size
             served.engine = Engine(model, tokenizer.eot_id, options.max_batch)
         except Exception as exc:

@@ -41,6 +41,7 @@ from gptcore.device import autocast, autocast_dtype, model_flops_utilization, pe
 from gptcore.distributed import Ranks, from_main, gather_to_all, mean_over_ranks, process_group
 from gptcore.errors import GptcoreError
 from gptcore.evaluate import score_batches, seeded_batches
+from gptcore.hf import initial_weights
 from gptcore.model import GPT, GPTConfig, flops_per_token
 from gptcore.params import TrainParams
 from gptcore.tokens import TokenStore
@@ -56,6 +57,9 @@ def model_config(params: TrainParams, vocab_size: int) -> GPTConfig:
         n_embd=params.n_embd,
         dropout=params.dropout,
         bias=params.bias,
+        arch=params.arch,
+        tie_embeddings=params.tie_embeddings,
+        qk_norm=params.qk_norm,
     )
 
 
@@ -146,8 +150,15 @@ class _Run:
         self.device = device
         self.dtype = autocast_dtype(self.device, params.dtype)
         torch.manual_seed(params.seed)
-        self.config = model_config(params, train_store.vocab_size)
-        self.model = GPT(self.config).to(self.device)
+        initial = None
+        if params.init_from:  # a Hugging Face folder: its config (checked against params), its weights
+            self.config, initial = initial_weights(params, train_store.vocab_size)
+        else:
+            self.config = model_config(params, train_store.vocab_size)
+        self.model = GPT(self.config)
+        if initial is not None:
+            self.model.load_state_dict(initial)
+        self.model.to(self.device)
         if ranks.rank:
             torch.manual_seed(params.seed + ranks.rank)  # each rank its own dropout masks
         self.optimizer = configure_optimizer(self.model, params, self.device)

@@ -120,11 +120,13 @@ def greedy(model_path: Path, prompt: str, max_tokens: int, stop: tuple[str, ...]
 # the engine
 
 
-def test_engine_batched_tokens_equal_generate_for_many_requests_of_any_length() -> None:
+@pytest.mark.parametrize("family", [{}, {"arch": "llama"}, {"arch": "llama", "qk_norm": True}])
+def test_engine_batched_tokens_equal_generate_for_many_requests_of_any_length(family: dict) -> None:
     # more requests than slots, prompts shorter and longer than the block, generations that slide
-    # the window several times and end at <|endoftext|> or at max_new_tokens
+    # the window several times and end at <|endoftext|> or at max_new_tokens; learned positions
+    # (gpt2) and rotary ones (llama), each row at its own position
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=32)).eval()
+    model = GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=32, **family)).eval()
     with torch.no_grad():
         model.wte.weight.mul_(30.0)  # peaked logits: greedy choices are not near ties
     engine = Engine(model, eot_id=49, max_batch=3)
@@ -380,13 +382,13 @@ def test_page_is_served_and_self_contained(server: str) -> None:
 
 def test_health_answers_while_the_model_loads(model_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     release = threading.Event()
-    real_load = serve_module.load_model
+    real_load = serve_module.load_any
 
     def slow_load(*args, **kwargs):
         release.wait(30)
         return real_load(*args, **kwargs)
 
-    monkeypatch.setattr(serve_module, "load_model", slow_load)
+    monkeypatch.setattr(serve_module, "load_any", slow_load)
     options = ServeOptions(model_path, NAME, DEFAULTS, "cpu", 100, 2, 4096, None)
     server = uvicorn.Server(uvicorn.Config(build_app(options), host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
