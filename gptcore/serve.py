@@ -49,6 +49,7 @@ from starlette.routing import Route
 from gptcore.engine import Engine, TokenStream
 from gptcore.generate import cut_at_stop, decode_stream, prompt_ids
 from gptcore.hf import load_any
+from gptcore.instruct import PromptTemplate, render_prompt, reply_stops, template_of
 from gptcore.sampling import Sampling, SamplingError
 from gptcore.tokenizer import Tokenizer
 
@@ -96,14 +97,20 @@ class ApiError(Exception):
 # prompts
 
 
-def render_chat(messages: Sequence[tuple[str, str]]) -> str:
-    """The prompt for a chat: (role, text) turns as one text, the conversation format of
-    `gptcore chat` for a base model, which the model then continues.
+def render_chat(messages: Sequence[tuple[str, str]], template: PromptTemplate | None = None) -> str:
+    """The prompt for a chat: (role, text) turns as one text, which the model then continues.
 
-    As in the terminal, a person's turn is a line that the model's reply continues, and each
-    reply ends its line; a system (or developer) turn is a line of text before them. This is the
-    one place that turns a conversation into a prompt (a fine-tuned model's template goes here).
+    A base model (no template) gets the conversation format of `gptcore chat`: a person's turn is
+    a line that the model's reply continues, each reply ends its line, and a system (or developer)
+    turn is a line of text before them. An instruction-tuned model gets its prompt template, which
+    holds one turn, as `gptcore chat --model <it>` does: the last user message is the instruction,
+    or, when system messages are given, they are the instruction and the last user message its
+    input (as `gptcore chat --instruction`). This is the one place a conversation becomes a prompt.
     """
+    if template is not None:
+        system = "\n".join(text for role, text in messages if role in ("system", "developer"))
+        user = next((text for role, text in reversed(messages) if role == "user"), "")
+        return render_prompt(template, system, user) if system else render_prompt(template, user)
     text = ""
     for role, content in messages:
         if role == "assistant":
@@ -261,6 +268,7 @@ class _Served:
         self.tokenizer: Tokenizer | None = None
         self.engine: Engine | None = None
         self.block_size = 0
+        self.template: PromptTemplate | None = None  # an instruction-tuned model's prompt template
 
 
 def build_app(options: ServeOptions, on_load_error: Callable[[str], None] | None = None) -> Starlette:
@@ -270,8 +278,9 @@ def build_app(options: ServeOptions, on_load_error: Callable[[str], None] | None
 
     def load() -> None:
         try:
-            model, tokenizer, _ = load_any(options.model_path, options.device)
+            model, tokenizer, meta = load_any(options.model_path, options.device)
             served.tokenizer, served.block_size = tokenizer, model.config.block_size
+            served.template = template_of(meta)
             served.engine = Engine(model, tokenizer.eot_id, options.max_batch)
         except Exception as exc:
             served.error = f"cannot load {options.model_path}: {exc}"
@@ -358,7 +367,8 @@ def build_app(options: ServeOptions, on_load_error: Callable[[str], None] | None
     async def respond(request: Request, chat: bool) -> Response:
         authorize(request)
         body = await read_json(request)
-        prompts = [render_chat(_messages(body))] if chat else _prompts(body)
+        messages = _messages(body) if chat else None
+        prompts = [] if chat else _prompts(body)
         for key in UNSUPPORTED:  # refused rather than silently ignored: the client relies on them
             if body.get(key):
                 raise ApiError(400, f"{key} is not supported by gptcore serve", param=key)
@@ -371,6 +381,10 @@ def build_app(options: ServeOptions, on_load_error: Callable[[str], None] | None
         stream_options = body.get("stream_options") or {}
         include_usage = isinstance(stream_options, dict) and stream_options.get("include_usage") is True
         engine, tokenizer = ready_engine()
+        if messages is not None:
+            prompts = [render_chat(messages, served.template)]
+            if served.template is not None:  # a reply ends where the template would open a new section
+                sampling = replace(sampling, stop=sampling.stop + reply_stops(served.template))
 
         prompts_ids = [prompt_ids(tokenizer, p) for p in prompts]
         choices = []

@@ -496,3 +496,32 @@ def test_serve_command_answers_on_loopback(model_path: Path, tmp_path: Path) -> 
         proc.terminate()
         out, _ = proc.communicate(timeout=30)
     assert f"at {url}/" in out
+
+
+def test_an_instruction_tuned_model_answers_chat_in_its_template(tmp_path: Path) -> None:
+    # an instruction-tuned model's file carries its template: a chat request is rendered in it,
+    # as `gptcore chat --model <it>` does, and the reply ends where the template opens a section
+    from test_cli import TEXT
+
+    from gptcore.checkpoint import save_model
+    from gptcore.instruct import TEMPLATES, render_prompt
+    from gptcore.tokenizer import CharTokenizer
+
+    template = TEMPLATES["alpaca"]
+    tok = CharTokenizer.train([TEXT + template.preamble + template.instruction + template.response])
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=256, n_layer=2, n_head=2, n_embd=32))
+    path = tmp_path / "instruct.pt"
+    save_model(path, model, tok, {"template": template.to_dict()})
+    with running(path) as url:
+        chat = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
+        for messages, prompt in [
+            ([{"role": "user", "content": "Say hi."}], render_prompt(template, "Say hi.")),
+            (
+                [{"role": "system", "content": "Reply as BEN."}, {"role": "user", "content": "Hello"}],
+                render_prompt(template, "Reply as BEN.", "Hello"),
+            ),
+        ]:
+            out = chat.chat.completions.create(model=NAME, messages=messages, max_tokens=12, temperature=0.0)
+            assert out.choices[0].message.content == greedy(path, prompt, 12, stop=template.stops)
+    assert render_chat([("user", "Say hi.")], template) == render_prompt(template, "Say hi.")
