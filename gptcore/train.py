@@ -1,5 +1,4 @@
-"""The training loop: device and precision, AdamW groups, LR schedule, evaluation, logging,
-checkpoints and exact resume.
+"""The training loop: device, LR schedule, evaluation, logging, checkpoints and exact resume.
 
 `train()` is the one impure function: it owns the model, the optimizer and the clock. Everything
 it calls is small and tested on its own.
@@ -31,10 +30,12 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from gptcore.autotune import Decision, decide
 from gptcore.checkpoint import load_checkpoint, save_checkpoint
 from gptcore.distributed import Ranks, from_main, gather_to_all, mean_over_ranks, process_group
 from gptcore.errors import GptcoreError
 from gptcore.model import GPT, GPTConfig, flops_per_token
+from gptcore.optimizers import configure_optimizer
 from gptcore.params import TrainParams
 from gptcore.tokens import TokenStore
 
@@ -54,22 +55,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def autocast_dtype(device: torch.device, dtype: str) -> torch.dtype | None:
-    """The autocast dtype for matmuls, or None for plain fp32. Master weights stay fp32.
-
-    `auto` means bf16 on CUDA GPUs that support it, fp32 elsewhere: on the CPUs we measured
-    (benchmarks/train_speed.py) bf16 autocast ran slower than fp32, as casting costs more than
-    the matmuls save at these sizes.
-    """
-    if dtype == "float32":
-        return None
-    if dtype == "bfloat16":
-        return torch.bfloat16
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return None
-
-
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
     if dtype is None:
         return contextlib.nullcontext()
@@ -87,24 +72,6 @@ def model_config(params: TrainParams, vocab_size: int) -> GPTConfig:
         dropout=params.dropout,
         bias=params.bias,
     )
-
-
-def configure_optimizer(model: GPT, params: TrainParams, device: torch.device) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices (Linear weights, embeddings) and none on biases and gains."""
-    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    decay = [p for p in named.values() if p.dim() >= 2]
-    no_decay = [p for p in named.values() if p.dim() < 2]
-    # every parameter in exactly one group: a silent miss here costs a whole run
-    assert len(decay) + len(no_decay) == len(named)
-    assert {id(p) for p in decay}.isdisjoint(id(p) for p in no_decay)
-    groups = [
-        {"params": decay, "weight_decay": params.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    # the fused kernel: one pass over each tensor for the whole update, on CUDA and on CPU
-    # (benchmarks/train_speed.py: 1.03-1.09x the step of foreach AdamW on CPU)
-    extra = {"fused": True} if device.type in ("cuda", "cpu") else {"foreach": True}
-    return torch.optim.AdamW(groups, lr=params.learning_rate, betas=(params.beta1, params.beta2), **extra)
 
 
 def lr_at(step: int, params: TrainParams) -> float:
@@ -263,6 +230,7 @@ class TrainResult:
     mfu: float | None  # None where the device's peak is unknown (CPU, unlisted GPUs)
     peak_memory_bytes: int | None  # CUDA only
     resumed_from: int | None  # the step the run continued from, None when it started fresh
+    precision: Decision  # the dtype and compile choice the run trained with, and why
 
 
 # (step, metrics) at each evaluation: "train/loss", "val/loss", "lr", and from the second
@@ -284,19 +252,21 @@ class _Loop:
         val_store: TokenStore,
         ranks: Ranks,
         device: torch.device,
+        precision: Decision,
     ) -> None:
         self.p = params
         self.train_store = train_store
         self.ranks = ranks
         self.device = device
-        self.dtype = autocast_dtype(self.device, params.dtype)
+        self.precision = precision
+        self.dtype = precision.choice.autocast_dtype
         torch.manual_seed(params.seed)
         self.config = model_config(params, train_store.vocab_size)
         self.model = GPT(self.config).to(self.device)
         if ranks.rank:
             torch.manual_seed(params.seed + ranks.rank)  # each rank its own dropout masks
         self.optimizer = configure_optimizer(self.model, params, self.device)
-        self.fwd = torch.compile(self.model) if params.compile else self.model
+        self.fwd = torch.compile(self.model) if precision.choice.compile else self.model
         # training goes through DDP, which averages gradients over ranks; evaluation does not
         self.ddp: DistributedDataParallel | None = None
         if ranks.distributed:
@@ -334,6 +304,7 @@ class _Loop:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "rng": rng_states(self.batch_gen, per_rank_rng),
+            "precision": self.precision.to_dict(),
             "history": self.history,
             "train_seconds": self.train_seconds,
             "wall_seconds": self.wall_seconds,
@@ -404,9 +375,7 @@ class _Loop:
 
     def train_step(self) -> None:
         p = self.p
-        lr = lr_at(self.step, p)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        self.optimizer.set_lr(lr_at(self.step, p))
         total = torch.zeros((), device=self.device)
         forward = self.ddp or self.fwd
         for micro in range(p.grad_accum_steps):
@@ -498,17 +467,15 @@ def train(
         return _train(params, train_store, val_store, on_eval, progress, checkpoint, ranks, device)
 
 
-def _resume(loop: _Loop, path: Path, identity: dict[str, Any]) -> int | None:
-    """Continue from the checkpoint if it is this run's (rank 0 decides for all); the step, or None."""
-    ranks = loop.ranks
+def _resumable(path: Path, identity: dict[str, Any], ranks: Ranks) -> dict[str, Any] | None:
+    """The checkpoint's contents if it is this run's (rank 0 decides for all), else None."""
     saved, why = None, None
     if ranks.is_main and path.exists():
         saved = load_checkpoint(path)
         why = resume_mismatch(saved.get("run"), identity)
         if why:
             _say(f"not resuming {path}: it is from another run ({why}); starting fresh")
-    resume = from_main(saved is not None and why is None, ranks)
-    if not resume:
+    if not from_main(saved is not None and why is None, ranks):
         return None
     if not ranks.is_main:
         if not path.exists():
@@ -517,7 +484,24 @@ def _resume(loop: _Loop, path: Path, identity: dict[str, Any]) -> int | None:
                 "the same models/ folder (a shared filesystem), or delete the checkpoint to start fresh"
             )
         saved = load_checkpoint(path)
-    assert saved is not None
+    return saved
+
+
+def _precision(
+    params: TrainParams, config: GPTConfig, device: torch.device, ranks: Ranks, saved: dict[str, Any] | None
+) -> Decision:
+    """dtype and compile: the checkpoint's when resuming (a run never changes them midway), else
+    forced by params or measured (gptcore.autotune) on rank 0, the same on every rank."""
+    if saved is not None and "precision" in saved:
+        return Decision.from_dict(saved["precision"], "checkpoint")
+    decision = None
+    if ranks.is_main:
+        decision = decide(params, config, device, params.batch_size // ranks.world_size)
+    return from_main(decision, ranks)
+
+
+def _restore(loop: _Loop, path: Path, saved: dict[str, Any]) -> int:
+    ranks = loop.ranks
     loop.restore(saved)
     loop.last_checkpoint = (path, loop.step)
     if ranks.is_main:
@@ -541,9 +525,13 @@ def _train(
     ranks: Ranks,
     device: torch.device,
 ) -> TrainResult:
-    loop = _Loop(params, train_store, val_store, ranks, device)
     identity = run_identity(params, train_store, val_store) if checkpoint else {}
-    resumed_from = _resume(loop, checkpoint, identity) if checkpoint else None
+    saved = _resumable(checkpoint, identity, ranks) if checkpoint else None
+    precision = _precision(params, model_config(params, train_store.vocab_size), device, ranks, saved)
+    if ranks.is_main:
+        _say(f"precision: {precision.summary(params.max_iters * params.grad_accum_steps)}")
+    loop = _Loop(params, train_store, val_store, ranks, device, precision)
+    resumed_from = _restore(loop, checkpoint, saved) if checkpoint and saved else None
     if on_eval:
         for record in loop.history:
             on_eval(int(record["step"]), {k: v for k, v in record.items() if k != "step"})
@@ -615,4 +603,5 @@ def _train(
         if loop.device.type == "cuda"
         else None,
         resumed_from=resumed_from,
+        precision=precision,
     )
