@@ -238,6 +238,21 @@ def store_timings(key: str, timings: list[Timing], path: Path | None = None) -> 
         pass  # a read-only home costs a re-measure next time, never the run
 
 
+def cached_decision(
+    params: TrainParams, config: GPTConfig, device: torch.device, micro_batch: int, cache: Path | None = None
+) -> Decision | None:
+    """The decision without timing anything: forced by params, or from the cache; None when the
+    cache lacks a candidate this run would time."""
+    if params.dtype != "auto" and params.compile != "auto":
+        return Decision(Choice(params.dtype, bool(params.compile)), "params")
+    cached = cached_timings(machine_key(params, config, device, micro_batch), cache) or []
+    try:  # the same search as a measurement, answered from the cache
+        timings = search(params, device, lambda c: _lookup(cached, c))
+    except LookupError:
+        return None
+    return Decision(pick(timings, params.max_iters * params.grad_accum_steps), "cache", timings)
+
+
 def decide(
     params: TrainParams,
     config: GPTConfig,
@@ -247,20 +262,14 @@ def decide(
     cache: Path | None = None,
 ) -> Decision:
     """The precision and compile choice for this run: forced by params, else from the cache, else
-    measured (and cached)."""
-    if params.dtype != "auto" and params.compile != "auto":
-        return Decision(Choice(params.dtype, bool(params.compile)), "params")
-    steps = params.max_iters * params.grad_accum_steps
+    measured now (and cached)."""
+    found = cached_decision(params, config, device, micro_batch, cache)
+    if found is not None:
+        return found
     key = machine_key(params, config, device, micro_batch)
-    cached = cached_timings(key, cache) or []
-    try:  # the same search, answered from the cache
-        timings = search(params, device, lambda c: _lookup(cached, c))
-        source = "cache"
-    except LookupError:  # a candidate the cache lacks: measure them all, now
-        timings = search(params, device, probe or TrainingProbe(params, config, device, micro_batch))
-        store_timings(key, _merge(cached, timings), cache)
-        source = "measured"
-    return Decision(pick(timings, steps), source, timings)
+    timings = search(params, device, probe or TrainingProbe(params, config, device, micro_batch))
+    store_timings(key, _merge(cached_timings(key, cache) or [], timings), cache)
+    return Decision(pick(timings, params.max_iters * params.grad_accum_steps), "measured", timings)
 
 
 def _lookup(timings: list[Timing], choice: Choice) -> Timing:

@@ -18,13 +18,14 @@ from typing import Any
 
 import torch
 
+from gptcore.autotune import cached_decision, decide
 from gptcore.checkpoint import load_model
 from gptcore.errors import DataError, GptcoreError, run_main
 from gptcore.generate import complete_batch, stream_completion
 from gptcore.model import GPT, GPTConfig, flops_per_token
 from gptcore.params import SampleParams, TrainParams, load_section
 from gptcore.tokenizer import Tokenizer, load_tokenizer
-from gptcore.train import model_config, resolve_device
+from gptcore.train import model_config, resolve_device, torch_threads
 
 DEFAULT_MODEL = Path("models/model.pt")
 DEFAULT_PARAMS = Path("params.yaml")
@@ -137,6 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     info.add_argument("--model", type=Path, help=f"model file (default: {DEFAULT_MODEL} if it exists)")
     info.add_argument("--params", type=Path, help=f"params file (default: {DEFAULT_PARAMS} if it exists)")
+    info.add_argument(
+        "--measure",
+        action="store_true",
+        help="time the dtype/compile candidates now if this machine has no figures for them yet",
+    )
     info.set_defaults(run=cmd_info)
     return parser
 
@@ -514,7 +520,29 @@ def cmd_info(args: argparse.Namespace) -> None:
             )
         )
         rows.append(("training: total", f"~{_bytes(states + activations)}"))
+        rows.append(("precision (dtype, compile)", _precision_row(train, config, args.measure)))
     print(_table(rows))
+
+
+def _precision_row(train: TrainParams, config: GPTConfig, measure: bool) -> str:
+    """What train.dtype / train.compile resolve to for this shape on this machine (auto: the
+    cached timings of gptcore.autotune; with --measure, timed now when there are none)."""
+    device = resolve_device(train.device)
+    threads = torch_threads(train, train.nproc_per_node)
+    if threads:  # the cache is keyed by the thread count a training process runs with
+        torch.set_num_threads(threads)
+    micro_batch = train.batch_size // train.world_size
+    if measure:
+        decision = decide(train, config, device, micro_batch)
+    else:
+        decision = cached_decision(train, config, device, micro_batch)
+    if decision is None:
+        return (
+            f"auto: not measured yet for this shape on this {device.type} (the first training run "
+            "times the candidates; `gptcore info --measure` does it now)"
+        )
+    steps = train.max_iters * train.grad_accum_steps
+    return decision.summary(steps).replace("\n", "\n" + " " * len("precision (dtype, compile)  "))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -74,6 +74,13 @@ def model_config(params: TrainParams, vocab_size: int) -> GPTConfig:
     )
 
 
+def torch_threads(params: TrainParams, local_world_size: int) -> int:
+    """The CPU threads a training process uses (0: torch's own choice, all cores)."""
+    if not params.threads and local_world_size > 1:  # the node's cores, shared among its processes
+        return max(1, (os.cpu_count() or 1) // local_world_size)
+    return params.threads
+
+
 def lr_at(step: int, params: TrainParams) -> float:
     """Linear warmup to learning_rate over warmup_iters, then cosine decay to min_lr at max_iters."""
     if step < params.warmup_iters:
@@ -448,9 +455,7 @@ def train(
     device = resolve_device(params.device)
     if device.type == "cuda" and ranks.distributed:
         device = torch.device("cuda", ranks.local_rank)
-    threads = params.threads
-    if not threads and ranks.local_world_size > 1:  # the node's cores, shared among its processes
-        threads = max(1, (os.cpu_count() or 1) // ranks.local_world_size)
+    threads = torch_threads(params, ranks.local_world_size)
     if threads:
         torch.set_num_threads(threads)
     if device.type == "cpu":
