@@ -520,11 +520,13 @@ def cmd_info(args: argparse.Namespace) -> None:
             )
         )
         rows.append(("training: total", f"~{_bytes(states + activations)}"))
-        rows.append(("precision (dtype, compile)", _precision_row(train, config, args.measure)))
+        first, *candidates = _precision_rows(train, config, args.measure)
+        rows.append(("precision (dtype, compile)", first))
+        rows += [("", line) for line in candidates]
     print(_table(rows))
 
 
-def _precision_row(train: TrainParams, config: GPTConfig, measure: bool) -> str:
+def _precision_rows(train: TrainParams, config: GPTConfig, measure: bool) -> list[str]:
     """What train.dtype / train.compile resolve to for this shape on this machine (auto: the
     cached timings of gptcore.autotune; with --measure, timed now when there are none)."""
     device = resolve_device(train.device)
@@ -537,12 +539,11 @@ def _precision_row(train: TrainParams, config: GPTConfig, measure: bool) -> str:
     else:
         decision = cached_decision(train, config, device, micro_batch)
     if decision is None:
-        return (
+        return [
             f"auto: not measured yet for this shape on this {device.type} (the first training run "
             "times the candidates; `gptcore info --measure` does it now)"
-        )
-    steps = train.max_iters * train.grad_accum_steps
-    return decision.summary(steps).replace("\n", "\n" + " " * len("precision (dtype, compile)  "))
+        ]
+    return decision.summary(train.max_iters * train.grad_accum_steps).splitlines()
 
 
 # ---------------------------------------------------------------------------------------------
