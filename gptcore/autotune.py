@@ -284,24 +284,17 @@ def _merge(old: list[Timing], new: list[Timing]) -> list[Timing]:
     return [t for t in old if t.choice not in fresh] + new
 
 
+@dataclass
 class TrainingProbe:
     """Times one candidate: a fresh model of the run's shape, its optimizer, and full training
     steps (forward, backward, clip, step) on random tokens. The global RNG is left as it was, so a
     run measured and a run read from the cache train identically."""
 
-    def __init__(
-        self,
-        params: TrainParams,
-        config: GPTConfig,
-        device: torch.device,
-        micro_batch: int,
-        clock: Callable[[], float] = time.perf_counter,
-    ) -> None:
-        self.params = params
-        self.config = config
-        self.device = device
-        self.micro_batch = micro_batch
-        self.clock = clock
+    params: TrainParams
+    config: GPTConfig
+    device: torch.device
+    micro_batch: int
+    clock: Callable[[], float] = time.perf_counter
 
     def _now(self) -> float:
         if self.device.type == "cuda":

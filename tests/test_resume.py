@@ -402,6 +402,7 @@ STAGE_TRAIN = {
     "checkpoint_interval": 10,
     "warmup_iters": 5,
     "compile": False,
+    "dtype": "float32",  # runs compared with each other must not each time bf16 against fp32
     "threads": 1,
     "device": "cpu",
 }
