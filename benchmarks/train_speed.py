@@ -30,7 +30,10 @@ Variants (numbers are what --variants takes; --list prints them):
                                          (C++) templates need constant weights, i.e. frozen
                                          inference graphs, so a CPU training step keeps oneDNN's
                                          GEMMs; warm-up is long on CUDA (the "warm-up s" column)
-  8 auto                                 what train.dtype: auto and train.compile: auto pick for the
+  8 eager bf16 autocast, Muon            3 with gptcore's optimizer under train.optimizer: muon
+                                         (torch.optim.Muon for the blocks' matrices, fused AdamW
+                                         for the rest): what Muon's Newton-Schulz steps cost
+  9 auto                                 what train.dtype: auto and train.compile: auto pick for the
                                          config on this machine (gptcore.autotune: its cached
                                          timings, or timed now as a training run would, for
                                          params.yaml's max_iters); the row names the pick
@@ -99,6 +102,7 @@ import torch
 
 from gptcore.autotune import decide
 from gptcore.model import GPT, GPTConfig, flops_per_token
+from gptcore.optimizers import configure_optimizer
 from gptcore.params import load_section
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,6 +136,7 @@ class Variant(NamedTuple):
     dtype: torch.dtype | None  # autocast dtype; None: plain fp32
     fused: bool  # fused AdamW, else foreach
     compile_opt: bool = False  # also torch.compile the optimizer step
+    muon: bool = False  # gptcore's Muon + AdamW (train.optimizer: muon, params.yaml's rates)
 
 
 VARIANTS = {
@@ -143,6 +148,7 @@ VARIANTS = {
     # foreach, not fused: compiling a fused update has nothing left to fuse
     "compiled fp32 + compiled AdamW step": Variant("default", None, False, compile_opt=True),
     "compiled fp32 max-autotune": Variant("max-autotune", None, True),
+    "eager bf16 autocast, Muon": Variant(None, torch.bfloat16, True, muon=True),
 }
 AUTO = "auto"  # what train.dtype/compile: auto pick for the config here (gptcore.autotune)
 GPU_RECIPE = "compiled bf16 autocast"
@@ -179,9 +185,13 @@ def gptcore_step(cfg: dict, variant: Variant, device: torch.device) -> tuple[Ste
     torch.manual_seed(0)
     config = GPTConfig(**shape(cfg))
     model = GPT(config).to(device)
-    opt = torch.optim.AdamW(
-        model.parameters(), lr=1e-3, fused=variant.fused, foreach=None if variant.fused else True
-    )
+    if variant.muon:
+        train = dataclasses.replace(load_section("train", ROOT / "params.yaml"), optimizer="muon")
+        opt = configure_optimizer(model, train, device)
+    else:
+        opt = torch.optim.AdamW(
+            model.parameters(), lr=1e-3, fused=variant.fused, foreach=None if variant.fused else True
+        )
     fwd = torch.compile(model, mode=variant.compile_mode) if variant.compile_mode else model
     opt_step = torch.compile(opt.step) if variant.compile_opt else opt.step
     x, y = random_batch(cfg, device)
