@@ -136,8 +136,14 @@ def test_muon_under_two_processes_ends_with_the_weights_of_one(tmp_path: Path) -
         finish(ws)
     one, _, _ = load_model(runs[1] / "models" / "model.pt")
     two, _, _ = load_model(runs[2] / "models" / "model.pt")
+    # Newton-Schulz runs in bf16: gradients all-reduced in another summation order round to
+    # slightly other orthogonalised updates, so the two runs agree to bf16 precision, not fp32's
+    # (measured: at most 3.6e-3 after 10 steps, against Muon steps of 0.02 a step); the curves agree
     for (name, a), (_, b) in zip(one.state_dict().items(), two.state_dict().items(), strict=True):
-        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4, msg=name)
+        torch.testing.assert_close(b, a, rtol=0, atol=0.02 / 2, msg=name)
+    for name in ("train/loss", "val/loss"):
+        for (_, a), (_, b) in zip(*(logged(runs[n], name) for n in (1, 2)), strict=True):
+            assert float(b) == pytest.approx(float(a), rel=1e-3), name
 
 
 def test_two_processes_end_with_the_weights_of_one(one_and_two: dict[int, Path]) -> None:
