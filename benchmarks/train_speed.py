@@ -9,7 +9,9 @@ Four configs, timed with the same settings a user would set in params.yaml:
   gpt2   n_layer=12 n_head=12 n_embd=768 block_size=1024 batch_size=16 dropout=0.0  vocab 50304
          (GPT-2 124M, vocabulary padded to a multiple of 64; meant for `--device cuda`)
 
-Each variant runs a full optimizer step (forward, backward, clip, AdamW) on random tokens. Variants
+Each variant runs a full optimizer step (forward, backward, clip, AdamW) on random tokens, with
+the optimizer gptcore.optimizers.configure_optimizer builds from params.yaml's train section (decay and
+no-decay groups, betas, weight decay, grad_clip): what the training loop steps. Variants
 are interleaved round by round, so slow phases of a shared machine hit all of them alike; the
 figure quoted is the median over rounds, and ratios are taken against the first variant of the
 same run: the reference when --reference is given, else variant 1. Comparing ratios measured in
@@ -71,8 +73,8 @@ Flags:
   --threads N         torch.set_num_threads(N) before anything runs (default: torch's choice)
   --peak              also measure the device's fp32, bf16 and fp16 matmul GFLOP/s; a dtype this
                       device runs pathologically slowly is reported as slow after ~15 s
-  --peak-flops F      peak FLOP/s for MFU (default 989e12 on an H100 or H200, i.e. the SXM dense
-                      bf16 figure; pass it for other GPUs, PCIe cards, or CPUs; MFU is n/a without)
+  --peak-flops F      peak FLOP/s for MFU (default: the dense bf16 peak of the GPU in
+                      gptcore.device's table; pass it for unlisted GPUs or CPUs; MFU is n/a without)
 
     python benchmarks/train_speed.py                 # tiny and small, all variants, on CPU
     python benchmarks/train_speed.py --config tiny --rounds 5 --reference /path/to/nanoGPT
@@ -101,11 +103,14 @@ from typing import NamedTuple
 import torch
 
 from gptcore.autotune import decide
+from gptcore.device import autocast, gpu_bf16_peak
 from gptcore.model import GPT, GPTConfig, flops_per_token
 from gptcore.optimizers import configure_optimizer
 from gptcore.params import load_section
 
 ROOT = Path(__file__).resolve().parents[1]
+# the optimisation settings the pipeline trains with
+TRAIN_PARAMS = load_section("train", ROOT / "params.yaml")
 
 CONFIGS = {
     "tiny": dict(
@@ -128,7 +133,6 @@ CONFIGS = {
 # gptcore's default model and batch, as params.yaml sets them (see default_config)
 DEFAULT_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "batch_size")
 SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "dropout")
-GPU_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12}  # dense bf16, SXM
 
 
 class Variant(NamedTuple):
@@ -185,27 +189,19 @@ def gptcore_step(cfg: dict, variant: Variant, device: torch.device) -> tuple[Ste
     torch.manual_seed(0)
     config = GPTConfig(**shape(cfg))
     model = GPT(config).to(device)
-    if variant.muon:
-        train = dataclasses.replace(load_section("train", ROOT / "params.yaml"), optimizer="muon")
-        opt = configure_optimizer(model, train, device)
-    else:
-        opt = torch.optim.AdamW(
-            model.parameters(), lr=1e-3, fused=variant.fused, foreach=None if variant.fused else True
-        )
+    # the optimizer the training loop builds (groups, betas, weight decay, Muon's rates from
+    # params.yaml's train section); only fused/foreach AdamW and Muon or not are the variant's
+    train = dataclasses.replace(TRAIN_PARAMS, optimizer="muon" if variant.muon else "adamw")
+    opt = configure_optimizer(model, train, device, fused=variant.fused)
     fwd = torch.compile(model, mode=variant.compile_mode) if variant.compile_mode else model
     opt_step = torch.compile(opt.step) if variant.compile_opt else opt.step
     x, y = random_batch(cfg, device)
 
-    def ctx() -> contextlib.AbstractContextManager:
-        if variant.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device.type, dtype=variant.dtype)
-
     def step() -> None:
-        with ctx():
+        with autocast(device, variant.dtype):
             _, loss = fwd(x, y)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), TRAIN_PARAMS.grad_clip)
         opt_step()
         opt.zero_grad(set_to_none=True)
 
@@ -311,22 +307,17 @@ def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
-def default_peak_flops(name: str) -> float | None:
-    return next((flops for gpu, flops in GPU_PEAK_FLOPS.items() if gpu in name), None)
-
-
 def default_config() -> dict:
     """The default run's model and batch from params.yaml (vocabulary: vocab.vocab_size)."""
-    train = load_section("train", ROOT / "params.yaml")
     vocab = load_section("vocab", ROOT / "params.yaml")
-    return {k: getattr(train, k) for k in DEFAULT_KEYS} | {"vocab_size": vocab.vocab_size, "steps": 20}
+    return {k: getattr(TRAIN_PARAMS, k) for k in DEFAULT_KEYS} | {"vocab_size": vocab.vocab_size, "steps": 20}
 
 
 def auto_variant(cfg: dict, device: torch.device) -> tuple[str, Variant]:
     """What `train.dtype: auto` and `train.compile: auto` pick for this config on this machine: read
     from gptcore's cache, or timed now (and cached) as a training run would."""
     params = dataclasses.replace(
-        load_section("train", ROOT / "params.yaml"),
+        TRAIN_PARAMS,
         **{k: cfg[k] for k in DEFAULT_KEYS},
         dtype="auto",
         compile="auto",
@@ -460,7 +451,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = args.device
     name = device_name(device)
-    peak_flops = args.peak_flops or default_peak_flops(name)
+    peak_flops = args.peak_flops or gpu_bf16_peak(name)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device} ({name})")
     print(f"MFU against {peak_flops / 1e9:,.0f} GFLOP/s" if peak_flops else "MFU: n/a (no --peak-flops)")
     peaks = {}

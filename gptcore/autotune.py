@@ -25,7 +25,6 @@ Explicit `dtype: float32 | bfloat16` and `compile: true | false` are obeyed with
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import platform
@@ -39,6 +38,7 @@ from typing import Any
 import torch
 
 from gptcore.atomic import atomic_file
+from gptcore.device import autocast
 from gptcore.model import GPT, GPTConfig
 from gptcore.optimizers import configure_optimizer
 from gptcore.params import TrainParams
@@ -331,7 +331,7 @@ class TrainingProbe:
         dtype = choice.autocast_dtype
 
         def step() -> None:
-            with torch.autocast(self.device.type, dtype=dtype) if dtype else contextlib.nullcontext():
+            with autocast(self.device, dtype):
                 _, loss = forward(x, y)
             loss.backward()
             if self.params.grad_clip > 0:

@@ -232,6 +232,17 @@ class GPT(nn.Module):
         loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
         return logits, loss
 
+    def hidden_states(self, idx: torch.Tensor) -> torch.Tensor:
+        """The final LayerNorm's output (B, T, n_embd) for token ids (B, T): what lm_head reads,
+        and what a task head (a classifier) reads instead of it."""
+        if idx.shape[1] > self.config.block_size:
+            raise ValueError(f"sequence of {idx.shape[1]} tokens exceeds block_size {self.config.block_size}")
+        pos = torch.arange(idx.shape[1], device=idx.device)
+        x = self.drop(self.wte(idx) + self.wpe(pos))
+        for block in self.h:
+            x = block(x)
+        return self.ln_f(x)
+
 
 def flops_per_token(config: GPTConfig, n_params: int, training: bool = True) -> int:
     """Model FLOPs per token: 6N + 12*L*H*Q*T for training, a third of that forward only.

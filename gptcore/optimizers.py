@@ -66,8 +66,14 @@ def hidden_matrices(model: nn.Module) -> set[str]:
     return {name for name, p in model.named_parameters() if p.dim() == 2 and name.startswith("h.")}
 
 
-def configure_optimizer(model: nn.Module, params: TrainParams, device: torch.device) -> Optimizers:
-    """AdamW (and Muon with `train.optimizer: muon`) over every trainable parameter of `model`."""
+def configure_optimizer(
+    model: nn.Module, params: TrainParams, device: torch.device, fused: bool | None = None
+) -> Optimizers:
+    """AdamW (and Muon with `train.optimizer: muon`) over every trainable parameter of `model`.
+
+    The one place the training optimizer is built: the loop, gptcore.autotune and
+    benchmarks/train_speed.py call it. `fused` None takes AdamW's fused kernel where torch has
+    it (CUDA, CPU); False asks for foreach."""
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
     muon = sorted(hidden_matrices(model) & set(named)) if params.optimizer == "muon" else []
     rest = [n for n in named if n not in muon]
@@ -80,9 +86,10 @@ def configure_optimizer(model: nn.Module, params: TrainParams, device: torch.dev
         {"params": [named[n] for n in decay], "weight_decay": params.weight_decay, "lr_ratio": 1.0},
         {"params": [named[n] for n in no_decay], "weight_decay": 0.0, "lr_ratio": 1.0},
     ]
-    # the fused kernel: one pass over each tensor for the whole update, on CUDA and on CPU
-    # (benchmarks/train_speed.py: 1.03-1.09x the step of foreach AdamW on CPU)
-    extra = {"fused": True} if device.type in ("cuda", "cpu") else {"foreach": True}
+    # the fused kernel: one pass over each tensor for the whole update (README, "Performance")
+    if fused is None:
+        fused = device.type in ("cuda", "cpu")
+    extra = {"fused": True} if fused else {"foreach": True}
     optimizers: dict[str, torch.optim.Optimizer] = {
         "adamw": torch.optim.AdamW(
             adamw_groups, lr=params.learning_rate, betas=(params.beta1, params.beta2), **extra

@@ -1,7 +1,8 @@
-"""The training loop: device, LR schedule, evaluation, logging, checkpoints and exact resume.
+"""The training loop: LR schedule, evaluation, logging, checkpoints and exact resume.
 
-`train()` is the one impure function: it owns the model, the optimizer and the clock. Everything
-it calls is small and tested on its own.
+`train()` is the entry point; `_Run` is the one stateful object: it owns the model, the
+optimizer and every piece of the loop's bookkeeping (step, history, clock, throughput window,
+losses not yet checked, last checkpoint). Everything else here is small and tested on its own.
 
 Exact resume. Every `checkpoint_interval` steps the loop writes (atomically) what the next step
 depends on: weights, optimizer moments, the step, every RNG state (torch's, the batch sampler's,
@@ -15,50 +16,36 @@ token data is never resumed; `resume_mismatch` says why.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import os
-import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from gptcore.autotune import Decision, decide
-from gptcore.checkpoint import load_checkpoint, save_checkpoint
+from gptcore.checkpoint import (
+    device_rng_state,
+    load_checkpoint,
+    resume_mismatch,
+    rng_states,
+    run_identity,
+    save_checkpoint,
+    set_rng_states,
+)
+from gptcore.device import autocast, model_flops_utilization, peak_flops, resolve_device
 from gptcore.distributed import Ranks, from_main, gather_to_all, mean_over_ranks, process_group
 from gptcore.errors import GptcoreError
+from gptcore.evaluate import score_batches, seeded_batches
 from gptcore.model import GPT, GPTConfig, flops_per_token
 from gptcore.optimizers import configure_optimizer
 from gptcore.params import TrainParams
 from gptcore.tokens import TokenStore
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` picks cuda, then mps, then cpu; an explicit device that is missing is an error."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise GptcoreError(f"train.device = {name!r} but no CUDA device is available (use auto or cpu)")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise GptcoreError("train.device = 'mps' but MPS is not available (use auto or cpu)")
-    return torch.device(name)
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def model_config(params: TrainParams, vocab_size: int) -> GPTConfig:
@@ -88,133 +75,6 @@ def lr_at(step: int, params: TrainParams) -> float:
     span = max(1, params.max_iters - params.warmup_iters)
     progress = min(1.0, (step - params.warmup_iters) / span)
     return params.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (params.learning_rate - params.min_lr)
-
-
-def fixed_batches(
-    store: TokenStore, n: int, batch_size: int, block_size: int, seed: int
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The same `n` batches at every evaluation, so successive losses are comparable."""
-    gen = torch.Generator().manual_seed(seed)
-    return [store.random_windows(batch_size, block_size, gen) for _ in range(n)]
-
-
-@torch.no_grad()
-def estimate_loss(
-    model: torch.nn.Module,
-    batches: list[tuple[torch.Tensor, torch.Tensor]],
-    device: torch.device,
-    dtype: torch.dtype | None,
-) -> float:
-    was_training = model.training
-    model.eval()
-    total = torch.zeros((), device=device)
-    for x, y in batches:
-        with autocast(device, dtype):
-            _, loss = model(x.to(device), y.to(device))
-        total += loss.float()
-    model.train(was_training)
-    return (total / len(batches)).item()
-
-
-# --- throughput and model FLOP utilisation ------------------------------------------------------
-
-# Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets, matched against
-# torch.cuda.get_device_name(); the first match wins, so the more specific names come first.
-GPU_BF16_PEAKS: tuple[tuple[str, float], ...] = (
-    ("H100 PCIe", 756e12),
-    ("H100", 989e12),
-    ("H200", 989e12),
-    ("GH200", 989e12),
-    ("A100", 312e12),
-    ("L40S", 362e12),
-    ("A10G", 70e12),
-    ("L4", 121e12),
-    ("RTX 4090", 165e12),
-)
-
-
-def peak_flops(device: torch.device, dtype: torch.dtype | None) -> float | None:
-    """The accelerator's peak FLOP/s for this precision, when known (bf16 on listed GPUs)."""
-    if device.type != "cuda" or dtype is not torch.bfloat16:
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((peak for key, peak in GPU_BF16_PEAKS if key in name), None)
-
-
-def model_flops_utilization(
-    flops_per_token: int, tokens_per_second: float, peak: float | None
-) -> float | None:
-    """MFU: the model FLOPs a second achieved, as a fraction of the hardware's peak (PaLM, app. B)."""
-    return None if not peak else flops_per_token * tokens_per_second / peak
-
-
-# --- checkpoints ---------------------------------------------------------------------------------
-
-# train params that change neither the weights nor the logged curve: a checkpoint written under
-# other values of these still continues the run (the process count too: every rank draws from the
-# same sampler, so the data stream is the same for any number of processes)
-RESUME_IGNORES = ("log_interval", "checkpoint_interval", "nproc_per_node", "nnodes", "rdzv_endpoint")
-
-
-def run_identity(params: TrainParams, train_store: TokenStore, val_store: TokenStore) -> dict[str, Any]:
-    """What a checkpoint must match to be resumed: the train params and the token data."""
-    values = {k: v for k, v in dataclasses.asdict(params).items() if k not in RESUME_IGNORES}
-    return {
-        "params": values,
-        "data": {str(train_store.path): train_store.sha256(), str(val_store.path): val_store.sha256()},
-    }
-
-
-def resume_mismatch(saved: Any, current: dict[str, Any]) -> str | None:
-    """Why a checkpoint's run is not this run (the params and data that differ), or None."""
-    if not isinstance(saved, dict) or not all(isinstance(saved.get(k), dict) for k in ("params", "data")):
-        return "it records no run identity"
-    reasons = []
-    old, new = saved["params"], current["params"]
-    for key in sorted(set(old) | set(new)):
-        if old.get(key) != new.get(key):
-            reasons.append(f"train.{key} was {old.get(key)!r}, is {new.get(key)!r}")
-    for path, digest in current["data"].items():
-        if saved["data"].get(path) != digest:
-            reasons.append(f"{path} has other tokens")
-    return "; ".join(reasons) or None
-
-
-def device_rng_state(device: torch.device) -> dict[str, Any]:
-    """This process's own generators (dropout draws from them): torch's CPU one and CUDA's."""
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-    }
-
-
-def rng_states(batch_gen: torch.Generator, per_rank: list[dict[str, Any]]) -> dict[str, Any]:
-    """Every random-number state a step can touch, as tensors and plain values; `per_rank` holds
-    each rank's `device_rng_state`, the batch sampler is the same on every rank."""
-    version, mt, gauss = random.getstate()
-    _, keys, pos, has_gauss, cached = np.random.get_state()
-    return {
-        "ranks": per_rank,
-        "batches": batch_gen.get_state(),
-        "python": [version, list(mt), gauss],
-        "numpy": [torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
-    }
-
-
-def set_rng_states(
-    states: dict[str, Any], batch_gen: torch.Generator, device: torch.device, rank: int
-) -> None:
-    """Restore `rng_states`; this rank's own generators only when it has a saved state."""
-    if rank < len(states["ranks"]):
-        own = states["ranks"][rank]
-        torch.set_rng_state(own["torch"])
-        if device.type == "cuda" and own["cuda"] is not None:
-            torch.cuda.set_rng_state(own["cuda"], device)
-    batch_gen.set_state(states["batches"])
-    version, mt, gauss = states["python"]
-    random.setstate((version, tuple(mt), gauss))
-    keys, pos, has_gauss, cached = states["numpy"]
-    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, cached))
 
 
 class NonFiniteLossError(GptcoreError):
@@ -249,8 +109,14 @@ def _say(message: str) -> None:
     tqdm.write(f"train: {message}")
 
 
-class _Loop:
-    """One training run's state; `train()` drives it."""
+class _Run:
+    """One training run: the model, the optimizer and all of the loop's bookkeeping.
+
+    Time: `train_seconds()` and `wall_seconds()` count every segment of a resumed run, the
+    earlier ones from the checkpoint; evaluation and checkpoint writes run `_paused`, so training
+    seconds exclude them. Throughput is `tokens_per_second` of steps over training seconds, for
+    the window since the last evaluation, the progress bar and the whole run alike.
+    """
 
     def __init__(
         self,
@@ -283,38 +149,83 @@ class _Loop:
         self.peak = peak_flops(self.device, self.dtype)
         self.batch_gen = torch.Generator().manual_seed(params.seed)
         self.rows = ranks.rows(params.batch_size)
+        # the same batches at every evaluation, so successive losses are comparable
         self.eval_sets = {
             name: [
                 (x[self.rows], y[self.rows])
-                for x, y in fixed_batches(
+                for x, y in seeded_batches(
                     store, params.eval_iters, params.batch_size, params.block_size, params.seed + 1
                 )
             ]
             for name, store in (("train", train_store), ("val", val_store))
         }
         self.tokens_per_step = params.batch_size * params.block_size * params.grad_accum_steps
+        self.identity: dict[str, Any] = {}
         # carried across segments of a resumed run
         self.step = 0
         self.history: list[dict[str, float]] = []
-        self.train_seconds = 0.0
-        self.wall_seconds = 0.0
+        self.earlier_train_seconds = 0.0
+        self.earlier_wall_seconds = 0.0
+        self.resumed_from: int | None = None
+        # this segment's clock (started by start_clock) and throughput window
+        self.started = 0.0
+        self.paused_seconds = 0.0
+        self.window_steps = 0
+        self.window_began = 0.0  # training seconds when the window opened
         # per-step losses not yet checked on the host: (step, loss tensor)
         self.pending: list[tuple[int, torch.Tensor]] = []
         self.last_checkpoint: tuple[Path, int] | None = None
 
+    # time and throughput
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":  # CUDA calls return before their kernels finish
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def start_clock(self) -> None:
+        self.started = self._now()
+        self.paused_seconds = 0.0
+        self.window_steps, self.window_began = 0, self.train_seconds()
+
+    def wall_seconds(self) -> float:
+        return self.earlier_wall_seconds + self._now() - self.started
+
+    def train_seconds(self) -> float:
+        return self.earlier_train_seconds + self._now() - self.started - self.paused_seconds
+
+    @contextlib.contextmanager
+    def _paused(self) -> Iterator[None]:
+        began = self._now()
+        try:
+            yield
+        finally:
+            self.paused_seconds += self._now() - began
+
+    def tokens_per_second(self, steps: int, seconds: float) -> float:
+        """The one throughput formula: tokens of `steps` optimizer steps over `seconds`."""
+        return steps * self.tokens_per_step / max(seconds, 1e-9)
+
+    def window_tokens_per_second(self) -> float | None:
+        """Throughput since the last evaluation, or None before any step."""
+        if not self.window_steps:
+            return None
+        return self.tokens_per_second(self.window_steps, self.train_seconds() - self.window_began)
+
     # checkpoints
 
-    def state(self, identity: dict[str, Any], per_rank_rng: list[dict[str, Any]]) -> dict[str, Any]:
+    def state(self, per_rank_rng: list[dict[str, Any]]) -> dict[str, Any]:
+        """Everything the next step depends on, and the run's totals so far, as of now."""
         return {
-            "run": identity,
+            "run": self.identity,
             "step": self.step,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "rng": rng_states(self.batch_gen, per_rank_rng),
             "precision": self.precision.to_dict(),
             "history": self.history,
-            "train_seconds": self.train_seconds,
-            "wall_seconds": self.wall_seconds,
+            "train_seconds": self.train_seconds(),
+            "wall_seconds": self.wall_seconds(),
         }
 
     def restore(self, saved: dict[str, Any]) -> None:
@@ -323,8 +234,32 @@ class _Loop:
         set_rng_states(saved["rng"], self.batch_gen, self.device, self.ranks.rank)
         self.step = int(saved["step"])
         self.history = [dict(record) for record in saved["history"]]
-        self.train_seconds = float(saved["train_seconds"])
-        self.wall_seconds = float(saved["wall_seconds"])
+        self.earlier_train_seconds = float(saved["train_seconds"])
+        self.earlier_wall_seconds = float(saved["wall_seconds"])
+
+    def resume(self, path: Path, saved: dict[str, Any]) -> None:
+        """Continue from `saved`, the checkpoint at `path` that `resumable` found to be this run's."""
+        ranks = self.ranks
+        self.restore(saved)
+        self.resumed_from = self.step
+        self.last_checkpoint = (path, self.step)
+        if ranks.is_main:
+            _say(f"resuming from {path} at step {self.step} of {self.p.max_iters}")
+            writers = len(saved["rng"]["ranks"])
+            if writers != ranks.world_size:
+                _say(
+                    f"the checkpoint was written by {writers} processes, this run has {ranks.world_size}: "
+                    "the data stream continues exactly, dropout draws do not"
+                )
+
+    def save_checkpoint(self, path: Path) -> None:
+        with self._paused():
+            self.check_pending()
+            self.check_weights()
+            per_rank_rng = gather_to_all(device_rng_state(self.device), self.ranks)
+            if self.ranks.is_main:
+                save_checkpoint(path, self.state(per_rank_rng))
+            self.last_checkpoint = (path, self.step)
 
     # numerics
 
@@ -358,31 +293,43 @@ class _Loop:
 
     # the work
 
-    def evaluate(self, tokens_per_second: float | None) -> dict[str, float]:
-        losses = {
-            s: estimate_loss(self.fwd, self.eval_sets[s], self.device, self.dtype) for s in ("train", "val")
-        }
-        if self.ranks.distributed:  # each rank scored its rows of the same batches
-            both = mean_over_ranks(
-                torch.tensor([losses["train"], losses["val"]], device=self.device), self.ranks
+    def evaluate(self, on_eval: EvalCallback | None) -> dict[str, float]:
+        """Estimate both losses, record them in the history and hand them to `on_eval`; then open
+        a new throughput window. Paused: none of it counts as training time."""
+        tokens_per_second = self.window_tokens_per_second()
+        with self._paused():
+            losses = torch.tensor(
+                [
+                    score_batches(self.fwd, self.eval_sets[s], self.device, self.dtype).loss
+                    for s in ("train", "val")
+                ],
+                device=self.device,
             )
-            losses = {"train": both[0].item(), "val": both[1].item()}
-        for split, value in losses.items():
-            if not math.isfinite(value):
-                raise self.fail(f"the {split} loss estimate became {value}", self.step)
-        record = {"train/loss": losses["train"], "val/loss": losses["val"], "lr": lr_at(self.step, self.p)}
-        if tokens_per_second is not None:
-            record["perf/tokens_per_second"] = tokens_per_second
-            mfu = model_flops_utilization(self.flops_per_token, tokens_per_second, self.peak)
-            if mfu is not None:
-                record["perf/mfu"] = mfu
-            if self.device.type == "cuda":
-                record["perf/peak_memory_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+            if self.ranks.distributed:  # each rank scored its rows of the same batches
+                losses = mean_over_ranks(losses, self.ranks)
+            record = {"train/loss": losses[0].item(), "val/loss": losses[1].item()}
+            for split in ("train", "val"):
+                if not math.isfinite(record[f"{split}/loss"]):
+                    raise self.fail(f"the {split} loss estimate became {record[f'{split}/loss']}", self.step)
+            record["lr"] = lr_at(self.step, self.p)
+            if tokens_per_second is not None:
+                record["perf/tokens_per_second"] = tokens_per_second
+                mfu = model_flops_utilization(self.flops_per_token, tokens_per_second, self.peak)
+                if mfu is not None:
+                    record["perf/mfu"] = mfu
+                if self.device.type == "cuda":
+                    record["perf/peak_memory_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+            self.history.append({"step": self.step, **record})
+            if on_eval:
+                on_eval(self.step, record)
+        self.window_steps, self.window_began = 0, self.train_seconds()
         return record
 
     def train_step(self) -> None:
         p = self.p
-        self.optimizer.set_lr(lr_at(self.step, p))
+        lr = lr_at(self.step, p)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
         total = torch.zeros((), device=self.device)
         forward = self.ddp or self.fwd
         for micro in range(p.grad_accum_steps):
@@ -405,35 +352,27 @@ class _Loop:
         self.optimizer.zero_grad(set_to_none=True)
         self.pending.append((self.step, total))
         self.step += 1
+        self.window_steps += 1
 
-
-class _Clock:
-    """Seconds since the run (segment) started, and the part of them spent training: evaluation
-    and checkpoint writes run `paused`. On CUDA it waits for queued work before reading the time."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.start = time.perf_counter()
-        self.paused_seconds = 0.0
-
-    def _now(self) -> float:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        return time.perf_counter()
-
-    def wall(self) -> float:
-        return self._now() - self.start
-
-    def training(self) -> float:
-        return self._now() - self.start - self.paused_seconds
-
-    @contextlib.contextmanager
-    def paused(self) -> Iterator[None]:
-        began = self._now()
-        try:
-            yield
-        finally:
-            self.paused_seconds += self._now() - began
+    def result(self, final: dict[str, float]) -> TrainResult:
+        tokens_seen = self.p.max_iters * self.tokens_per_step
+        tokens_per_second = self.tokens_per_second(self.p.max_iters, self.train_seconds())
+        return TrainResult(
+            model=self.model,
+            steps=self.p.max_iters,
+            tokens_seen=tokens_seen,
+            wall_seconds=self.wall_seconds(),
+            tokens_per_second=tokens_per_second,
+            final_train_loss=final["train/loss"],
+            final_val_loss=final["val/loss"],
+            flops_per_token=self.flops_per_token,
+            mfu=model_flops_utilization(self.flops_per_token, tokens_per_second, self.peak),
+            peak_memory_bytes=torch.cuda.max_memory_allocated(self.device)
+            if self.device.type == "cuda"
+            else None,
+            resumed_from=self.resumed_from,
+            precision=self.precision,
+        )
 
 
 def train(
@@ -446,7 +385,8 @@ def train(
     ranks: Ranks | None = None,
 ) -> TrainResult:
     """Train a GPT on the token stores, writing a resumable checkpoint to `checkpoint` every
-    train.checkpoint_interval steps (0: never) and continuing from it when it holds this run's; `on_eval` receives every evaluation of the run, earlier segments' first.
+    train.checkpoint_interval steps (0: never) and continuing from it when it holds this run's;
+    `on_eval` receives every evaluation of the run, earlier segments' first.
 
     Under torchrun pass `ranks` (`Ranks.from_env()`): this process then trains its share of each
     batch in the run's process group, and only rank 0 writes the checkpoint; give `on_eval` on
@@ -459,8 +399,8 @@ def train(
     if threads:
         torch.set_num_threads(threads)
     if device.type == "cpu":
-        # compiled CPU kernels may otherwise reduce in a run-dependent order; eager CPU ops
-        # are deterministic already. Measured cost: none (7,730 vs 7,917 tokens/s, within noise).
+        # compiled CPU kernels may otherwise reduce in a run-dependent order; eager CPU ops are
+        # deterministic already, so this costs nothing there (its measured cost was within noise)
         torch.use_deterministic_algorithms(True)
     for name, store in (("train", train_store), ("val", val_store)):
         if len(store) <= params.block_size:
@@ -472,8 +412,8 @@ def train(
         return _train(params, train_store, val_store, on_eval, progress, checkpoint, ranks, device)
 
 
-def _resumable(path: Path, identity: dict[str, Any], ranks: Ranks) -> dict[str, Any] | None:
-    """The checkpoint's contents if it is this run's (rank 0 decides for all), else None."""
+def resumable(path: Path, identity: dict[str, Any], ranks: Ranks) -> dict[str, Any] | None:
+    """The checkpoint at `path` if it is this run's (rank 0 decides for all), else None."""
     saved, why = None, None
     if ranks.is_main and path.exists():
         saved = load_checkpoint(path)
@@ -505,21 +445,6 @@ def _precision(
     return from_main(decision, ranks)
 
 
-def _restore(loop: _Loop, path: Path, saved: dict[str, Any]) -> int:
-    ranks = loop.ranks
-    loop.restore(saved)
-    loop.last_checkpoint = (path, loop.step)
-    if ranks.is_main:
-        _say(f"resuming from {path} at step {loop.step} of {loop.p.max_iters}")
-        writers = len(saved["rng"]["ranks"])
-        if writers != ranks.world_size:
-            _say(
-                f"the checkpoint was written by {writers} processes, this run has {ranks.world_size}: "
-                "the data stream continues exactly, dropout draws do not"
-            )
-    return loop.step
-
-
 def _train(
     params: TrainParams,
     train_store: TokenStore,
@@ -530,83 +455,44 @@ def _train(
     ranks: Ranks,
     device: torch.device,
 ) -> TrainResult:
-    identity = run_identity(params, train_store, val_store) if checkpoint else {}
-    saved = _resumable(checkpoint, identity, ranks) if checkpoint else None
+    identity: dict[str, Any] = {}
+    saved = None
+    if checkpoint:
+        identity = run_identity(
+            params, {str(store.path): store.sha256() for store in (train_store, val_store)}
+        )
+        saved = resumable(checkpoint, identity, ranks)
     precision = _precision(params, model_config(params, train_store.vocab_size), device, ranks, saved)
     if ranks.is_main:
         _say(f"precision: {precision.summary(params.max_iters * params.grad_accum_steps)}")
-    loop = _Loop(params, train_store, val_store, ranks, device, precision)
-    resumed_from = _restore(loop, checkpoint, saved) if checkpoint and saved else None
+    run = _Run(params, train_store, val_store, ranks, device, precision)
+    run.identity = identity
+    if checkpoint and saved is not None:
+        run.resume(checkpoint, saved)
     if on_eval:
-        for record in loop.history:
+        for record in run.history:
             on_eval(int(record["step"]), {k: v for k, v in record.items() if k != "step"})
 
-    clock = _Clock(loop.device)
-    # throughput window: steps and training seconds since the last evaluation
-    window = {"steps": 0, "since": 0.0}
-
-    def evaluate_and_log() -> dict[str, float]:
-        elapsed = clock.training() - window["since"]
-        tokens_per_second = window["steps"] * loop.tokens_per_step / elapsed if window["steps"] else None
-        with clock.paused():
-            metrics = loop.evaluate(tokens_per_second)
-            loop.history.append({"step": loop.step, **metrics})
-            if on_eval:
-                on_eval(loop.step, metrics)
-        window.update(steps=0, since=clock.training())
-        return metrics
-
-    def save_checkpoint_now(path: Path) -> None:
-        with clock.paused():
-            loop.check_pending()
-            loop.check_weights()
-            per_rank_rng = gather_to_all(device_rng_state(loop.device), ranks)
-            if ranks.is_main:
-                state = loop.state(identity, per_rank_rng)
-                state["train_seconds"] += clock.training()
-                state["wall_seconds"] += clock.wall()
-                save_checkpoint(path, state)
-            loop.last_checkpoint = (path, loop.step)
-
-    loop.model.train()
+    run.start_clock()
+    run.model.train()
     bar = tqdm(
         total=params.max_iters,
-        initial=loop.step,
+        initial=run.step,
         desc="train",
         unit="step",
         disable=not (progress and ranks.is_main),
     )
-    while loop.step < params.max_iters:
-        if loop.step % params.eval_interval == 0:
-            evaluate_and_log()
-        loop.train_step()
-        window["steps"] += 1
+    while run.step < params.max_iters:
+        if run.step % params.eval_interval == 0:
+            run.evaluate(on_eval)
+        run.train_step()
         bar.update(1)
-        if loop.step % params.log_interval == 0:
-            mean_loss = loop.check_pending()  # the only host sync in the hot loop
-            rate = window["steps"] * loop.tokens_per_step / max(clock.training() - window["since"], 1e-9)
-            bar.set_postfix(loss=f"{mean_loss:.4f}", tok_s=f"{rate:,.0f}")
-        if checkpoint and params.checkpoint_interval and loop.step % params.checkpoint_interval == 0:
-            save_checkpoint_now(checkpoint)
-    loop.check_pending()
-    final = evaluate_and_log()
+        if run.step % params.log_interval == 0:
+            mean_loss = run.check_pending()  # the only host sync in the hot loop
+            bar.set_postfix(loss=f"{mean_loss:.4f}", tok_s=f"{run.window_tokens_per_second():,.0f}")
+        if checkpoint and params.checkpoint_interval and run.step % params.checkpoint_interval == 0:
+            run.save_checkpoint(checkpoint)
+    run.check_pending()
+    final = run.evaluate(on_eval)
     bar.close()
-    train_seconds = loop.train_seconds + clock.training()
-    tokens_seen = params.max_iters * loop.tokens_per_step
-    tokens_per_second = tokens_seen / train_seconds if train_seconds > 0 else 0.0
-    return TrainResult(
-        model=loop.model,
-        steps=params.max_iters,
-        tokens_seen=tokens_seen,
-        wall_seconds=loop.wall_seconds + clock.wall(),
-        tokens_per_second=tokens_per_second,
-        final_train_loss=final["train/loss"],
-        final_val_loss=final["val/loss"],
-        flops_per_token=loop.flops_per_token,
-        mfu=model_flops_utilization(loop.flops_per_token, tokens_per_second, loop.peak),
-        peak_memory_bytes=torch.cuda.max_memory_allocated(loop.device)
-        if loop.device.type == "cuda"
-        else None,
-        resumed_from=resumed_from,
-        precision=precision,
-    )
+    return run.result(final)

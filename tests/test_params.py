@@ -104,7 +104,8 @@ def test_string_for_an_int_is_refused(tmp_path: Path) -> None:
 def test_short_exponent_float_is_refused_with_a_hint_to_write_a_dot(tmp_path: Path) -> None:
     # PyYAML reads `1e-3` (no dot) as the string '1e-3'; a user writes it by hand, unquoted
     text = REPO_PARAMS.read_text(encoding="utf-8")
-    edited, count = re.subn(r"(?m)^(\s+learning_rate:)\s*\S+", r"\1 1e-3", text)
+    # the first learning_rate is train's (the fine-tuning sections come later)
+    edited, count = re.subn(r"(?m)^(\s+learning_rate:)\s*\S+", r"\1 1e-3", text, count=1)
     assert count == 1
     path = tmp_path / "params.yaml"
     path.write_text(edited, encoding="utf-8")
