@@ -170,7 +170,10 @@ def _checked_config(path: Path, values: dict[str, Any], state: dict[str, Any]) -
         raise DataError(
             f"{path}: model config n_layer = {values['n_layer']}, but the file holds {len(state)} tensors"
         )
-    config = GPTConfig(**values)
+    try:
+        config = GPTConfig(**values)
+    except (TypeError, ValueError) as exc:  # a combination no family has (e.g. qk_norm on gpt2)
+        raise DataError(f"{path} has an invalid model config: {exc}") from None
     _check_shapes(path, config, state)
     return config
 
@@ -179,7 +182,7 @@ def _check_shapes(path: Path, config: GPTConfig, state: dict[str, Any]) -> None:
     """Every tensor the config implies is in `state`, with its shape, and nothing else is.
     The model is built on the meta device: shapes only, no memory."""
     with torch.device("meta"):
-        expected = {k: v for k, v in GPT(config).state_dict().items() if k not in _DERIVED}
+        expected = {k: v for k, v in GPT(config).state_dict().items() if k not in _derived(config)}
     for key, want in expected.items():
         got = state.get(key)
         if not isinstance(got, torch.Tensor):
@@ -193,7 +196,9 @@ def _check_shapes(path: Path, config: GPTConfig, state: dict[str, Any]) -> None:
         raise DataError(f"{path}: weights do not match the model config: unexpected {', '.join(extra[:3])}")
 
 
-_DERIVED = ("lm_head.weight",)  # tied to wte.weight: stored once
+def _derived(config: GPTConfig) -> tuple[str, ...]:
+    """Tensors a model file leaves out: a tied head is wte.weight, stored once."""
+    return ("lm_head.weight",) if config.tie_embeddings else ()
 
 
 def save_model(
@@ -202,7 +207,7 @@ def save_model(
     """Write the model file atomically; `meta` holds small facts about the run (steps, tokens)."""
     raw = getattr(model, "_orig_mod", model)  # a torch.compile wrapper prefixes every key
     state = {k: v.detach().to("cpu").clone() for k, v in raw.state_dict().items()}
-    for key in _DERIVED:
+    for key in _derived(raw.config):
         state.pop(key, None)
     payload = {
         "format": MODEL_FORMAT,
@@ -234,7 +239,8 @@ def load_model(path: Path | str, device: torch.device | str = "cpu") -> tuple[GP
     config = _checked_config(path, payload["config"], payload["state_dict"])
     model = GPT(config)
     state = dict(payload["state_dict"])
-    state["lm_head.weight"] = state.get("wte.weight")
+    if config.tie_embeddings:
+        state["lm_head.weight"] = state.get("wte.weight")
     try:
         model.load_state_dict(state, strict=True)
     except (RuntimeError, KeyError) as exc:

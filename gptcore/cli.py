@@ -1,5 +1,6 @@
 """The `gptcore` command: `chat` with a trained model, `sample` completions, `info` on a model's size,
-`classify` texts with a fine-tuned classifier.
+`classify` texts with a fine-tuned classifier, `export` a model to the Hugging Face format. `--model`
+takes a model file or a Hugging Face folder.
 
 Sampling options default to the `sample` section of params.yaml when the file is there (the same
 settings the sample stage records, so `gptcore sample` reproduces reports/samples.md); outside a
@@ -26,6 +27,7 @@ from gptcore.checkpoint import MODEL_FILE, load_model
 from gptcore.device import resolve_device
 from gptcore.errors import DataError, GptcoreError, run_main
 from gptcore.generate import complete_batch, seeded_generator, stream_completion
+from gptcore.hf import export_folder, load_any
 from gptcore.instruct import render_prompt, reply_stops, template_of
 from gptcore.model import GPT, GPTConfig, flops_per_token
 from gptcore.params import SampleParams, TrainParams, device_name_problem, load_section
@@ -122,10 +124,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gptcore", description="Chat with, sample from and size up gptcore models."
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{chat,sample,info,classify}")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="{chat,sample,info,classify,export}"
+    )
 
     sampling = argparse.ArgumentParser(add_help=False)
-    sampling.add_argument("--model", type=Path, default=MODEL_FILE, help="model file (default: %(default)s)")
+    sampling.add_argument(
+        "--model",
+        type=Path,
+        default=MODEL_FILE,
+        help="model file or Hugging Face folder (default: %(default)s)",
+    )
     sampling.add_argument(
         "--params",
         type=Path,
@@ -201,6 +210,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     classify_cmd.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda, cuda:N or mps")
     classify_cmd.set_defaults(run=cmd_classify)
+
+    export = commands.add_parser(
+        "export", help="write a model file as a Hugging Face folder (config, safetensors, tokenizer)"
+    )
+    export.add_argument("--model", type=Path, default=MODEL_FILE, help="model file (default: %(default)s)")
+    export.add_argument("--out", type=Path, required=True, help="folder to write (replaced whole)")
+    export.set_defaults(run=cmd_export)
     return parser
 
 
@@ -234,7 +250,7 @@ def resolve_sampling(args: argparse.Namespace) -> tuple[Sampling, SampleParams |
 
 def _load(args: argparse.Namespace) -> tuple[GPT, Tokenizer, dict, torch.device]:
     device = resolve_device(args.device, key="--device")
-    model, tokenizer, meta = load_model(args.model, device)
+    model, tokenizer, meta = load_any(args.model, device)
     return model, tokenizer, meta, device
 
 
@@ -523,7 +539,7 @@ def cmd_info(args: argparse.Namespace) -> None:
     model_path = args.model if args.model is not None else (MODEL_FILE if MODEL_FILE.is_file() else None)
     rows: list[tuple[str, str]] = []
     if model_path is not None:
-        model, tokenizer, meta = load_model(model_path, "cpu")
+        model, tokenizer, meta = load_any(model_path, "cpu")
         config = model.config
         rows.append(("model file", str(model_path)))
         # small facts the training run recorded (steps, tokens seen, losses)
@@ -599,6 +615,25 @@ def _precision_rows(train: TrainParams, config: GPTConfig, measure: bool) -> lis
             "times the candidates; `gptcore info --measure` does it now)"
         ]
     return decision.summary(train.max_iters * train.grad_accum_steps).splitlines()
+
+
+# ---------------------------------------------------------------------------------------------
+# export
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    model, tokenizer, _ = load_model(args.model, "cpu")
+    export_folder(model, tokenizer, args.out)
+    config = model.config
+    family = {
+        "gpt2": "GPT2LMHeadModel",
+        "llama": "Qwen3ForCausalLM" if config.qk_norm else "LlamaForCausalLM",
+    }
+    print(
+        f"exported {args.model} to {args.out}/ as {family[config.arch]} "
+        f"({'tied' if config.tie_embeddings else 'untied'} head, {tokenizer.kind} tokenizer of "
+        f"{tokenizer.vocab_size} ids): load it with transformers' AutoModelForCausalLM.from_pretrained"
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -108,6 +108,10 @@ class TokenizeParams:
 
 @dataclass(frozen=True)
 class TrainParams:
+    init_from: str | None
+    arch: str
+    tie_embeddings: bool
+    qk_norm: bool
     n_layer: int
     n_head: int
     n_embd: int
@@ -167,6 +171,13 @@ class TrainParams:
             _non_negative(f"train.{key}", getattr(self, key))
         if self.n_embd % self.n_head:
             _fail("train.n_embd", self.n_embd, f"must be divisible by train.n_head ({self.n_head})")
+        self._check_family()
+        if self.init_from is not None and not self.init_from.strip():
+            _fail(
+                "train.init_from",
+                self.init_from,
+                "name a Hugging Face model folder, or null to start from random weights",
+            )
         if not 0.0 <= self.dropout < 1.0:
             _fail("train.dropout", self.dropout, "must lie in [0, 1)")
         if self.learning_rate <= 0.0:
@@ -197,6 +208,21 @@ class TrainParams:
                 "train.rdzv_endpoint",
                 self.rdzv_endpoint,
                 "must be host:port of the first node when nnodes > 1",
+            )
+
+    def _check_family(self) -> None:
+        # only combinations with a transformers counterpart (GPT-2, Llama, Qwen3): they export
+        if self.arch not in ("gpt2", "llama"):
+            _fail("train.arch", self.arch, "allowed: gpt2, llama")
+        if self.arch == "gpt2" and self.qk_norm:
+            _fail("train.qk_norm", self.qk_norm, "QK-norm needs train.arch: llama (it exports as Qwen3)")
+        if self.arch == "llama" and self.bias:
+            _fail("train.bias", self.bias, "the llama family has no biases: set it to false")
+        if self.arch == "llama" and (self.n_embd // self.n_head) % 2:
+            _fail(
+                "train.n_head",
+                self.n_head,
+                f"rotary embeddings need an even head size, n_embd / n_head = {self.n_embd // self.n_head}",
             )
 
 

@@ -42,6 +42,7 @@ from gptcore.device import autocast, model_flops_utilization, peak_flops, resolv
 from gptcore.distributed import Ranks, from_main, gather_to_all, mean_over_ranks, process_group
 from gptcore.errors import GptcoreError
 from gptcore.evaluate import score_batches, seeded_batches
+from gptcore.hf import initial_weights
 from gptcore.model import GPT, GPTConfig, flops_per_token
 from gptcore.optimizers import configure_optimizer
 from gptcore.params import TrainParams
@@ -58,6 +59,9 @@ def model_config(params: TrainParams, vocab_size: int) -> GPTConfig:
         n_embd=params.n_embd,
         dropout=params.dropout,
         bias=params.bias,
+        arch=params.arch,
+        tie_embeddings=params.tie_embeddings,
+        qk_norm=params.qk_norm,
     )
 
 
@@ -134,8 +138,15 @@ class _Run:
         self.precision = precision
         self.dtype = precision.choice.autocast_dtype
         torch.manual_seed(params.seed)
-        self.config = model_config(params, train_store.vocab_size)
-        self.model = GPT(self.config).to(self.device)
+        initial = None
+        if params.init_from:  # a Hugging Face folder: its config (checked against params), its weights
+            self.config, initial = initial_weights(params, train_store.vocab_size)
+        else:
+            self.config = model_config(params, train_store.vocab_size)
+        self.model = GPT(self.config)
+        if initial is not None:
+            self.model.load_state_dict(initial)
+        self.model.to(self.device)
         if ranks.rank:
             torch.manual_seed(params.seed + ranks.rank)  # each rank its own dropout masks
         self.optimizer = configure_optimizer(self.model, params, self.device)

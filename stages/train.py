@@ -20,6 +20,7 @@ from gptcore.atomic import write_json
 from gptcore.checkpoint import MODEL_FILE, save_model
 from gptcore.distributed import Ranks, die_with_parent, needs_torchrun, torchrun_argv
 from gptcore.errors import run_main
+from gptcore.hf import check_vocabulary
 from gptcore.params import load_section
 from gptcore.tokenizer import load_tokenizer
 from gptcore.tokens import TokenStore
@@ -39,6 +40,8 @@ def main() -> None:
         print(f"train: {params.world_size} processes: {' '.join(argv[2:])}", flush=True)
         os.execv(sys.executable, argv)  # torchrun's exit status becomes the stage's
     tokenizer = load_tokenizer(VOCAB_DIR)
+    if params.init_from:
+        check_vocabulary(params.init_from, tokenizer)
     stores = {split: TokenStore(TOKENS_DIR / f"{split}.h5") for split in ("train", "val")}
     for store in stores.values():
         store.check_vocab(tokenizer.identity)

@@ -318,3 +318,27 @@ def test_no_param_is_named_size_or_nfiles() -> None:
         return []
 
     assert not {"size", "nfiles"} & set(keys(RAW))
+
+
+@pytest.mark.parametrize(
+    ("changes", "key", "hint"),
+    [
+        ({"arch": "mamba"}, "train.arch = 'mamba'", "allowed: gpt2, llama"),
+        ({"arch": "gpt2", "qk_norm": True}, "train.qk_norm = True", "needs train.arch: llama"),
+        ({"arch": "llama", "bias": True}, "train.bias = True", "the llama family has no biases"),
+        ({"arch": "llama", "n_embd": 96, "n_head": 32}, "train.n_head = 32", "even head size"),
+    ],
+)
+def test_model_families_without_a_transformers_counterpart_are_refused(
+    tmp_path: Path, changes: dict, key: str, hint: str
+) -> None:
+    message = refused(tmp_path, "train", **changes)
+    assert key in message and hint in message
+
+
+@pytest.mark.parametrize("tie", [True, False])
+@pytest.mark.parametrize("qk_norm", [True, False])
+def test_every_llama_variant_is_accepted(tmp_path: Path, tie: bool, qk_norm: bool) -> None:
+    path = write_params(tmp_path, "train", arch="llama", tie_embeddings=tie, qk_norm=qk_norm)
+    loaded = load_section("train", path)
+    assert (loaded.arch, loaded.tie_embeddings, loaded.qk_norm) == ("llama", tie, qk_norm)

@@ -20,9 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 from PIL import Image
+from transformers import GPT2Config, GPT2LMHeadModel
 
+from gptcore.checkpoint import load_model
 from gptcore.params import TRAIN_KEYS_WITHOUT_OUTPUT, TrainParams
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -456,3 +459,27 @@ def test_a_team_shares_data_and_models_through_a_dvc_remote(built: dict[str, Any
     again = bob.dvc("repro")
     assert "Data and pipelines are up to date" in again.stdout
     assert bob.dvc("status").stdout.strip().endswith("Data and pipelines are up to date.")
+
+
+@pytest.mark.e2e
+def test_repro_fine_tunes_a_gpt2_saved_by_transformers_through_init_from(
+    built: dict[str, Any], tmp_path: Path
+) -> None:
+    repo = Repo(tmp_path / "repo", built["repo"].env)
+    shutil.copytree(built["repo"].path, repo.path, symlinks=True)
+    vocab_size = repo.read_json("data/vocab/tokenizer.json")["vocab_size"]
+    torch.manual_seed(0)
+    start = GPT2LMHeadModel(GPT2Config(vocab_size=vocab_size, n_positions=64, n_embd=32, n_layer=1, n_head=2))
+    start.save_pretrained(tmp_path / "gpt2")  # config.json + model.safetensors, no tokenizer
+    repo.edit_params(
+        "train", init_from=str(tmp_path / "gpt2"), bias=True, max_iters=10, eval_interval=5, warmup_iters=2
+    )
+    proc = repo.dvc("repro")
+    assert [stage for stage in STAGES if ran(proc.stdout, stage)] == TRAINED_STAGES, proc.stdout
+    model, _, _ = load_model(repo.path / "models/model.pt")
+    assert (model.config.activation, model.config.bias, model.config.block_size) == ("gelu_tanh", True, 32)
+    # it continued from those weights: ten small steps moved them, but not far
+    initial = start.transformer.wte.weight.detach()
+    moved = (model.wte.weight - initial).norm() / initial.norm()
+    assert 0.0 < moved.item() < 0.5
+    assert math.isfinite(repo.read_json("reports/eval.json")["val_loss"])

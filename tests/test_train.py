@@ -21,6 +21,10 @@ from gptcore.tokens import TokenStore
 from gptcore.train import lr_at, train
 
 BASE = TrainParams(
+    init_from=None,
+    arch="gpt2",
+    tie_embeddings=True,
+    qk_norm=False,
     n_layer=1,
     n_head=2,
     n_embd=16,
