@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from gptcore import classify
+from gptcore.autotune import cached_decision, decide
 from gptcore.checkpoint import MODEL_FILE, load_model
 from gptcore.device import resolve_device
 from gptcore.errors import DataError, GptcoreError, run_main
@@ -32,7 +33,7 @@ from gptcore.model import GPT, GPTConfig, flops_per_token
 from gptcore.params import SampleParams, TrainParams, device_name_problem, load_section
 from gptcore.sampling import RULES, Sampling, SamplingError, check_setting
 from gptcore.tokenizer import Tokenizer, load_tokenizer
-from gptcore.train import model_config
+from gptcore.train import model_config, torch_threads
 
 DEFAULT_CLASSIFIER = Path("models/classifier.pt")
 DEFAULT_PARAMS = Path("params.yaml")
@@ -204,6 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     info.add_argument("--model", type=Path, help=f"model file (default: {MODEL_FILE} if it exists)")
     info.add_argument("--params", type=Path, help=f"params file (default: {DEFAULT_PARAMS} if it exists)")
+    info.add_argument(
+        "--measure",
+        action="store_true",
+        help="time the dtype/compile candidates now if this machine has no figures for them yet",
+    )
     info.set_defaults(run=cmd_info)
 
     classify_cmd = commands.add_parser("classify", help="the label and class probabilities of texts")
@@ -647,7 +653,30 @@ def cmd_info(args: argparse.Namespace) -> None:
             )
         )
         rows.append(("training: total", f"~{_bytes(states + activations)}"))
+        first, *candidates = _precision_rows(train, config, args.measure)
+        rows.append(("precision (dtype, compile)", first))
+        rows += [("", line) for line in candidates]
     print(_table(rows))
+
+
+def _precision_rows(train: TrainParams, config: GPTConfig, measure: bool) -> list[str]:
+    """What train.dtype / train.compile resolve to for this shape on this machine (auto: the
+    cached timings of gptcore.autotune; with --measure, timed now when there are none)."""
+    device = resolve_device(train.device)
+    threads = torch_threads(train, train.nproc_per_node)
+    if threads:  # the cache is keyed by the thread count a training process runs with
+        torch.set_num_threads(threads)
+    micro_batch = train.batch_size // train.world_size
+    if measure:
+        decision = decide(train, config, device, micro_batch)
+    else:
+        decision = cached_decision(train, config, device, micro_batch)
+    if decision is None:
+        return [
+            f"auto: not measured yet for this shape on this {device.type} (the first training run "
+            "times the candidates; `gptcore info --measure` does it now)"
+        ]
+    return decision.summary(train.max_iters * train.grad_accum_steps).splitlines()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,13 +17,13 @@ import torch
 from gptcore import classify
 from gptcore.atomic import write_json
 from gptcore.checkpoint import load_model
+from gptcore.device import resolve_device
 from gptcore.errors import run_main
 from gptcore.finetune import fine_tune, set_threads
 from gptcore.finetune_data import read_jsonl
 from gptcore.model import GPT
 from gptcore.params import load_section
 from gptcore.reports import live_logger, plot_confusion
-from gptcore.train import resolve_device
 
 DATA_DIR = Path("data/finetune/classify")
 PRETRAINED = Path("models/model.pt")

@@ -17,12 +17,12 @@ import torch
 from gptcore import instruct
 from gptcore.atomic import write_json, write_text
 from gptcore.checkpoint import load_model, save_model
+from gptcore.device import resolve_device
 from gptcore.errors import DataError, run_main
 from gptcore.finetune import fine_tune, set_threads
 from gptcore.finetune_data import InstructionRecord, read_jsonl
 from gptcore.params import load_section
 from gptcore.reports import live_logger
-from gptcore.train import resolve_device
 
 DATA_DIR = Path("data/finetune/instruct")
 PRETRAINED = Path("models/model.pt")
