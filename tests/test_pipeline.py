@@ -472,7 +472,13 @@ def test_repro_fine_tunes_a_gpt2_saved_by_transformers_through_init_from(
     start = GPT2LMHeadModel(GPT2Config(vocab_size=vocab_size, n_positions=64, n_embd=32, n_layer=1, n_head=2))
     start.save_pretrained(tmp_path / "gpt2")  # config.json + model.safetensors, no tokenizer
     repo.edit_params(
-        "train", init_from=str(tmp_path / "gpt2"), arch="gpt2", bias=True, max_iters=10, eval_interval=5, warmup_iters=2
+        "train",
+        init_from=str(tmp_path / "gpt2"),
+        arch="gpt2",
+        bias=True,
+        max_iters=10,
+        eval_interval=5,
+        warmup_iters=2,
     )
     proc = repo.dvc("repro")
     assert [stage for stage in STAGES if ran(proc.stdout, stage)] == TRAINED_STAGES, proc.stdout
