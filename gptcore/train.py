@@ -338,9 +338,8 @@ class _Run:
 
     def train_step(self) -> None:
         p = self.p
-        lr = lr_at(self.step, p)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        # each group at its own peak times the schedule (Muon's muon_learning_rate, AdamW's learning_rate)
+        self.optimizer.set_lr(lr_at(self.step, p))
         total = torch.zeros((), device=self.device)
         forward = self.ddp or self.fwd
         for micro in range(p.grad_accum_steps):

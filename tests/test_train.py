@@ -169,6 +169,21 @@ def test_muon_training_lowers_the_loss(stores) -> None:
     assert result.final_val_loss < math.log(VOCAB) - 0.5
 
 
+def test_training_steps_muon_at_its_own_rate_on_the_schedule(stores, monkeypatch: pytest.MonkeyPatch) -> None:
+    # what the optimizer really stepped with, not what it was built with
+    seen: list[float] = []
+    original = torch.optim.Muon.step
+
+    def spy(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Muon, "step", spy)
+    p = params(optimizer="muon", max_iters=6, warmup_iters=2, learning_rate=1.0e-3, muon_learning_rate=0.05)
+    run(p, stores)
+    assert seen == pytest.approx([lr_at(step, p) * 50 for step in range(6)])
+
+
 # --- device and precision -----------------------------------------------------------------------
 
 
