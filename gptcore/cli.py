@@ -21,10 +21,11 @@ import torch
 from gptcore.checkpoint import load_model
 from gptcore.errors import DataError, GptcoreError, run_main
 from gptcore.generate import complete_batch, stream_completion
-from gptcore.model import GPT, GPTConfig, flops_per_token
+from gptcore.memory import human_bytes
+from gptcore.model import GPT, flops_per_token
 from gptcore.params import SampleParams, TrainParams, load_section
 from gptcore.tokenizer import Tokenizer, load_tokenizer
-from gptcore.train import model_config, resolve_device
+from gptcore.train import memory_plan, model_config, resolve_device
 
 DEFAULT_MODEL = Path("models/model.pt")
 DEFAULT_PARAMS = Path("params.yaml")
@@ -386,38 +387,6 @@ def cmd_sample(args: argparse.Namespace) -> None:
 # info
 
 
-def activation_bytes(config: GPTConfig, batch_size: int) -> int:
-    """Estimated bytes of the activations that one training micro-batch keeps for its backward pass.
-
-    Counted per token from what autograd saves on the CPU in fp32 (4 bytes a value), following the
-    breakdown of Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer
-    Models", section 4.1); C = n_embd, T = block_size, H = n_head, V = vocab_size:
-    - each block: the inputs of ln_1, c_attn, c_proj (attention), ln_2, c_fc, c_proj (MLP, 4C),
-      q, k, v and the GELU input: 16C values = 64C bytes; with dropout, the masks of the two
-      residual branches, which the CPU keeps as fp32 (8C bytes);
-    - each block's attention weights: with dropout the CPU's `scaled_dot_product_attention` takes
-      its math path and keeps the softmax output, an fp32 dropout mask and the dropped weights
-      (12HT bytes); without dropout its flash kernel keeps one log-sum-exp per head (4H bytes);
-    - outside the blocks: the inputs of ln_f and the head (2C values), the embedding dropout mask
-      (C values, with dropout), the logits (alive until the loss is taken) and their log-softmax
-      (2V values).
-    Checked against the tensors autograd saves, plus the logits (torch 2.13, CPU): they agree
-    to within 1% with and without dropout. On CUDA, flash attention with dropout and bf16 autocast make it an upper bound.
-    """
-    C, T, H, V, L = config.n_embd, config.block_size, config.n_head, config.vocab_size, config.n_layer
-    dropout = config.dropout > 0
-    per_block = 64 * C + (8 * C + 12 * H * T if dropout else 4 * H)
-    outside = 8 * C + (4 * C if dropout else 0) + 8 * V
-    return batch_size * T * (L * per_block + outside)
-
-
-def _bytes(n: int) -> str:
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= size:
-            return f"{n / size:,.1f} {unit}"
-    return f"{n} B"
-
-
 def _flops(n: float) -> str:
     for unit, size in (("TFLOP", 1e12), ("GFLOP", 1e9), ("MFLOP", 1e6)):
         if n >= size:
@@ -492,28 +461,20 @@ def cmd_info(args: argparse.Namespace) -> None:
     fpt_forward = flops_per_token(config, non_embedding, training=False)
     rows.append(("FLOPs per token (training)", f"{fpt_train:,} ({_flops(fpt_train)})"))
     rows.append(("FLOPs per token (forward)", f"{fpt_forward:,} ({_flops(fpt_forward)})"))
-    rows.append(("weights (fp32)", f"{4 * total:,} bytes ({_bytes(4 * total)})"))
+    rows.append(("weights (fp32)", f"{4 * total:,} bytes ({human_bytes(4 * total)})"))
     if train is None:
-        rows.append(("training memory", f"unknown: no {DEFAULT_PARAMS} to read train.batch_size from"))
+        rows.append(("memory plan", f"unknown: no {DEFAULT_PARAMS} to read train.batch_size from"))
     else:
-        B, T = train.batch_size, config.block_size
-        states = 16 * total  # fp32 weights, grads and AdamW's two moments: 4 values of 4 bytes
-        activations = activation_bytes(config, B)
-        tokens_per_step = B * T * train.grad_accum_steps
+        tokens_per_step = train.batch_size * config.block_size * train.grad_accum_steps
         rows.append(
             (
                 "FLOPs per optimizer step",
                 f"{_flops(fpt_train * tokens_per_step)} ({tokens_per_step:,} tokens)",
             )
         )
-        rows.append(("training: weights+grads+AdamW", f"{states:,} bytes ({_bytes(states)}, 16 bytes/param)"))
-        rows.append(
-            (
-                "training: activations",
-                f"~{_bytes(activations)} (batch_size {B} x block_size {T}, fp32 on CPU)",
-            )
-        )
-        rows.append(("training: total", f"~{_bytes(states + activations)}"))
+        if train.preset:
+            rows.append(("preset", train.preset))
+        rows += memory_plan(train, config, resolve_device(train.device)).rows()
     print(_table(rows))
 
 

@@ -18,6 +18,7 @@ from typing import Any, Union
 import yaml
 
 from gptcore.errors import GptcoreError
+from gptcore.presets import PRESETS, SHAPE_KEYS
 
 PARAMS_FILE = Path("params.yaml")
 
@@ -117,10 +118,41 @@ class TrainParams:
     nproc_per_node: int
     nnodes: int
     rdzv_endpoint: str
+    parallel: str
+    activation_checkpointing: bool
+    preset: str | None
 
     @property
     def world_size(self) -> int:
         return self.nproc_per_node * self.nnodes
+
+    @staticmethod
+    def prepare(raw: dict[str, Any]) -> dict[str, Any]:
+        """The section with `preset`'s shape filled in: a shape key left null takes the preset's
+        value, one that gives the same value is fine, one that gives another is an error naming
+        both (a silent winner would train a model of a size nobody asked for)."""
+        name = raw.get("preset")
+        if name is None:
+            for key in SHAPE_KEYS:
+                if key in raw and raw[key] is None:
+                    _fail(f"train.{key}", None, "give a number, or set train.preset to take it from a preset")
+            return raw
+        if name not in PRESETS:
+            _fail("train.preset", name, f"allowed: {', '.join(PRESETS)}, or null")
+        resolved = dict(raw)
+        for key, value in PRESETS[name].keys().items():
+            if key not in raw and key not in SHAPE_KEYS:
+                continue  # a key these params do not have (the family, before there are two)
+            given = raw.get(key)
+            if given is None:
+                resolved[key] = value
+            elif given != value:
+                raise ParamsError(
+                    f"params.yaml: train.{key} = {given!r} contradicts train.preset = {name!r}, "
+                    f"which sets train.{key} = {value!r}: set train.{key} to null (or {value!r}) to "
+                    "use the preset, or train.preset to null to use your own shape"
+                )
+        return resolved
 
     def check(self) -> None:
         for key in (
@@ -163,6 +195,8 @@ class TrainParams:
                 self.batch_size,
                 f"must be divisible by the number of processes, nproc_per_node x nnodes = {self.world_size}",
             )
+        if self.parallel not in ("ddp", "fsdp"):
+            _fail("train.parallel", self.parallel, "allowed: ddp, fsdp")
         if self.nnodes > 1 and ":" not in self.rdzv_endpoint:
             _fail(
                 "train.rdzv_endpoint",
@@ -272,6 +306,9 @@ def parse_section(name: str, raw: Any) -> Any:
     missing = [k for k in fields if k not in raw]
     if missing:
         raise ParamsError(f"params.yaml: missing key {name}.{missing[0]}")
+    prepare = getattr(cls, "prepare", None)
+    if prepare is not None:
+        raw = prepare(raw)
     values = {}
     for key, value in raw.items():
         tp = hints[key]

@@ -32,8 +32,26 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from gptcore.checkpoint import load_checkpoint, save_checkpoint
-from gptcore.distributed import Ranks, from_main, gather_to_all, mean_over_ranks, process_group
+from gptcore.distributed import (
+    Ranks,
+    from_main,
+    full_model,
+    full_state,
+    gather_to_all,
+    load_full_state,
+    mean_over_ranks,
+    process_group,
+    shard_model,
+)
 from gptcore.errors import GptcoreError
+from gptcore.memory import (
+    MemoryPlan,
+    checkpoint_blocks,
+    device_memory,
+    held_bytes,
+    plan_memory,
+    what_would_fit,
+)
 from gptcore.model import GPT, GPTConfig, flops_per_token
 from gptcore.params import TrainParams
 from gptcore.tokens import TokenStore
@@ -87,6 +105,30 @@ def model_config(params: TrainParams, vocab_size: int) -> GPTConfig:
         dropout=params.dropout,
         bias=params.bias,
     )
+
+
+def memory_plan(params: TrainParams, config: GPTConfig, device: torch.device) -> MemoryPlan:
+    """The memory plan of this run on `device` (see gptcore.memory)."""
+    available, where = device_memory(device, params.nproc_per_node)
+    return plan_memory(
+        config,
+        params.batch_size,
+        processes=params.world_size,
+        parallel=params.parallel,
+        bf16=autocast_dtype(device, params.dtype) is torch.bfloat16,
+        checkpointing=params.activation_checkpointing,
+        available=available,
+        where=where,
+    )
+
+
+def check_memory_plan(plan: MemoryPlan) -> None:
+    """Stop before training when the plan does not fit, with the numbers and what would fit."""
+    if plan.fits is False:
+        raise GptcoreError(
+            f"the memory plan does not fit: {plan.verdict()} with {plan.setting()}. "
+            f"Change: {'; or '.join(what_would_fit(plan))} (see `gptcore info`)"
+        )
 
 
 def configure_optimizer(model: GPT, params: TrainParams, device: torch.device) -> torch.optim.AdamW:
@@ -293,16 +335,23 @@ class _Loop:
         torch.manual_seed(params.seed)
         self.config = model_config(params, train_store.vocab_size)
         self.model = GPT(self.config).to(self.device)
+        self.flops_per_token = flops_per_token(self.config, self.model.num_params())
+        if params.activation_checkpointing:
+            checkpoint_blocks(self.model)
+        # fsdp shards the weights in place, before the optimizer sees them: its moments are sharded too
+        self.sharded = params.parallel == "fsdp" and ranks.distributed
+        if self.sharded:
+            shard_model(self.model, device, ranks, bf16=self.dtype is torch.bfloat16)
         if ranks.rank:
             torch.manual_seed(params.seed + ranks.rank)  # each rank its own dropout masks
         self.optimizer = configure_optimizer(self.model, params, self.device)
         self.fwd = torch.compile(self.model) if params.compile else self.model
-        # training goes through DDP, which averages gradients over ranks; evaluation does not
+        # ddp training goes through DDP, which averages gradients over ranks; evaluation does not
         self.ddp: DistributedDataParallel | None = None
-        if ranks.distributed:
+        if ranks.distributed and not self.sharded:
             ids = [device.index] if device.type == "cuda" else None
-            self.ddp = DistributedDataParallel(self.fwd, device_ids=ids)
-        self.flops_per_token = flops_per_token(self.config, self.model.num_params())
+            # gradients as views of the all-reduce buckets: one copy of them, not two
+            self.ddp = DistributedDataParallel(self.fwd, device_ids=ids, gradient_as_bucket_view=True)
         self.peak = peak_flops(self.device, self.dtype)
         self.batch_gen = torch.Generator().manual_seed(params.seed)
         self.rows = ranks.rows(params.batch_size)
@@ -327,12 +376,22 @@ class _Loop:
 
     # checkpoints
 
+    def gather_state(self) -> None:
+        """Consolidate the weights and optimizer state for a checkpoint: under fsdp every rank
+        takes part in gathering the shards, rank 0 keeps the full tensors (on the CPU)."""
+        if self.sharded:
+            self.model_state, self.optimizer_state = full_state(self.model, self.optimizer, self.ranks)
+        else:
+            self.model_state, self.optimizer_state = self.model.state_dict(), self.optimizer.state_dict()
+
     def state(self, identity: dict[str, Any], per_rank_rng: list[dict[str, Any]]) -> dict[str, Any]:
+        """The checkpoint, after `gather_state`: whole tensors, whatever the parallel mode, so any
+        number of processes in either mode can resume it."""
         return {
             "run": identity,
             "step": self.step,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "model": self.model_state,
+            "optimizer": self.optimizer_state,
             "rng": rng_states(self.batch_gen, per_rank_rng),
             "history": self.history,
             "train_seconds": self.train_seconds,
@@ -340,8 +399,11 @@ class _Loop:
         }
 
     def restore(self, saved: dict[str, Any]) -> None:
-        self.model.load_state_dict(saved["model"])
-        self.optimizer.load_state_dict(saved["optimizer"])
+        if self.sharded:
+            load_full_state(self.model, self.optimizer, saved["model"], saved["optimizer"])
+        else:
+            self.model.load_state_dict(saved["model"])
+            self.optimizer.load_state_dict(saved["optimizer"])
         set_rng_states(saved["rng"], self.batch_gen, self.device, self.ranks.rank)
         self.step = int(saved["step"])
         self.history = [dict(record) for record in saved["history"]]
@@ -374,8 +436,9 @@ class _Loop:
         return losses.mean().item()
 
     def check_weights(self) -> None:
-        finite = torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all()
-        if not bool(finite):
+        local = [p.to_local() if self.sharded else p for p in self.model.parameters()]
+        finite = torch.stack([torch.isfinite(p).all() for p in local]).all().float()
+        if mean_over_ranks(finite, self.ranks).item() < 1:  # every rank checks its shards
             raise self.fail("the weights became non-finite", self.step)
 
     # the work
@@ -414,7 +477,9 @@ class _Loop:
             x, y = self.train_store.random_windows(p.batch_size, p.block_size, self.batch_gen)
             x, y = x[self.rows], y[self.rows]
             last = micro == p.grad_accum_steps - 1
-            # gradients are all-reduced once per step, on the last micro-batch's backward
+            # ddp all-reduces gradients once per step, on the last micro-batch's backward. fsdp
+            # reduce-scatters on every micro-batch: skipping it would keep whole unsharded
+            # gradients until the last one, the 4 bytes a parameter fsdp is there to remove
             sync = self.ddp.no_sync() if self.ddp and not last else contextlib.nullcontext()
             with sync:
                 with autocast(self.device, self.dtype):
@@ -494,8 +559,14 @@ def train(
                 f"the {name} split has {len(store)} tokens, fewer than train.block_size + 1 "
                 f"({params.block_size + 1}): use more data or a smaller block_size"
             )
+    # the plan comes before anything is allocated: a run that cannot fit stops here, not at step 0
+    plan = memory_plan(params, model_config(params, train_store.vocab_size), device)
+    if ranks.is_main:
+        for label, value in plan.rows():
+            _say(f"{label.strip()}: {value}")
+    check_memory_plan(plan)
     with process_group(ranks, device):
-        return _train(params, train_store, val_store, on_eval, progress, checkpoint, ranks, device)
+        return _train(plan, params, train_store, val_store, on_eval, progress, checkpoint, ranks, device)
 
 
 def _resume(loop: _Loop, path: Path, identity: dict[str, Any]) -> int | None:
@@ -531,7 +602,25 @@ def _resume(loop: _Loop, path: Path, identity: dict[str, Any]) -> int | None:
     return loop.step
 
 
+def report_memory(loop: _Loop, plan: MemoryPlan, first: bool) -> None:
+    """After the first step: the parameter and optimizer bytes this process holds, measured. After
+    the first few on CUDA: the plan beside what the allocator's peak was."""
+    if first:
+        params, state = held_bytes(loop.model, loop.optimizer)
+        if loop.ranks.is_main:
+            _say(f"held by this process: {params:,} bytes of parameters, {state:,} of optimizer state")
+        return
+    if loop.device.type == "cuda" and loop.ranks.is_main:
+        peak = torch.cuda.max_memory_allocated(loop.device)
+        _say(
+            f"memory plan {plan.total / 2**30:.2f} GiB, CUDA peak allocated {peak / 2**30:.2f} GiB "
+            f"after {loop.step} steps: the plan is off by {(plan.total - peak) / 2**30:+.2f} GiB "
+            f"({(plan.total - peak) / peak:+.0%})"
+        )
+
+
 def _train(
+    plan: MemoryPlan,
     params: TrainParams,
     train_store: TokenStore,
     val_store: TokenStore,
@@ -568,6 +657,7 @@ def _train(
             loop.check_pending()
             loop.check_weights()
             per_rank_rng = gather_to_all(device_rng_state(loop.device), ranks)
+            loop.gather_state()
             if ranks.is_main:
                 state = loop.state(identity, per_rank_rng)
                 state["train_seconds"] += clock.training()
@@ -575,6 +665,7 @@ def _train(
                 save_checkpoint(path, state)
             loop.last_checkpoint = (path, loop.step)
 
+    resumed_at = loop.step
     loop.model.train()
     bar = tqdm(
         total=params.max_iters,
@@ -588,6 +679,9 @@ def _train(
             evaluate_and_log()
         loop.train_step()
         window["steps"] += 1
+        if loop.step == resumed_at + 1 or loop.step == min(resumed_at + 3, params.max_iters):
+            with clock.paused():
+                report_memory(loop, plan, first=loop.step == resumed_at + 1)
         bar.update(1)
         if loop.step % params.log_interval == 0:
             mean_loss = loop.check_pending()  # the only host sync in the hot loop
@@ -602,7 +696,7 @@ def _train(
     tokens_seen = params.max_iters * loop.tokens_per_step
     tokens_per_second = tokens_seen / train_seconds if train_seconds > 0 else 0.0
     return TrainResult(
-        model=loop.model,
+        model=full_model(loop.model, loop.config) if loop.sharded else loop.model,
         steps=params.max_iters,
         tokens_seen=tokens_seen,
         wall_seconds=loop.wall_seconds + clock.wall(),

@@ -1,0 +1,309 @@
+"""The memory plan (bytes one training process needs, by what holds them, and whether they fit),
+the measurement it is checked against, and activation checkpointing.
+
+`plan_memory` sizes weights, gradients, optimizer state and activations for a model shape, a
+batch, a precision, a parallel mode (`ddp` keeps everything whole on each process, `fsdp` shards
+the first three over the processes) and activation checkpointing. `gptcore info` prints it, and
+the train stage prints it before step 0 and stops there when it does not fit, saying what would.
+
+What is counted, per process, with N parameters (the tied head counted once) and W processes:
+- weights: fp32 master weights, 4N bytes; under fsdp this process's shard of each tensor
+  (FSDP2 shards dim 0, padded to a multiple of W, so a shard is ceil(rows / W) rows);
+- working copies: weights the compute uses besides the masters. With bf16 autocast (ddp or one
+  process) the bf16 cast of every matrix is kept for the backward pass, 2N; under fsdp the
+  unsharded parameters all-gathered for compute, in the compute dtype: the root module's
+  (embeddings, final norm), which stay gathered from forward to backward, and two blocks (the
+  one computing and the one prefetched);
+- gradients: fp32, 4N (DDP's buckets are views of them, `gradient_as_bucket_view`); under fsdp
+  this process's shard plus one block's unsharded gradients before their reduce-scatter;
+- optimizer: AdamW's two fp32 moments, 8N, sharded like the weights under fsdp;
+- activations: what autograd keeps of one micro-batch (this process's rows) for the backward pass,
+  `activation_bytes`.
+Not counted: the CUDA context, the allocator's cached and fragmented blocks, and temporaries that
+live within one operation; `HEADROOM` leaves room for them. On CUDA the train stage logs the plan
+beside `torch.cuda.max_memory_allocated` after the first steps.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from gptcore.model import GPT, GPTConfig
+
+# the share of a device's memory a plan may fill: the rest is for what the plan leaves out
+HEADROOM = 0.9
+
+
+def activation_bytes(
+    config: GPTConfig, batch_size: int, bf16: bool = False, checkpointing: bool = False
+) -> int:
+    """Estimated bytes of the activations that one training micro-batch keeps for its backward pass.
+
+    Counted per token from what autograd saves, following the breakdown of Korthikanti et al.
+    2022 ("Reducing Activation Recomputation in Large Transformer Models", section 4.1);
+    C = n_embd, T = block_size, H = n_head, V = vocab_size. In fp32 (4 bytes a value):
+    - each block: the inputs of ln_1, c_attn, c_proj (attention), ln_2, c_fc, c_proj (MLP, 4C),
+      q, k, v and the GELU input: 16C values = 64C bytes; with dropout, the masks of the two
+      residual branches, which the CPU keeps as fp32 (8C bytes);
+    - each block's attention weights: with dropout the CPU's `scaled_dot_product_attention` takes
+      its math path and keeps the softmax output, an fp32 dropout mask and the dropped weights
+      (12HT bytes); without dropout its flash kernel keeps one log-sum-exp per head (4H bytes);
+    - outside the blocks: the inputs of ln_f and the head (2C values), the embedding dropout mask
+      (C values, with dropout), the logits (alive until the loss is taken) and their log-softmax
+      (2V values).
+    Checked against the tensors autograd saves, plus the logits (torch 2.13, CPU): they agree
+    to within 1% with and without dropout (tests/test_memory.py).
+
+    With bf16 autocast (CUDA) the norms' inputs stay fp32 (8C bytes) and the other 14C values
+    are bf16 (28C); dropout masks are bytes; flash attention keeps a log-sum-exp per head; the
+    logits are bf16 and their fp32 copy and log-softmax follow (10V). An estimate, checked on
+    CUDA by the train stage's log, not here.
+
+    With activation checkpointing a block keeps only its input (the fp32 residual stream, 4C), and
+    during the backward pass one block's activations are recomputed at a time.
+    """
+    C, T, H, V, L = config.n_embd, config.block_size, config.n_head, config.vocab_size, config.n_layer
+    dropout = config.dropout > 0
+    if bf16:
+        per_block = 36 * C + 4 * H + (2 * C if dropout else 0)
+        outside = 6 * C + (C if dropout else 0) + 10 * V
+    else:
+        per_block = 64 * C + (8 * C + 12 * H * T if dropout else 4 * H)
+        outside = 8 * C + (4 * C if dropout else 0) + 8 * V
+    blocks = L * 4 * C + per_block if checkpointing else L * per_block
+    return batch_size * T * (blocks + outside)
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Parameter counts of a model shape that the plan needs (exact, from the meta device)."""
+
+    total: int  # every parameter, the tied head once
+    block: int  # one transformer block
+    rows: tuple[tuple[int, int], ...]  # (dim 0, numel) of each parameter: what FSDP shards
+
+    @classmethod
+    def of(cls, config: GPTConfig) -> Sizes:
+        # the meta device builds the modules without allocating their weights
+        with torch.device("meta"):
+            model = GPT(config)
+        params = list(model.parameters())
+        return cls(
+            total=sum(p.numel() for p in params),
+            block=max((sum(p.numel() for p in b.parameters()) for b in blocks(model)), default=0),
+            rows=tuple((p.shape[0], p.numel()) for p in params),
+        )
+
+    def shard(self, processes: int) -> int:
+        """Parameters in the largest process's shard: ceil(rows / W) rows of each tensor."""
+        return sum(math.ceil(rows / processes) * (numel // rows) for rows, numel in self.rows)
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Bytes per process for one training configuration, and the device memory they must fit."""
+
+    config: GPTConfig
+    batch_size: int  # the global micro-batch, shared by the processes
+    processes: int
+    parallel: str
+    bf16: bool
+    checkpointing: bool
+    weights: int
+    working: int
+    gradients: int
+    optimizer: int
+    activations: int
+    available: int | None  # device memory of one process; None when unknown
+    where: str  # what `available` is
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.working + self.gradients + self.optimizer + self.activations
+
+    @property
+    def fits(self) -> bool | None:
+        return None if self.available is None else self.total <= HEADROOM * self.available
+
+    def setting(self) -> str:
+        mode = f"{self.parallel} over {self.processes}" if self.processes > 1 else "one process"
+        return (
+            f"{mode}, {'bf16' if self.bf16 else 'fp32'}, micro-batch {self.batch_size // self.processes} "
+            f"x {self.config.block_size} tokens per process, activation checkpointing "
+            f"{'on' if self.checkpointing else 'off'}"
+        )
+
+    def verdict(self) -> str:
+        if self.available is None:
+            return f"{human_bytes(self.total)} per process; device memory unknown ({self.where})"
+        share = self.total / self.available
+        word = "fits" if self.fits else "does NOT fit"
+        return f"{human_bytes(self.total)} per process {word} in {human_bytes(self.available)} ({self.where}, {share:.0%})"
+
+    def rows(self) -> list[tuple[str, str]]:
+        """The plan as (label, value) lines, for `gptcore info` and the train log."""
+
+        def amount(n: int) -> str:
+            return f"{n:,} bytes ({human_bytes(n)})"
+
+        return [
+            ("memory plan", self.setting()),
+            ("  weights (fp32 masters)", amount(self.weights)),
+            ("  working copies", amount(self.working)),
+            ("  gradients", amount(self.gradients)),
+            ("  optimizer (AdamW)", amount(self.optimizer)),
+            ("  activations", amount(self.activations)),
+            ("  total", self.verdict()),
+        ]
+
+
+def plan_memory(
+    config: GPTConfig,
+    batch_size: int,
+    processes: int = 1,
+    parallel: str = "ddp",
+    bf16: bool = False,
+    checkpointing: bool = False,
+    available: int | None = None,
+    where: str = "unknown",
+    sizes: Sizes | None = None,
+) -> MemoryPlan:
+    """The plan for `batch_size` sequences a micro-step, shared by `processes` (see the module doc)."""
+    sizes = sizes or Sizes.of(config)
+    n = sizes.total
+    compute = 2 if bf16 else 4
+    if parallel == "fsdp" and processes > 1:
+        local = sizes.shard(processes)
+        root = n - config.n_layer * sizes.block
+        working = compute * (root + 2 * sizes.block)
+        gradients = 4 * (local + sizes.block)
+    else:
+        local = n
+        working = 2 * n if bf16 else 0
+        gradients = 4 * n
+    return MemoryPlan(
+        config=config,
+        batch_size=batch_size,
+        processes=processes,
+        parallel=parallel,
+        bf16=bf16,
+        checkpointing=checkpointing,
+        weights=4 * local,
+        working=working,
+        gradients=gradients,
+        optimizer=8 * local,
+        activations=activation_bytes(config, batch_size // processes, bf16, checkpointing),
+        available=available,
+        where=where,
+    )
+
+
+def device_memory(device: torch.device, local_processes: int = 1) -> tuple[int | None, str]:
+    """(bytes one process may use, what they are): a GPU's memory, or this machine's RAM shared by
+    the node's processes; None on devices whose memory torch does not report (MPS)."""
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return props.total_memory, f"memory of {props.name}"
+    if device.type == "cpu":
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        shared = f", shared by {local_processes} processes" if local_processes > 1 else ""
+        return ram // local_processes, f"this machine's RAM{shared}"
+    return None, f"{device.type} does not report its memory"
+
+
+def what_would_fit(plan: MemoryPlan, sizes: Sizes | None = None) -> list[str]:
+    """Changes to a plan that does not fit, each with the total it would need per process."""
+    sizes = sizes or Sizes.of(plan.config)
+
+    def again(**changes: object) -> MemoryPlan:
+        fields = {
+            "batch_size": plan.batch_size,
+            "processes": plan.processes,
+            "parallel": plan.parallel,
+            "checkpointing": plan.checkpointing,
+            **changes,
+        }
+        return plan_memory(
+            plan.config,
+            bf16=plan.bf16,
+            available=plan.available,
+            where=plan.where,
+            sizes=sizes,
+            **fields,  # type: ignore[arg-type]
+        )
+
+    options: list[tuple[str, MemoryPlan]] = []
+    if plan.parallel != "fsdp" and plan.processes > 1:
+        options.append(("train.parallel: fsdp", again(parallel="fsdp")))
+    if not plan.checkpointing:
+        options.append(("train.activation_checkpointing: true", again(checkpointing=True)))
+    per_process = plan.batch_size // plan.processes
+    if per_process > 1:
+        # half the micro-batch and twice the accumulation: the same global batch a step
+        smaller = again(batch_size=per_process // 2 * plan.processes)
+        options.append(("half train.batch_size, twice train.grad_accum_steps", smaller))
+    for processes in (2, 4, 8, 16, 32, 64, 128, 256, 512, 1024):
+        if processes <= plan.processes:
+            continue
+        # the same micro-batch on each process, the weights sharded over all of them
+        more = again(
+            processes=processes, parallel="fsdp", batch_size=per_process * processes, checkpointing=True
+        )
+        if more.fits:
+            options.append(
+                (
+                    f"fsdp with activation checkpointing over {processes} processes (nproc_per_node x nnodes)",
+                    more,
+                )
+            )
+            break
+    return [f"{label}: {human_bytes(p.total)}{'' if p.fits else ' (still too much)'}" for label, p in options]
+
+
+def human_bytes(n: int) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:,.1f} {unit}"
+    return f"{n} B"
+
+
+def blocks(model: nn.Module) -> list[nn.Module]:
+    """The model's transformer blocks: the members of its ModuleLists, whatever their class, so
+    that checkpointing and sharding apply to every family's blocks alike."""
+    return [block for child in model.children() if isinstance(child, nn.ModuleList) for block in child]
+
+
+def checkpoint_blocks(model: nn.Module) -> None:
+    """Make each block recompute its activations in the backward pass instead of keeping them.
+
+    The block's own forward is replaced by a checkpointed call of it (non-reentrant, the variant
+    PyTorch recommends; the RNG state is replayed, so dropout masks match), so parameter names,
+    state dicts and FSDP's per-block hooks stay as they are: the recomputation runs inside the
+    hooked call, while FSDP holds the block's parameters gathered for its backward."""
+    for block in blocks(model):
+        block.forward = functools.partial(checkpoint, block.forward, use_reentrant=False)
+
+
+def held_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, int]:
+    """(parameter bytes, optimizer-state bytes) this process holds, measured from its tensors: a
+    sharded parameter or moment counts its local shard only."""
+
+    def local(t: torch.Tensor) -> int:
+        t = t.to_local() if hasattr(t, "to_local") else t
+        return t.numel() * t.element_size()
+
+    params = sum(local(p) for p in model.parameters())
+    state = sum(
+        local(v)
+        for per_param in optimizer.state.values()
+        for v in per_param.values()
+        if isinstance(v, torch.Tensor) and v.dim() > 0  # the step counters are scalars
+    )
+    return params, state
