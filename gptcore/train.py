@@ -117,6 +117,7 @@ def memory_plan(params: TrainParams, config: GPTConfig, device: torch.device) ->
         parallel=params.parallel,
         bf16=autocast_dtype(device, params.dtype) is torch.bfloat16,
         checkpointing=params.activation_checkpointing,
+        accumulating=params.grad_accum_steps > 1,
         available=available,
         where=where,
     )

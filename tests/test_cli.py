@@ -243,7 +243,7 @@ def test_info_reports_the_model_parameter_count(workdir: Path, capsys: pytest.Ca
     assert re.search(rf"weights \(fp32 masters\)\s+{4 * n:,} bytes", out)
     assert re.search(rf"gradients\s+{4 * n:,} bytes", out)
     assert re.search(rf"optimizer \(AdamW\)\s+{8 * n:,} bytes", out)
-    assert re.search(r"total\s+[\d.]+ \w+ per process fits in", out)
+    assert re.search(r"peak\s+[\d.]+ \w+ per process fits in", out)
 
 
 def test_info_plans_a_preset_sharded_over_many_processes_and_says_it_does_not_fit_one_gpu(
