@@ -274,13 +274,20 @@ def what_would_fit(plan: MemoryPlan, sizes: Sizes | None = None) -> list[str]:
         # half the micro-batch and twice the accumulation: the same global batch a step
         smaller = again(batch_size=per_process // 2 * plan.processes, accumulating=True)
         options.append(("half train.batch_size, twice train.grad_accum_steps", smaller))
-    for processes in (2, 4, 8, 16, 32, 64, 128, 256, 512, 1024):
-        if processes <= plan.processes:
-            continue
-        # the same micro-batch on each process, the weights sharded over all of them
-        more = again(
-            processes=processes, parallel="fsdp", batch_size=per_process * processes, checkpointing=True
+    if per_process > 1:
+        # the least a process can hold of activations: one sequence at a time, recomputed
+        least = again(batch_size=plan.processes, checkpointing=True, accumulating=True)
+        options.append(
+            (
+                f"activation checkpointing and 1 sequence per micro-batch ({per_process}x the accumulation)",
+                least,
+            )
         )
+    for processes in (2, 4, 8, 16, 32, 64, 128, 256, 512, 1024):
+        if processes <= plan.processes or plan.batch_size % processes:
+            continue
+        # the same global batch shared by more processes, the weights sharded over all of them
+        more = again(processes=processes, parallel="fsdp", checkpointing=True)
         if more.fits:
             options.append(
                 (
