@@ -377,22 +377,25 @@ class _Loop:
 
     # checkpoints
 
-    def gather_state(self) -> None:
-        """Consolidate the weights and optimizer state for a checkpoint: under fsdp every rank
-        takes part in gathering the shards, rank 0 keeps the full tensors (on the CPU)."""
+    def whole_state(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The model's and optimizer's state dicts with whole tensors, whatever the parallel mode,
+        so that any number of processes in either mode resumes them. Under fsdp every rank takes
+        part in gathering the shards and rank 0 keeps the result (on the CPU)."""
         if self.sharded:
-            self.model_state, self.optimizer_state = full_state(self.model, self.optimizer, self.ranks)
-        else:
-            self.model_state, self.optimizer_state = self.model.state_dict(), self.optimizer.state_dict()
+            return full_state(self.model, self.optimizer, self.ranks)
+        return self.model.state_dict(), self.optimizer.state_dict()
 
-    def state(self, identity: dict[str, Any], per_rank_rng: list[dict[str, Any]]) -> dict[str, Any]:
-        """The checkpoint, after `gather_state`: whole tensors, whatever the parallel mode, so any
-        number of processes in either mode can resume it."""
+    def state(
+        self,
+        identity: dict[str, Any],
+        per_rank_rng: list[dict[str, Any]],
+        whole: tuple[dict[str, Any], dict[str, Any]],
+    ) -> dict[str, Any]:
         return {
             "run": identity,
             "step": self.step,
-            "model": self.model_state,
-            "optimizer": self.optimizer_state,
+            "model": whole[0],
+            "optimizer": whole[1],
             "rng": rng_states(self.batch_gen, per_rank_rng),
             "history": self.history,
             "train_seconds": self.train_seconds,
@@ -658,9 +661,9 @@ def _train(
             loop.check_pending()
             loop.check_weights()
             per_rank_rng = gather_to_all(device_rng_state(loop.device), ranks)
-            loop.gather_state()
+            whole = loop.whole_state()
             if ranks.is_main:
-                state = loop.state(identity, per_rank_rng)
+                state = loop.state(identity, per_rank_rng, whole)
                 state["train_seconds"] += clock.training()
                 state["wall_seconds"] += clock.wall()
                 save_checkpoint(path, state)

@@ -110,7 +110,9 @@ def ran(stdout: str, stage: str) -> bool:
 
 DVC_YAML = yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))
 # plumbing that shapes no output: params values are dependencies through `params:` instead
-PLUMBING = {"errors", "params", "atomic"}
+# presets.py is read through params.py by every stage, but only the train section's shape
+# depends on it: the train stage lists it (test_the_train_stage_depends_on_the_presets)
+PLUMBING = {"errors", "params", "atomic", "presets"}
 
 
 def _gptcore_imports(path: Path) -> set[str]:
@@ -169,6 +171,11 @@ def test_stage_deps_list_every_gptcore_module_its_script_uses_even_indirectly(st
     deps = DVC_YAML["stages"][stage]["deps"]
     missing = sorted(f"gptcore/{m}.py" for m in modules - PLUMBING if f"gptcore/{m}.py" not in deps)
     assert not missing
+
+
+def test_the_train_stage_depends_on_the_presets() -> None:
+    # a preset's shape is not in params.yaml: an edit of the table must re-run train
+    assert "gptcore/presets.py" in DVC_YAML["stages"]["train"]["deps"]
 
 
 @pytest.mark.parametrize("stage", STAGES)
