@@ -221,8 +221,18 @@ def model_flops_utilization(
 
 # train params that change neither the weights nor the logged curve: a checkpoint written under
 # other values of these still continues the run (the process count too: every rank draws from the
-# same sampler, so the data stream is the same for any number of processes)
-RESUME_IGNORES = ("log_interval", "checkpoint_interval", "nproc_per_node", "nnodes", "rdzv_endpoint")
+# same sampler, so the data stream is the same for any number of processes; and how the processes
+# hold the model: checkpoints are whole tensors in every mode, and recomputed activations are the
+# same activations, so a run that ran out of memory may resume sharded or checkpointed)
+RESUME_IGNORES = (
+    "log_interval",
+    "checkpoint_interval",
+    "nproc_per_node",
+    "nnodes",
+    "rdzv_endpoint",
+    "parallel",
+    "activation_checkpointing",
+)
 
 
 def run_identity(params: TrainParams, train_store: TokenStore, val_store: TokenStore) -> dict[str, Any]:
