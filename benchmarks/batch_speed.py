@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gptcore.tokens import TokenStore, write_token_file
+from gptcore.tokens import TokenStore, TokenWriter
 
 SHAPES = {  # name -> (batch_size, block_size)
     "tiny (12 x 64)": (12, 64),
@@ -39,7 +39,9 @@ def make_token_file(path: Path, tokens: int) -> None:
     chunk = 10_000_000
     docs = (rng.integers(0, VOCAB - 1, min(chunk, tokens - i)) for i in range(0, tokens, chunk))
     identity = {"kind": "bench", "vocab_size": VOCAB, "sha256": "0" * 64}
-    write_token_file(path, docs, vocab_size=VOCAB, eot_id=VOCAB - 1, tokenizer_identity=identity)
+    with TokenWriter(path, vocab_size=VOCAB, eot_id=VOCAB - 1, tokenizer_identity=identity) as writer:
+        for ids in docs:
+            writer.add_document(ids)
 
 
 def time_batches(store: TokenStore, batch: int, block: int, seconds: float) -> float:

@@ -25,6 +25,7 @@ import torch
 
 from gptcore.generate import generate
 from gptcore.model import GPT, GPTConfig
+from gptcore.sampling import Sampling
 
 CONFIGS = {
     "default": GPTConfig(vocab_size=1024, block_size=128, n_layer=4, n_head=4, n_embd=256),
@@ -37,10 +38,7 @@ def tokens_per_second(model: GPT, new: int, use_cache: bool) -> tuple[float, tor
     out = generate(
         model,
         torch.zeros(1, 1, dtype=torch.long),
-        new,
-        temperature=0.8,
-        top_k=50,
-        top_p=0.95,
+        Sampling(temperature=0.8, top_k=50, top_p=0.95, max_new_tokens=new),
         generator=torch.Generator().manual_seed(0),
         use_cache=use_cache,
     )

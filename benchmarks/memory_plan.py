@@ -42,9 +42,12 @@ def main() -> None:
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for name, shape in PRESETS.items():
-        config = GPTConfig(GPT2_VOCAB, shape.block_size, shape.n_layer, shape.n_head, shape.n_embd)
+        config = GPTConfig(
+            GPT2_VOCAB, shape.block_size, shape.n_layer, shape.n_head, shape.n_embd, arch=shape.arch
+        )
         sizes = Sizes.of(config)
-        non_embedding = sizes.total - config.block_size * config.n_embd  # as GPT.num_params()
+        table = config.block_size * config.n_embd if config.arch == "gpt2" else 0  # learned positions
+        non_embedding = sizes.total - table  # as GPT.num_params()
         flops = flops_per_token(config, non_embedding)
         for checkpointing in (False, True):
             plans = [

@@ -7,7 +7,9 @@ Three configs, timed with the same settings a user would set in params.yaml:
   gpt2   n_layer=12 n_head=12 n_embd=768 block_size=1024 batch_size=16 dropout=0.0  vocab 50304
          (GPT-2 124M, vocabulary padded to a multiple of 64; meant for `--device cuda`)
 
-Each variant runs a full optimizer step (forward, backward, clip, AdamW) on random tokens. Variants
+Each variant runs a full optimizer step (forward, backward, clip, AdamW) on random tokens, with
+the optimizer gptcore.train.configure_optimizer builds from params.yaml's train section (decay and
+no-decay groups, betas, weight decay, grad_clip): what the training loop steps. Variants
 are interleaved round by round, so slow phases of a shared machine hit all of them alike; the
 figure quoted is the median over rounds, and ratios are taken against the first variant of the
 same run: the reference when --reference is given, else variant 1. Comparing ratios measured in
@@ -61,8 +63,8 @@ Flags:
   --device DEV        cpu (default) or cuda (cuda:N)
   --threads N         torch.set_num_threads(N) before anything runs (default: torch's choice)
   --peak              also measure the device's fp32, bf16 and fp16 matmul GFLOP/s
-  --peak-flops F      peak FLOP/s for MFU (default 989e12 on an H100 or H200, i.e. the SXM dense
-                      bf16 figure; pass it for other GPUs, PCIe cards, or CPUs; MFU is n/a without)
+  --peak-flops F      peak FLOP/s for MFU (default: the dense bf16 peak of the GPU in
+                      gptcore.device's table; pass it for unlisted GPUs or CPUs; MFU is n/a without)
 
     python benchmarks/train_speed.py                 # tiny and small, all variants, on CPU
     python benchmarks/train_speed.py --config tiny --rounds 5 --reference /path/to/nanoGPT
@@ -89,7 +91,13 @@ from typing import NamedTuple
 
 import torch
 
+from gptcore.device import autocast, gpu_bf16_peak
 from gptcore.model import GPT, GPTConfig, flops_per_token
+from gptcore.params import load_section
+from gptcore.train import configure_optimizer
+
+# the optimisation settings the pipeline trains with (run from the repository root)
+TRAIN_PARAMS = load_section("train")
 
 CONFIGS = {
     "tiny": dict(
@@ -110,7 +118,6 @@ CONFIGS = {
     ),
 }
 SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "dropout")
-GPU_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12}  # dense bf16, SXM
 
 
 class Variant(NamedTuple):
@@ -164,23 +171,18 @@ def gptcore_step(cfg: dict, variant: Variant, device: torch.device) -> tuple[Ste
     torch.manual_seed(0)
     config = GPTConfig(**shape(cfg))
     model = GPT(config).to(device)
-    opt = torch.optim.AdamW(
-        model.parameters(), lr=1e-3, fused=variant.fused, foreach=None if variant.fused else True
-    )
+    # the optimizer the training loop builds (groups, betas, weight decay from params.yaml's
+    # train section); only the fused/foreach choice is the variant's
+    opt = configure_optimizer(model, TRAIN_PARAMS, device, fused=variant.fused)
     fwd = torch.compile(model, mode=variant.compile_mode) if variant.compile_mode else model
     opt_step = torch.compile(opt.step) if variant.compile_opt else opt.step
     x, y = random_batch(cfg, device)
 
-    def ctx() -> contextlib.AbstractContextManager:
-        if variant.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device.type, dtype=variant.dtype)
-
     def step() -> None:
-        with ctx():
+        with autocast(device, variant.dtype):
             _, loss = fwd(x, y)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), TRAIN_PARAMS.grad_clip)
         opt_step()
         opt.zero_grad(set_to_none=True)
 
@@ -258,10 +260,6 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, reps: int = 20) -> flo
 
 def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-
-
-def default_peak_flops(name: str) -> float | None:
-    return next((flops for gpu, flops in GPU_PEAK_FLOPS.items() if gpu in name), None)
 
 
 def selected_variants(spec: str | None, cname: str, device: torch.device) -> list[str]:
@@ -380,7 +378,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = args.device
     name = device_name(device)
-    peak_flops = args.peak_flops or default_peak_flops(name)
+    peak_flops = args.peak_flops or gpu_bf16_peak(name)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device} ({name})")
     print(f"MFU against {peak_flops / 1e9:,.0f} GFLOP/s" if peak_flops else "MFU: n/a (no --peak-flops)")
     peaks = {}

@@ -44,23 +44,90 @@ from gptcore.errors import DataError
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
 
 N_BYTES = 256
+SLICE_CHARS = 1 << 20  # a longer text is pre-tokenized a slice at a time (see piece_ends)
+CUT_SEARCH = 1 << 16  # how far back from a slice's end piece_ends looks for a space to end before
+# Training counts distinct pre-tokens, so its memory grows with how many there are and how long,
+# and each merge costs the length of the words that hold its pair. Real text repeats short words;
+# random or binary-like text (a 1 GiB run of letters) does not, and would hold the corpus in memory
+# twice over. So a pre-token longer than MAX_PRETOKEN_CHARS is counted as chunks of that length (no
+# learned token is longer: long runs of spaces or dashes lose a few tokens), and once the distinct
+# pre-tokens hold more than MAX_DISTINCT_CHARS characters the rarest are dropped (count 1, then 2,
+# ...) until they hold half of it, as trainers with a minimum frequency do. Neither changes the
+# default vocabulary (the plays: 35,111 distinct pre-tokens of up to 27 characters; the same ranks).
+MAX_PRETOKEN_CHARS = 16
+MAX_DISTINCT_CHARS = 1 << 22
 
 
 def count_pretokens(texts: Iterable[str], pattern: str = GPT2_PATTERN) -> Counter[bytes]:
     """How often each distinct pre-token occurs in `texts`, as UTF-8 bytes.
 
-    Texts are streamed one at a time, so memory grows with the distinct pre-tokens, not the
-    corpus. A lone surrogate (legal in a str, not in UTF-8) becomes U+FFFD, as tiktoken's encode
+    Texts are streamed one at a time, and a long one a slice of SLICE_CHARS at a time; the distinct
+    pre-tokens kept are bounded (MAX_PRETOKEN_CHARS, MAX_DISTINCT_CHARS), so memory is bounded
+    whatever the corpus or its longest document. A lone surrogate (legal in a str, not in UTF-8) becomes U+FFFD, as tiktoken's encode
     makes it.
     """
     split = regex.compile(pattern).findall
     counts: Counter[str] = Counter()
+    check_at = 0  # the number of distinct pre-tokens at which they might first exceed the limit
     for text in texts:
-        counts.update(split(text))  # Counter.update of a list counts in C
+        start = 0
+        for end in piece_ends(text, SLICE_CHARS) if len(text) > SLICE_CHARS else [len(text)]:
+            pieces = split(text[start:end] if end - start < len(text) else text)
+            start = end
+            if pieces and max(map(len, pieces)) > MAX_PRETOKEN_CHARS:
+                pieces = [chunk for piece in pieces for chunk in _chunks(piece, MAX_PRETOKEN_CHARS)]
+            counts.update(pieces)  # Counter.update of a list counts in C
+            if len(counts) > check_at:  # summing the lengths is cheap, but not at every slice
+                room = MAX_DISTINCT_CHARS - _prune(counts, MAX_DISTINCT_CHARS)
+                check_at = len(counts) + max(room // MAX_PRETOKEN_CHARS, 1)
     out: Counter[bytes] = Counter()
     for piece, n in counts.items():
         out[_utf8(piece)] += n  # += : two pieces with different surrogates may map to one
     return out
+
+
+def piece_ends(text: str, limit: int) -> list[int]:
+    """Where a long text is cut into pieces of at most `limit` characters that pre-tokenize as the
+    whole does: a piece ends just before a space that sits between two non-space characters, where
+    every pre-tokenizer we use (GPT-2's regex and its successors, and the char kind) starts a new
+    pre-token; a stretch of `limit` without such a space (a base64 blob) is cut at `limit`.
+
+    Returns the end offsets of the pieces, the last being len(text)."""
+    ends: list[int] = []
+    start, n = 0, len(text)
+    while n - start > limit:
+        end = start + limit
+        cut = end
+        lo = max(start + 1, end - CUT_SEARCH)
+        i = text.rfind(" ", lo, end)
+        while i > lo:
+            if not text[i - 1].isspace() and not text[i + 1].isspace():
+                cut = i
+                break
+            i = text.rfind(" ", lo, i)
+        ends.append(cut)
+        start = cut
+    ends.append(n)
+    return ends
+
+
+def _chunks(piece: str, size: int) -> list[str]:
+    return [piece[i : i + size] for i in range(0, len(piece), size)] if len(piece) > size else [piece]
+
+
+def _prune(counts: Counter[str], limit: int) -> int:
+    """Drop the rarest pre-tokens, count 1 first, until the rest hold at most limit // 2 characters;
+    nothing when they hold at most `limit`. Returns the characters they hold."""
+    total = sum(map(len, counts))
+    if total <= limit:
+        return total
+    threshold = 0
+    while total > limit // 2:
+        threshold += 1
+        for piece in [piece for piece, n in counts.items() if n <= threshold]:
+            total -= len(piece)
+            del counts[piece]
+    return total
 
 
 def _utf8(piece: str) -> bytes:

@@ -2,32 +2,48 @@
 
 Both hold plain containers and tensors only, so they load with `torch.load(..., weights_only=True)`:
 a file from elsewhere is data, never code. Each carries a format marker, a version and a sha256 of
-its own contents, so a file that is not ours, or was altered after we wrote it, is refused with an
-error naming it instead of being half-used.
+its own contents, so a file damaged after we wrote it (a flipped bit, a cut copy) is refused with an
+error naming it instead of being half-used. The sha256 is a checksum, not a signature: anyone can
+edit a file and recompute it. So nothing in a model file is trusted for being hashed: its config is
+checked (types, ranges) and the shape of every tensor is compared with what the config implies,
+on torch's meta device, before a model is built and any memory allocated for it.
 
 - `models/model.pt`: weights, model config and tokenizer, what evaluate, sample and chat need.
+- `models/classifier.pt`: a fine-tuned classifier (gptcore.classify): backbone and head weights,
+  model config, tokenizer and the class labels in the order of the head's outputs.
 - `models/checkpoint.pt`: everything `gptcore.train` needs to continue a run exactly where it
-  stopped (weights, optimizer, step, RNG states, logged history); see `gptcore.train`.
+  stopped (weights, optimizer, step, RNG states, logged history, seconds so far), and the run's
+  identity (its train params and token data), which a run must match to resume from it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
+import random
+import re
+import typing
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from gptcore.atomic import atomic_file
 from gptcore.errors import DataError
 from gptcore.model import GPT, GPTConfig
+from gptcore.params import TRAIN_KEYS_WITHOUT_OUTPUT, TrainParams
 from gptcore.tokenizer import Tokenizer, tokenizer_from_dict
 
+# where the train stage writes the model and evaluate, sample and the CLI read it (dvc.yaml: train's out)
+MODEL_FILE = Path("models/model.pt")
 MODEL_FORMAT = "gptcore.model"
 MODEL_VERSION = 2  # 2: a sha256 of the contents
 CHECKPOINT_FORMAT = "gptcore.checkpoint"
 CHECKPOINT_VERSION = 1
+CLASSIFIER_FORMAT = "gptcore.classifier"
+CLASSIFIER_VERSION = 1
 DIGEST_KEY = "sha256"
 
 
@@ -78,7 +94,7 @@ def _load(path: Path, fmt: str, version: int, what: str, missing_hint: str) -> d
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle, zip and unpickler errors all mean "not a file of ours"
-        raise DataError(f"{path} is not a gptcore {what}: {exc}") from None
+        raise DataError(f"{path} is not a gptcore {what}: {_load_problem(exc)}") from None
     if not isinstance(payload, dict) or payload.get("format") != fmt:
         raise DataError(f"{path} is not a gptcore {what} (no '{fmt}' marker)")
     if payload.get("version") != version:
@@ -96,13 +112,103 @@ def _load(path: Path, fmt: str, version: int, what: str, missing_hint: str) -> d
     return payload
 
 
+def _load_problem(exc: Exception) -> str:
+    """Why torch refused a file, without torch's advice to retry with weights_only=False: that
+    would run whatever code the file holds, which is the point of refusing it."""
+    message = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", message)
+    if found:
+        return f"it holds a Python object ({found.group(1)}) that only running code could rebuild"
+    found = re.search(r"WeightsUnpickler error: ([^\n]*?)(?:\.\s|$)", message)
+    if found:
+        return found.group(1)
+    return message.strip().splitlines()[0] if message.strip() else type(exc).__name__
+
+
+# config fields whose values must be positive integers; a field another model family adds is
+# type-checked from GPTConfig's annotations, and its shapes against the tensors
+_POSITIVE = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")
+
+
+def _checked_config(path: Path, values: dict[str, Any], state: dict[str, Any]) -> GPTConfig:
+    """The model config of a file, checked before anything is allocated for it."""
+    hints = typing.get_type_hints(GPTConfig)
+    fields = {f.name: f for f in dataclasses.fields(GPTConfig)}
+    for name, value in values.items():
+        if name not in fields:
+            raise DataError(f"{path}: unknown model config key {name!r}")
+        want = hints[name]
+        if want is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif want is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        else:
+            ok = not isinstance(want, type) or isinstance(value, want)
+        if not ok:
+            raise DataError(
+                f"{path}: model config {name} = {value!r} is not {getattr(want, '__name__', want)}"
+            )
+    missing = [
+        name
+        for name, f in fields.items()
+        if name not in values
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise DataError(f"{path}: model config lacks {', '.join(missing)}")
+    for name in _POSITIVE:
+        if name in values and values[name] < 1:
+            raise DataError(f"{path}: model config {name} = {values[name]} must be >= 1")
+    if values["n_embd"] % values["n_head"]:
+        raise DataError(
+            f"{path}: model config n_embd {values['n_embd']} is not a multiple of n_head {values['n_head']}"
+        )
+    if not 0.0 <= values.get("dropout", 0.0) < 1.0:
+        raise DataError(f"{path}: model config dropout = {values['dropout']} must lie in [0, 1)")
+    if values["n_layer"] > len(state):  # every layer holds tensors; also keeps the meta build short
+        raise DataError(
+            f"{path}: model config n_layer = {values['n_layer']}, but the file holds {len(state)} tensors"
+        )
+    try:
+        config = GPTConfig(**values)
+    except (TypeError, ValueError) as exc:  # a combination no family has (e.g. qk_norm on gpt2)
+        raise DataError(f"{path} has an invalid model config: {exc}") from None
+    _check_shapes(path, config, state)
+    return config
+
+
+def _check_shapes(path: Path, config: GPTConfig, state: dict[str, Any]) -> None:
+    """Every tensor the config implies is in `state`, with its shape, and nothing else is.
+    The model is built on the meta device: shapes only, no memory."""
+    with torch.device("meta"):
+        expected = {k: v for k, v in GPT(config).state_dict().items() if k not in _derived(config)}
+    for key, want in expected.items():
+        got = state.get(key)
+        if not isinstance(got, torch.Tensor):
+            raise DataError(f"{path}: weights do not match the model config: {key} is missing")
+        if tuple(got.shape) != tuple(want.shape) or not got.is_floating_point():
+            raise DataError(
+                f"{path}: weights do not match the model config: {key} is {got.dtype} {tuple(got.shape)}, "
+                f"the config gives a float tensor of shape {tuple(want.shape)}"
+            )
+    if extra := sorted(set(state) - set(expected)):
+        raise DataError(f"{path}: weights do not match the model config: unexpected {', '.join(extra[:3])}")
+
+
+def _derived(config: GPTConfig) -> tuple[str, ...]:
+    """Tensors a model file leaves out: a tied head is wte.weight, stored once."""
+    return ("lm_head.weight",) if config.tie_embeddings else ()
+
+
 def save_model(
     path: Path | str, model: GPT, tokenizer: Tokenizer, meta: dict[str, Any] | None = None
 ) -> None:
     """Write the model file atomically; `meta` holds small facts about the run (steps, tokens)."""
     raw = getattr(model, "_orig_mod", model)  # a torch.compile wrapper prefixes every key
     state = {k: v.detach().to("cpu").clone() for k, v in raw.state_dict().items()}
-    state.pop("lm_head.weight", None)  # tied to wte.weight: stored once
+    for key in _derived(raw.config):
+        state.pop(key, None)
     payload = {
         "format": MODEL_FORMAT,
         "version": MODEL_VERSION,
@@ -128,14 +234,13 @@ def read_model_file(path: Path | str) -> dict[str, Any]:
 
 def load_model(path: Path | str, device: torch.device | str = "cpu") -> tuple[GPT, Tokenizer, dict[str, Any]]:
     """Rebuild (model in eval mode, tokenizer, meta) from a model file."""
+    path = Path(path)
     payload = read_model_file(path)
-    try:
-        config = GPTConfig(**payload["config"])
-    except TypeError as exc:
-        raise DataError(f"{path} has an invalid model config: {exc}") from None
+    config = _checked_config(path, payload["config"], payload["state_dict"])
     model = GPT(config)
     state = dict(payload["state_dict"])
-    state["lm_head.weight"] = state.get("wte.weight")
+    if config.tie_embeddings:
+        state["lm_head.weight"] = state.get("wte.weight")
     try:
         model.load_state_dict(state, strict=True)
     except (RuntimeError, KeyError) as exc:
@@ -158,3 +263,118 @@ def load_checkpoint(path: Path | str) -> dict[str, Any]:
     """Load and check a training checkpoint; what is in it is `gptcore.train`'s business."""
     path = Path(path)
     return _load(path, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, "checkpoint", "nothing to resume")
+
+
+# --- what a checkpoint must match, and the random states it carries -----------------------------
+
+# train params a checkpoint written under other values of still continues: those that change no
+# output, the process count (every rank draws from the same sampler, so the data stream is the
+# same for any number of processes; only dropout draws differ), and how the processes hold the
+# model (checkpoints are whole tensors in every mode, and recomputed activations are the same
+# activations, so a run that ran out of memory may resume sharded or checkpointed)
+RESUME_IGNORES = (
+    *TRAIN_KEYS_WITHOUT_OUTPUT,
+    "nproc_per_node",
+    "nnodes",
+    "parallel",
+    "activation_checkpointing",
+)
+
+
+def run_identity(params: TrainParams, token_files: dict[str, str]) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: the train params and the token data
+    (`token_files`: each token file's path and sha256)."""
+    values = {k: v for k, v in dataclasses.asdict(params).items() if k not in RESUME_IGNORES}
+    return {"params": values, "data": dict(token_files)}
+
+
+def resume_mismatch(saved: Any, current: dict[str, Any]) -> str | None:
+    """Why a checkpoint's run is not this run (the params and data that differ), or None."""
+    if not isinstance(saved, dict) or not all(isinstance(saved.get(k), dict) for k in ("params", "data")):
+        return "it records no run identity"
+    reasons = []
+    old, new = saved["params"], current["params"]
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            reasons.append(f"train.{key} was {old.get(key)!r}, is {new.get(key)!r}")
+    for path, digest in current["data"].items():
+        if saved["data"].get(path) != digest:
+            reasons.append(f"{path} has other tokens")
+    return "; ".join(reasons) or None
+
+
+def device_rng_state(device: torch.device) -> dict[str, Any]:
+    """This process's own generators (dropout draws from them): torch's CPU one and CUDA's."""
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+    }
+
+
+def rng_states(batch_gen: torch.Generator, per_rank: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every random-number state a step can touch, as tensors and plain values; `per_rank` holds
+    each rank's `device_rng_state`, the batch sampler is the same on every rank."""
+    version, mt, gauss = random.getstate()
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "ranks": per_rank,
+        "batches": batch_gen.get_state(),
+        "python": [version, list(mt), gauss],
+        "numpy": [torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+    }
+
+
+def set_rng_states(
+    states: dict[str, Any], batch_gen: torch.Generator, device: torch.device, rank: int
+) -> None:
+    """Restore `rng_states`; this rank's own generators only when it has a saved state."""
+    if rank < len(states["ranks"]):
+        own = states["ranks"][rank]
+        torch.set_rng_state(own["torch"])
+        if device.type == "cuda" and own["cuda"] is not None:
+            torch.cuda.set_rng_state(own["cuda"], device)
+    batch_gen.set_state(states["batches"])
+    version, mt, gauss = states["python"]
+    random.setstate((version, tuple(mt), gauss))
+    keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+
+
+def save_classifier(
+    path: Path | str,
+    config: dict[str, Any],
+    state_dict: dict[str, torch.Tensor],
+    tokenizer: dict[str, Any],
+    labels: list[str],
+    meta: dict[str, Any],
+) -> None:
+    """Write a classifier file atomically (see gptcore.classify for what the weights are)."""
+    payload = {
+        "format": CLASSIFIER_FORMAT,
+        "version": CLASSIFIER_VERSION,
+        "config": config,
+        "state_dict": state_dict,
+        "tokenizer": tokenizer,
+        "labels": list(labels),
+        "meta": meta,
+    }
+    _save(path, payload)
+
+
+def read_classifier_file(path: Path | str) -> dict[str, Any]:
+    """Load and check a classifier file's payload without building the model."""
+    path = Path(path)
+    payload = _load(
+        path,
+        CLASSIFIER_FORMAT,
+        CLASSIFIER_VERSION,
+        "classifier file",
+        "run the fine-tuning pipeline first (dvc repro finetune/dvc.yaml)",
+    )
+    for key in ("config", "state_dict", "tokenizer", "meta"):
+        if not isinstance(payload.get(key), dict):
+            raise DataError(f"{path} is missing '{key}' or it is not a mapping")
+    labels = payload.get("labels")
+    if not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(x, str) for x in labels):
+        raise DataError(f"{path}: 'labels' must list at least two class names")
+    return payload

@@ -1,4 +1,6 @@
-"""The `gptcore` command: `chat` with a trained model, `sample` completions, `info` on a model's size.
+"""The `gptcore` command: `chat` with a trained model, `sample` completions, `info` on a model's size,
+`classify` texts with a fine-tuned classifier, `export` a model to the Hugging Face format. `--model`
+takes a model file or a Hugging Face folder.
 
 Sampling options default to the `sample` section of params.yaml when the file is there (the same
 settings the sample stage records, so `gptcore sample` reproduces reports/samples.md); outside a
@@ -8,33 +10,37 @@ gptcore checkout they default to plain sampling: temperature 1, no top-k or top-
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from gptcore.checkpoint import load_model
+from gptcore import classify
+from gptcore.checkpoint import MODEL_FILE, load_model
+from gptcore.device import resolve_device
 from gptcore.errors import DataError, GptcoreError, run_main
-from gptcore.generate import complete_batch, stream_completion
+from gptcore.generate import complete_batch, seeded_generator, stream_completion
+from gptcore.hf import export_folder, load_any
+from gptcore.instruct import render_prompt, reply_stops, template_of
 from gptcore.memory import human_bytes
 from gptcore.model import GPT, flops_per_token
-from gptcore.params import SampleParams, TrainParams, load_section
+from gptcore.params import SampleParams, TrainParams, device_name_problem, load_section
+from gptcore.sampling import RULES, Sampling, SamplingError, check_setting
 from gptcore.tokenizer import Tokenizer, load_tokenizer
-from gptcore.train import memory_plan, model_config, resolve_device
+from gptcore.train import memory_plan, planned_config
 
-DEFAULT_MODEL = Path("models/model.pt")
+DEFAULT_CLASSIFIER = Path("models/classifier.pt")
 DEFAULT_PARAMS = Path("params.yaml")
 VOCAB_DIR = Path("data/vocab")
 # Tokens given to a model whose vocabulary is not built yet: a byte-level alphabet, the size of
 # a char vocabulary of a mostly-ASCII corpus rounded up; only the embedding rows depend on it.
 PLACEHOLDER_VOCAB_SIZE = 256
-# Used when neither a flag nor params.yaml gives it.
-FALLBACK_MAX_NEW_TOKENS = 200
 
 
 # ---------------------------------------------------------------------------------------------
@@ -56,52 +62,96 @@ def _typed(
     return parse
 
 
+# how the text of a flag or a chat /command becomes each sampling setting's value
+_CONVERT: dict[str, Callable[[str], Any]] = {
+    "temperature": float,
+    "top_k": int,
+    "top_p": float,
+    "max_new_tokens": int,
+    "seed": int,
+}
+
+
+def parse_setting(field: str, text: str) -> Any:
+    """The value of sampling setting `field` written as `text`; SamplingError, with the message
+    that params.yaml and the Sampling type give, when it is not one."""
+    try:
+        value = _CONVERT[field](text.strip())
+    except ValueError:
+        raise SamplingError(field, text.strip(), RULES[field][1]) from None
+    check_setting(field, value)
+    return value
+
+
+def _flag(field: str) -> Callable[[str], Any]:
+    """An argparse type for the flag of sampling setting `field`."""
+
+    def parse(text: str) -> Any:
+        try:
+            return parse_setting(field, text)
+        except SamplingError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
+
+
+# the sampling settings that have a flag, and what each does
+_SAMPLING_FLAGS = {
+    "temperature": "softmax temperature; 0 is greedy",
+    "top_k": "keep the k most likely tokens; 0 is off",
+    "top_p": "keep the smallest set of tokens whose probability reaches p; 1 is off",
+    "max_new_tokens": "tokens generated per completion",
+    "seed": "seeds sampling",
+}
+
+
+def _stop_flag(text: str) -> str:
+    try:
+        check_setting("stop", (text,))
+    except SamplingError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def _device(text: str) -> str:
-    if text in ("auto", "cpu", "cuda", "mps") or (text.startswith("cuda:") and text[5:].isdigit()):
-        return text
-    raise argparse.ArgumentTypeError(f"{text!r} is not one of auto, cpu, cuda, cuda:N, mps")
+    problem = device_name_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(f"{text!r} is invalid: {problem}")
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gptcore", description="Chat with, sample from and size up gptcore models."
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{chat,sample,info}")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="{chat,sample,info,classify,export}"
+    )
 
     sampling = argparse.ArgumentParser(add_help=False)
     sampling.add_argument(
-        "--model", type=Path, default=DEFAULT_MODEL, help="model file (default: %(default)s)"
+        "--model",
+        type=Path,
+        default=MODEL_FILE,
+        help="model file or Hugging Face folder (default: %(default)s)",
     )
     sampling.add_argument(
         "--params",
         type=Path,
         help=f"params file whose sample section gives the defaults (default: {DEFAULT_PARAMS} if it exists)",
     )
-    sampling.add_argument(
-        "--temperature",
-        type=_typed(float, lambda v: v >= 0.0, "a number >= 0"),
-        help="softmax temperature; 0 is greedy (default: sample.temperature, else 1.0)",
-    )
-    sampling.add_argument(
-        "--top-k",
-        type=_typed(int, lambda v: v >= 0, "an integer >= 0"),
-        help="keep the k most likely tokens; 0 is off (default: sample.top_k, else 0)",
-    )
-    sampling.add_argument(
-        "--top-p",
-        type=_typed(float, lambda v: 0.0 < v <= 1.0, "a number in (0, 1]"),
-        help="keep the smallest set of tokens whose probability reaches p; 1 is off (default: sample.top_p, else 1.0)",
-    )
-    sampling.add_argument(
-        "--max-new-tokens",
-        type=_typed(int, lambda v: v > 0, "an integer > 0"),
-        help=f"tokens generated per completion (default: sample.max_new_tokens, else {FALLBACK_MAX_NEW_TOKENS})",
-    )
-    sampling.add_argument("--seed", type=int, help="seeds sampling (default: sample.seed, else random)")
+    plain = {f.name: f.default for f in dataclasses.fields(Sampling)}  # outside a checkout
+    for field, meaning in _SAMPLING_FLAGS.items():
+        fallback = "random" if plain[field] is None else plain[field]
+        sampling.add_argument(
+            f"--{field.replace('_', '-')}",
+            type=_flag(field),
+            help=f"{meaning} (default: sample.{field}, else {fallback})",
+        )
     sampling.add_argument(
         "--stop",
         action="append",
-        type=_typed(str, lambda v: v != "", "a non-empty string"),
+        type=_stop_flag,
         metavar="TEXT",
         help="end a completion just before this text; repeat for several (default: sample.stop)",
     )
@@ -114,6 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     chat = commands.add_parser(
         "chat", parents=[sampling], help="continue each line you type (or pipe in) with the model"
+    )
+    chat.add_argument(
+        "--instruction",
+        metavar="TEXT",
+        help="instruction-tuned models: the instruction of every turn, each line then being its input "
+        "(default: each line is the instruction)",
     )
     chat.set_defaults(run=cmd_chat)
 
@@ -136,33 +192,27 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser(
         "info", help="parameters, FLOPs and memory of a model or of params.yaml's train section"
     )
-    info.add_argument("--model", type=Path, help=f"model file (default: {DEFAULT_MODEL} if it exists)")
+    info.add_argument("--model", type=Path, help=f"model file (default: {MODEL_FILE} if it exists)")
     info.add_argument("--params", type=Path, help=f"params file (default: {DEFAULT_PARAMS} if it exists)")
     info.set_defaults(run=cmd_info)
+
+    classify_cmd = commands.add_parser("classify", help="the label and class probabilities of texts")
+    classify_cmd.add_argument(
+        "texts", nargs="+", metavar="TEXT", help="text to classify; several for several"
+    )
+    classify_cmd.add_argument(
+        "--model", type=Path, default=DEFAULT_CLASSIFIER, help="classifier file (default: %(default)s)"
+    )
+    classify_cmd.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    classify_cmd.set_defaults(run=cmd_classify)
+
+    export = commands.add_parser(
+        "export", help="write a model file as a Hugging Face folder (config, safetensors, tokenizer)"
+    )
+    export.add_argument("--model", type=Path, default=MODEL_FILE, help="model file (default: %(default)s)")
+    export.add_argument("--out", type=Path, required=True, help="folder to write (replaced whole)")
+    export.set_defaults(run=cmd_export)
     return parser
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """The resolved sampling settings of one command run."""
-
-    max_new_tokens: int
-    temperature: float
-    top_k: int
-    top_p: float
-    seed: int | None  # None: draw a fresh random seed
-    stop: tuple[str, ...] = ()
-
-    def controls(self) -> dict[str, Any]:
-        """The keyword arguments the gptcore.generate completions take from these settings."""
-        return {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p, "stop": self.stop}
-
-    def describe(self) -> str:
-        stop = f", stop {list(self.stop)!r}" if self.stop else ""
-        return (
-            f"temperature {self.temperature:g}, top_k {self.top_k}, top_p {self.top_p:g}, "
-            f"max_new_tokens {self.max_new_tokens}, seed {self.seed}{stop}"
-        )
 
 
 def _params_file(args: argparse.Namespace) -> Path | None:
@@ -177,34 +227,25 @@ def resolve_sampling(args: argparse.Namespace) -> tuple[Sampling, SampleParams |
     params_file = _params_file(args)
     section: SampleParams | None = load_section("sample", params_file) if params_file else None
 
-    def pick(flag: Any, key: str, fallback: Any) -> Any:
-        if flag is not None:
-            return flag
-        return getattr(section, key) if section is not None else fallback
-
-    sampling = Sampling(
-        max_new_tokens=pick(args.max_new_tokens, "max_new_tokens", FALLBACK_MAX_NEW_TOKENS),
-        temperature=pick(args.temperature, "temperature", 1.0),
-        top_k=pick(args.top_k, "top_k", 0),
-        top_p=pick(args.top_p, "top_p", 1.0),
-        seed=pick(args.seed, "seed", None),
-        stop=tuple(pick(args.stop, "stop", [])),
-    )
+    sampling = section.sampling() if section is not None else Sampling()
+    flags = {
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "max_new_tokens": args.max_new_tokens,
+        "seed": args.seed,
+        "stop": tuple(args.stop) if args.stop else None,
+    }
+    sampling = replace(sampling, **{k: v for k, v in flags.items() if v is not None})
     if sampling.seed is None:
         # a seed drawn here and reported, so that a run the user liked can be repeated
         sampling = replace(sampling, seed=int.from_bytes(os.urandom(4), "little") % 2**31)
     return sampling, section
 
 
-def _generator(seed: int) -> torch.Generator:
-    # a CPU generator: the same seed gives the same tokens whether the model runs on cpu or cuda
-    # (for the same logits; kernels may differ in the last bits between devices)
-    return torch.Generator().manual_seed(seed)
-
-
 def _load(args: argparse.Namespace) -> tuple[GPT, Tokenizer, dict, torch.device]:
-    device = resolve_device(args.device)
-    model, tokenizer, meta = load_model(args.model, device)
+    device = resolve_device(args.device, key="--device")
+    model, tokenizer, meta = load_any(args.model, device)
     return model, tokenizer, meta, device
 
 
@@ -232,35 +273,34 @@ CHAT_HELP = """commands (a line that starts with /):
   /max_tokens N    new tokens per reply
   /reset           forget the conversation so far
   /help            this list
-The model sees the conversation so far (its last block_size tokens). Ctrl-C stops a reply; Ctrl-D quits."""
+The model sees the conversation so far (its last block_size tokens).
+Ctrl-C stops a reply, or clears the line being typed; Ctrl-D quits."""
 
-# setting -> (Sampling field, parse, valid?, what is allowed)
-_SETTINGS: dict[str, tuple[str, Callable[[str], Any], Callable[[Any], bool], str]] = {
-    "temperature": ("temperature", float, lambda v: 0.0 <= v < float("inf"), "a number >= 0"),
-    "top_k": ("top_k", int, lambda v: v >= 0, "a whole number >= 0"),
-    "top_p": ("top_p", float, lambda v: 0.0 < v <= 1.0, "a number in (0, 1]"),
-    "max_tokens": ("max_new_tokens", int, lambda v: v >= 1, "a whole number >= 1"),
+# chat /command -> the sampling setting it changes
+_CHAT_SETTINGS = {
+    "temperature": "temperature",
+    "top_k": "top_k",
+    "top_p": "top_p",
+    "max_tokens": "max_new_tokens",
 }
 
 
 def chat_command(line: str, sampling: Sampling) -> tuple[Sampling, str, bool]:
     """Apply one chat /command: (the settings after it, what to tell the user, whether to forget
-    the conversation). An unknown command or a bad value raises GptcoreError and changes nothing."""
+    the conversation). An unknown command or a bad value raises GptcoreError (for a bad value,
+    the Sampling type's message, as params.yaml and the flags give it) and changes nothing."""
     name, _, value = line[1:].strip().partition(" ")
     if name == "help":
         return sampling, CHAT_HELP, False
     if name == "reset":
         return sampling, "[conversation cleared]", True
-    if name not in _SETTINGS:
+    if name not in _CHAT_SETTINGS:
         raise GptcoreError(f"unknown command /{name}: /help lists them")
-    field, parse, valid, allowed = _SETTINGS[name]
+    field = _CHAT_SETTINGS[name]
     try:
-        parsed = parse(value.strip())
-    except ValueError:
-        parsed = None
-    if parsed is None or not valid(parsed):
-        raise GptcoreError(f"/{name} needs {allowed}, got {value.strip()!r}")
-    sampling = replace(sampling, **{field: parsed})
+        sampling = replace(sampling, **{field: parse_setting(field, value)})
+    except SamplingError as exc:
+        raise GptcoreError(f"/{name}: {exc}") from None
     return sampling, f"[{sampling.describe()}]", False
 
 
@@ -269,22 +309,26 @@ def _write_completion(
     tokenizer: Tokenizer,
     prompt: str,
     sampling: Sampling,
-    generator: torch.Generator,
+    generator: torch.Generator | None,
     written: list[str],
 ) -> None:
     """Stream the completion of `prompt` to stdout as it is generated, appending each piece to
     `written` (so a reply stopped by Ctrl-C still knows what it said)."""
-    for piece in stream_completion(
-        model,
-        tokenizer,
-        prompt,
-        sampling.max_new_tokens,
-        generator=generator,
-        **sampling.controls(),
-    ):
+    for piece in stream_completion(model, tokenizer, prompt, sampling, generator=generator):
         sys.stdout.write(piece)
         sys.stdout.flush()
         written.append(piece)
+
+
+def _note_unknown(tokenizer: Tokenizer, text: str, noted: set[str]) -> None:
+    """Say, once per character, which characters of a prompt the vocabulary lacks."""
+    new = [ch for ch in tokenizer.unknown_characters(text) if ch not in noted]
+    if new:
+        noted.update(new)
+        shown = ", ".join(repr(ch) for ch in new[:10]) + (
+            f" and {len(new) - 10} more" if len(new) > 10 else ""
+        )
+        print(f"note: {shown} not in the model's vocabulary: it reads each as <|unk|>", file=sys.stderr)
 
 
 def cmd_chat(args: argparse.Namespace) -> None:
@@ -292,27 +336,46 @@ def cmd_chat(args: argparse.Namespace) -> None:
     # inherits SIGINT as ignored, and Python then never raises KeyboardInterrupt; take it back
     signal.signal(signal.SIGINT, signal.default_int_handler)
     sampling, _ = resolve_sampling(args)
-    model, tokenizer, _, device = _load(args)
+    model, tokenizer, meta, device = _load(args)
+    # an instruction-tuned model: every line is wrapped in its template, seen alone (the template
+    # holds one turn), and the reply ends where the template says
+    template = template_of(meta)
+    if template is not None:
+        sampling = replace(sampling, stop=sampling.stop + reply_stops(template))
+    elif args.instruction is not None:
+        raise GptcoreError(
+            f"--instruction needs an instruction-tuned model; {args.model} has no prompt template"
+        )
     interactive = sys.stdin.isatty()
-    generator = _generator(sampling.seed)
+    generator = seeded_generator(sampling)
     # the banner goes to stderr: stdout carries only the model's text, so a piped run's output
     # is exactly the completions
+    if template is None:
+        turns = "Each line continues the conversation"
+    else:
+        turns = f"Prompt template {template.name}: each line is a new " + (
+            "input to the instruction" if args.instruction is not None else "instruction"
+        )
     print(
         f"gptcore chat: {args.model} ({model.num_params(non_embedding=False):,} parameters, "
         f"{tokenizer.kind} tokenizer of {tokenizer.vocab_size} tokens) on {device}\n"
         f"{sampling.describe()}\n"
-        "Each line continues the conversation; /help lists the commands. Ctrl-C stops a reply; Ctrl-D quits.",
+        f"{turns}; /help lists the commands. Ctrl-C stops a reply; Ctrl-D quits.",
         file=sys.stderr,
     )
     # the conversation as the model sees it: each line and its reply, as printed; kept to a tail
     # comfortably longer than the block_size tokens the model reads
     conversation = ""
     keep_chars = 16 * model.config.block_size
+    noted: set[str] = set()
     while True:
         try:
             line = _read_line(interactive)
-        except KeyboardInterrupt:  # Ctrl-C at the prompt: leave as Ctrl-D would
-            line = None
+        except KeyboardInterrupt:
+            if interactive:  # Ctrl-C at the prompt drops what was typed, as in a shell; Ctrl-D quits
+                print(file=sys.stderr)
+                continue
+            line = None  # a pipe has no line to clear: stop, as at its end
         if line is None:
             if interactive:
                 print(file=sys.stderr)  # end the line the prompt is on
@@ -326,9 +389,16 @@ def cmd_chat(args: argparse.Namespace) -> None:
             conversation = "" if reset else conversation
             print(message, file=sys.stderr)
             continue
+        _note_unknown(tokenizer, line, noted)
         written: list[str] = []
+        if template is None:
+            prompt = conversation + line
+        elif args.instruction is not None:
+            prompt = render_prompt(template, args.instruction, line)
+        else:
+            prompt = render_prompt(template, line)
         try:
-            _write_completion(model, tokenizer, conversation + line, sampling, generator, written)
+            _write_completion(model, tokenizer, prompt, sampling, generator, written)
         except KeyboardInterrupt:  # Ctrl-C during a reply: drop the rest of it, back to the prompt
             sys.stdout.write("\n")
             print("[stopped]", file=sys.stderr)
@@ -351,10 +421,12 @@ def cmd_sample(args: argparse.Namespace) -> None:
     model, tokenizer, _, _ = _load(args)
     total = len(prompts) * args.num_samples
     count = 0
+    noted: set[str] = set()
     for prompt in prompts:
+        _note_unknown(tokenizer, prompt, noted)
         # seeded once per prompt, as the sample stage does: a prompt's completions do not depend
         # on which prompts came before it, and the first one matches reports/samples.md
-        generator = _generator(sampling.seed)
+        generator = seeded_generator(sampling)
         if args.num_samples == 1:  # streamed as it is generated
             count += 1
             if total > 1:
@@ -366,21 +438,25 @@ def cmd_sample(args: argparse.Namespace) -> None:
                 sys.stdout.write("\n")
             continue
         # several samples of a prompt: the rows of one batch, one forward pass per step for all
-        texts = complete_batch(
-            model,
-            tokenizer,
-            prompt,
-            args.num_samples,
-            sampling.max_new_tokens,
-            generator=generator,
-            **sampling.controls(),
-        )
+        texts = complete_batch(model, tokenizer, prompt, args.num_samples, sampling, generator=generator)
         for text in texts:
             count += 1
             print(f"--- sample {count} of {total} ---")
             full = prompt + text
             print(full, end="" if full.endswith("\n") else "\n")
     sys.stdout.flush()
+
+
+def cmd_classify(args: argparse.Namespace) -> None:
+    device = resolve_device(args.device)
+    model, tokenizer, labels, _ = classify.load(args.model, device)
+    probs = classify.classify_texts(model, tokenizer, args.texts, device)
+    for text, row in zip(args.texts, probs.tolist(), strict=True):
+        if len(args.texts) > 1:
+            print(f"--- {text[:60]!r}")
+        print(labels[max(range(len(row)), key=row.__getitem__)])
+        for label, p in sorted(zip(labels, row, strict=True), key=lambda lp: -lp[1]):
+            print(f"  {label}: {p:.4f}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -424,12 +500,10 @@ def _vocab_from_folder() -> tuple[int, str]:
 def cmd_info(args: argparse.Namespace) -> None:
     params_file = _params_file(args)
     train: TrainParams | None = load_section("train", params_file) if params_file else None
-    model_path = (
-        args.model if args.model is not None else (DEFAULT_MODEL if DEFAULT_MODEL.is_file() else None)
-    )
+    model_path = args.model if args.model is not None else (MODEL_FILE if MODEL_FILE.is_file() else None)
     rows: list[tuple[str, str]] = []
     if model_path is not None:
-        model, tokenizer, meta = load_model(model_path, "cpu")
+        model, tokenizer, meta = load_any(model_path, "cpu")
         config = model.config
         rows.append(("model file", str(model_path)))
         # small facts the training run recorded (steps, tokens seen, losses)
@@ -438,16 +512,14 @@ def cmd_info(args: argparse.Namespace) -> None:
     else:
         if train is None:
             raise DataError(
-                f"no model file ({DEFAULT_MODEL} not found) and no {DEFAULT_PARAMS} to size a model from"
+                f"no model file ({MODEL_FILE} not found) and no {DEFAULT_PARAMS} to size a model from"
             )
         vocab_size, vocab_note = _vocab_from_folder()
-        config = model_config(train, vocab_size)
+        config = planned_config(train, vocab_size)
         # the meta device builds the modules without allocating their weights: exact counts, no memory
         with torch.device("meta"):
             model = GPT(config)
-        rows.append(
-            ("model file", f"none ({DEFAULT_MODEL} not found): sizes from {params_file} train section")
-        )
+        rows.append(("model file", f"none ({MODEL_FILE} not found): sizes from {params_file} train section"))
         rows.append(("vocab_size", vocab_note))
 
     total = model.num_params(non_embedding=False)
@@ -476,6 +548,25 @@ def cmd_info(args: argparse.Namespace) -> None:
             rows.append(("preset", train.preset))
         rows += memory_plan(train, config, resolve_device(train.device)).rows()
     print(_table(rows))
+
+
+# ---------------------------------------------------------------------------------------------
+# export
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    model, tokenizer, _ = load_model(args.model, "cpu")
+    export_folder(model, tokenizer, args.out)
+    config = model.config
+    family = {
+        "gpt2": "GPT2LMHeadModel",
+        "llama": "Qwen3ForCausalLM" if config.qk_norm else "LlamaForCausalLM",
+    }
+    print(
+        f"exported {args.model} to {args.out}/ as {family[config.arch]} "
+        f"({'tied' if config.tie_embeddings else 'untied'} head, {tokenizer.kind} tokenizer of "
+        f"{tokenizer.vocab_size} ids): load it with transformers' AutoModelForCausalLM.from_pretrained"
+    )
 
 
 # ---------------------------------------------------------------------------------------------

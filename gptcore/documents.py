@@ -25,17 +25,34 @@ opened, whatever the globs say, since the documents are inside them.
 
 Text is decoded as UTF-8 with invalid bytes replaced by U+FFFD; such documents are counted. Order is
 deterministic: folder entries and zip members sorted by name, tar members and lines as stored.
+
+Hostile or huge input, and what is done with it (each counted in `DocumentStats`, with names):
+
+- a file that is binary by content (a NUL byte, or more than a quarter of its bytes not UTF-8, in
+  its first BINARY_SNIFF_BYTES) is skipped: an image or an executable is not text;
+- a file longer than `max_document_bytes` is read a slice at a time and becomes several documents,
+  `<name>#1`, `<name>#2`, ..., each at most that many bytes, cut after the last line end of the
+  slice (else before a space between two words, else between two characters); so a 1 GiB file of
+  one repeated byte costs the memory of one slice, never of the file;
+- a JSON line longer than `max_document_bytes` cannot be parsed a slice at a time: it is skipped
+  (read past in slices);
+- a leading byte order mark (U+FEFF) is dropped: it marks the encoding, it is not text;
+- `newlines="lf"` turns CRLF and lone CR line ends into LF, so that a file written on Windows or
+  an old Mac gives the same characters as on Linux; `newlines="keep"` keeps the text exactly.
 """
 
 from __future__ import annotations
 
+import codecs
 import contextlib
-import io
+import itertools
 import json
 import lzma
 import os
 import re
+import shutil
 import tarfile
+import tempfile
 import zipfile
 import zlib
 from collections import Counter
@@ -53,19 +70,31 @@ from gptcore.streams import (
     compression_for,
     open_gzip,
     peek,
+    read_up_to,
     seekable,
     sniff,
 )
 
 MANIFEST_NAME = "manifest.json"
 UNMATCHED_SAMPLE = 20  # names listed when no document matches the include globs
-NESTED_ZIP_LIMIT = 1 << 30  # a zip inside a tar stream must be held in memory to be read
+BINARY_SNIFF_BYTES = 8000  # how much of a file decides whether it is binary (git looks as far)
+BINARY_INVALID_SHARE = 0.25  # more of the head than this not UTF-8: binary, not text in Latin-1
+NAMES_KEPT = 100  # names kept per kind of notice (binary files, cut documents, ...) for the report
+CUT_SEARCH_BYTES = 1 << 16  # how far back from a slice's end a cut looks for a space
+NEWLINES = ("lf", "keep")
 
 # skip reasons, as reported in reports/data.json
 NOT_INCLUDED = "not_included"
 EMPTY = "empty"
 NOT_A_FILE = "not_a_file"
 OTHER_PILE_SET = "other_pile_set"  # a JSON line whose meta.pile_set_name data.pile_set_names leaves out
+BINARY = "binary"  # a file whose content is not text
+TOO_LONG = "too_long"  # a JSON line longer than max_document_bytes
+
+# what was done to documents that were read, as reported in reports/data.json
+CUT = "cut"  # read as several documents of at most max_document_bytes
+BOM = "bom_dropped"
+LINE_ENDS = "line_ends_normalised"  # CRLF or CR turned into LF
 
 # errors that decompressors and archive readers raise on corrupt or truncated input
 _CORRUPT = (
@@ -92,6 +121,14 @@ class DocumentStats:
     invalid_utf8: int = 0  # documents that held bytes that are not UTF-8 (replaced by U+FFFD)
     skipped: Counter[str] = field(default_factory=Counter)  # reason -> files, members or lines
     unmatched: list[str] = field(default_factory=list)  # first names the include globs did not select
+    changed: Counter[str] = field(default_factory=Counter)  # CUT, BOM, LINE_ENDS -> documents
+    names: dict[str, list[str]] = field(default_factory=dict)  # BINARY, TOO_LONG, CUT -> first names
+
+    def note(self, kind: str, name: str) -> None:
+        """Remember the name of a document that `kind` applies to (the first NAMES_KEPT of them)."""
+        kept = self.names.setdefault(kind, [])
+        if len(kept) < NAMES_KEPT:
+            kept.append(name)
 
 
 def iter_documents(
@@ -102,8 +139,14 @@ def iter_documents(
     pile_set_names: Collection[str] = (),
     max_docs: int | None = None,
     max_bytes: int | None = None,
+    max_document_bytes: int | None = None,
+    newlines: str = "keep",
 ) -> Iterator[Document]:
     """Stream the documents under `root` that the `include` globs select (rules: module docstring).
+
+    `max_document_bytes` (None: no limit) bounds every document, and with it the memory of every
+    data stage: longer files are cut into parts, longer JSON lines skipped. `newlines` is "lf"
+    (CRLF and CR become LF) or "keep".
 
     `pile_set_names`, when not empty, keeps only the JSON Lines whose `meta.pile_set_name` is one
     of them (lines without one are left out too). `max_docs` and `max_bytes` end the corpus early:
@@ -118,7 +161,11 @@ def iter_documents(
     stats = stats if stats is not None else DocumentStats()
     if not root.exists():
         raise DataError(f"{root} not found: run the download stage first")
-    reader = _Reader(root, include, stats, frozenset(pile_set_names))
+    if newlines not in NEWLINES:
+        raise ValueError(f"newlines must be one of {NEWLINES}, got {newlines!r}")
+    if max_document_bytes is not None and max_document_bytes < 1:
+        raise ValueError(f"max_document_bytes must be >= 1, got {max_document_bytes}")
+    reader = _Reader(root, include, stats, frozenset(pile_set_names), max_document_bytes, newlines == "lf")
     for doc in reader.read_root():
         yield doc
         if max_bytes is not None:
@@ -198,10 +245,18 @@ class _Name:
 
 class _Reader:
     def __init__(
-        self, root: Path, include: list[str], stats: DocumentStats, pile_sets: frozenset[str]
+        self,
+        root: Path,
+        include: list[str],
+        stats: DocumentStats,
+        pile_sets: frozenset[str],
+        max_document_bytes: int | None,
+        to_lf: bool,
     ) -> None:
         self.root = root
         self.pile_sets = pile_sets
+        self.max_document_bytes = max_document_bytes
+        self.to_lf = to_lf
         self.base = root.parent if root.is_file() else root  # what names are relative to
         self.include = include
         self.stats = stats
@@ -224,6 +279,12 @@ class _Reader:
             return (
                 f"no JSON line under {self.root} has a meta.pile_set_name in data.pile_set_names "
                 f"({wanted}); {self.stats.skipped[OTHER_PILE_SET]} lines had another or none"
+            )
+        if self.stats.skipped[BINARY] and not self.stats.skipped[NOT_INCLUDED]:
+            binary = self.stats.names[BINARY]
+            return (
+                f"every file under {self.root} that data.include ({globs}) selects is binary, not text: "
+                f"{some(binary, self.stats.skipped[BINARY])}"
             )
         if self.stats.skipped[EMPTY] and not self.stats.skipped[NOT_INCLUDED]:
             return f"every document under {self.root} that data.include ({globs}) selects is empty"
@@ -289,12 +350,14 @@ class _Reader:
                 yield from self.read_text(name, stream)
 
     def read_zip(self, name: _Name, stream: BinaryIO) -> Iterator[Document]:
-        if not seekable(stream):  # zip needs random access; a tar member arrives as a stream
-            data = stream.read(NESTED_ZIP_LIMIT + 1)
-            if len(data) > NESTED_ZIP_LIMIT:
-                raise DataError(f"{self.where(name)}: a zip inside a tar must be under 1 GiB")
-            stream = io.BytesIO(data)
-        with zipfile.ZipFile(stream) as archive:
+        with contextlib.ExitStack() as stack:
+            if not seekable(stream):  # zip needs random access; a tar member arrives as a stream
+                # spilled to an anonymous temporary file, not held in memory: it may be of any size
+                spill = stack.enter_context(tempfile.TemporaryFile(prefix=".gptcore-zip."))
+                shutil.copyfileobj(stream, spill, CUT_SEARCH_BYTES)
+                spill.seek(0)
+                stream = spill
+            archive = stack.enter_context(zipfile.ZipFile(stream))
             for info in sorted(archive.infolist(), key=lambda i: i.filename):
                 if info.is_dir():
                     continue
@@ -322,21 +385,34 @@ class _Reader:
     def read_jsonl(self, name: _Name, stream: BinaryIO) -> Iterator[Document]:
         if not self.selected(name):
             return
-        for lineno, raw in enumerate(stream, 1):
+        limit = self.max_document_bytes
+        for lineno in itertools.count(1):
+            raw = stream.readline() if limit is None else stream.readline(limit + 1)
+            if not raw:
+                return
+            if limit is not None and len(raw) > limit:
+                self.stats.skipped[TOO_LONG] += 1
+                self.stats.note(TOO_LONG, f"{name.text}:{lineno}")
+                while raw and not raw.endswith(b"\n"):  # read past the rest, a slice at a time
+                    raw = stream.readline(limit)
+                continue
+            if lineno == 1 and raw.startswith(codecs.BOM_UTF8):  # json.loads refuses a BOM
+                raw = raw[len(codecs.BOM_UTF8) :]
+                self.stats.changed[BOM] += 1
             if raw.isspace():
                 continue
             try:
                 obj = json.loads(self.decode(raw))
             except json.JSONDecodeError as exc:
-                problem = f"not valid JSON ({exc.msg}, column {exc.colno})"
+                problem = f"not valid JSON ({_json_problem(exc.msg)} at column {exc.colno})"
                 raise DataError(f"{self.where(name)}, line {lineno}: {problem}") from None
             if not isinstance(obj, dict) or "text" not in obj:
-                got = f"keys {sorted(obj)}" if isinstance(obj, dict) else f"a JSON {type(obj).__name__}"
+                got = f"keys {sorted(obj)}" if isinstance(obj, dict) else _json_type(obj)
                 problem = f'expected an object with a "text" field, got {got}'
                 raise DataError(f"{self.where(name)}, line {lineno}: {problem}")
             text = obj["text"]
             if not isinstance(text, str):
-                problem = f'"text" is a {type(text).__name__}, not a string'
+                problem = f'"text" is {_json_type(text)}, not a string'
                 raise DataError(f"{self.where(name)}, line {lineno}: {problem}")
             if self.pile_sets and _pile_set_name(obj) not in self.pile_sets:
                 self.stats.skipped[OTHER_PILE_SET] += 1
@@ -344,11 +420,40 @@ class _Reader:
             if _SURROGATES.search(text):  # a `\udXXX` escape for half a character: not encodable
                 self.stats.invalid_utf8 += 1
                 text = _SURROGATES.sub("\ufffd", text)
-            yield from self.emit(f"{name.text}:{lineno}", text)
+            yield from self.emit(f"{name.text}:{lineno}", self.clean(text, first=True))
 
     def read_text(self, name: _Name, stream: BinaryIO) -> Iterator[Document]:
-        if self.selected(name):
-            yield from self.emit(name.text, self.decode(stream.read()))
+        """One document, or `<name>#k` parts of at most max_document_bytes (rules: module docstring)."""
+        if not self.selected(name):
+            return
+        head, stream = peek(stream, BINARY_SNIFF_BYTES)
+        if _is_binary(head):
+            self.stats.skipped[BINARY] += 1
+            self.stats.note(BINARY, name.text)
+            return
+        limit = self.max_document_bytes
+        if limit is None:
+            yield from self.emit(name.text, self.clean(self.decode(stream.read()), first=True))
+            return
+        carry, part, invalid = b"", 0, self.stats.invalid_utf8
+        while True:
+            data = carry + read_up_to(stream, limit - len(carry))
+            if not data and part:  # the last slice had exactly filled the limit
+                break
+            end = len(data) < limit or not _more(stream)
+            cut = len(data) if end else _cut(data)
+            part += 1
+            if part == 1 and not end:
+                self.stats.changed[CUT] += 1
+                self.stats.note(CUT, name.text)
+            text = self.clean(self.decode(data[:cut]), first=part == 1)
+            carry = data[cut:]
+            del data
+            yield from self.emit(name.text if part == 1 and end else f"{name.text}#{part}", text)
+            if end:
+                break
+        # a document counts once as holding invalid UTF-8, however many of its parts do
+        self.stats.invalid_utf8 = min(self.stats.invalid_utf8, invalid + 1)
 
     # -- decisions and counts
 
@@ -359,6 +464,16 @@ class _Reader:
         if len(self.stats.unmatched) < UNMATCHED_SAMPLE:
             self.stats.unmatched.append(name.text)
         return False
+
+    def clean(self, text: str, first: bool) -> str:
+        """Drop a leading BOM from a document's first part, and normalise its line ends if asked."""
+        if first and text.startswith("\ufeff"):
+            text = text[1:]
+            self.stats.changed[BOM] += 1
+        if self.to_lf and "\r" in text:
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
+            self.stats.changed[LINE_ENDS] += 1
+        return text
 
     def decode(self, data: bytes) -> str:
         try:
@@ -373,6 +488,70 @@ class _Reader:
             return
         self.stats.documents += 1
         yield Document(name, text)
+
+
+def _is_binary(head: bytes) -> bool:
+    """Whether the first bytes of a file say it is not text: a NUL, or mostly invalid UTF-8."""
+    if b"\0" in head:
+        return True
+    # the head may end inside a character: its last three bytes are not held against it
+    valid = len(head.decode("utf-8", "ignore").encode("utf-8"))
+    return len(head) - valid - 3 > BINARY_INVALID_SHARE * len(head)
+
+
+def _more(stream: BinaryIO) -> bool:
+    """Whether a stream that has just filled a whole slice has anything left; True when it cannot
+    say (a stream without peek), and then the next read finds out."""
+    peek_ = getattr(stream, "peek", None)
+    return bool(peek_(1)) if peek_ is not None else True
+
+
+def _cut(data: bytes) -> int:
+    """Where a slice of a long text ends: after its last line end, else before a space between two
+    non-space bytes (searched in the last CUT_SEARCH_BYTES), else at the last character boundary.
+    A CR is never the last byte of a part, so a CRLF is never split. Never 0."""
+    n = len(data)
+    cut = data.rfind(b"\n") + 1
+    if not cut:
+        lo = max(1, n - CUT_SEARCH_BYTES)
+        i = data.rfind(b" ", lo, n - 1)
+        while i >= lo and (data[i - 1 : i].isspace() or data[i + 1 : i + 2].isspace()):
+            i = data.rfind(b" ", lo, i)
+        cut = i if i >= lo else _char_boundary(data)
+    if cut > 1 and data[cut - 1] == 0x0D:  # CR
+        cut -= 1
+    return cut
+
+
+def _char_boundary(data: bytes) -> int:
+    """len(data), or less so that the last UTF-8 character is not cut in two."""
+    n = len(data)
+    start = n - 1
+    while start > max(0, n - 4) and data[start] & 0xC0 == 0x80:  # continuation bytes
+        start -= 1
+    lead = data[start]
+    size = 1 if lead < 0xC0 else 2 if lead < 0xE0 else 3 if lead < 0xF0 else 4
+    return n if start + size <= n or start == 0 else start
+
+
+def _json_problem(message: str) -> str:
+    """json's message without its dangling "at" ("Invalid control character at")."""
+    return re.sub(r"\s+(?:starting )?at$", "", message)
+
+
+def _json_type(value: object) -> str:
+    """What a JSON value is, in JSON's words: "a number", not "a int"."""
+    kinds = ((bool, "a boolean"), ((int, float), "a number"), (list, "an array"), (dict, "an object"))
+    for kind, name in kinds:
+        if isinstance(value, kind):
+            return name
+    return "null" if value is None else "a string"
+
+
+def some(names: list[str], total: int, shown: int = 3) -> str:
+    """The first few of `names`, and how many more there are."""
+    more = total - min(shown, len(names))
+    return ", ".join(names[:shown]) + (f" and {more:,} more" if more > 0 else "")
 
 
 def _pile_set_name(obj: dict) -> object:

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from gptcore.bpe import piece_ends
 from gptcore.errors import GptcoreError
 from gptcore.tokenizer import Tokenizer, tokenizer_from_dict
 from gptcore.tokens import TokenFileSummary, TokenWriter
@@ -43,7 +44,6 @@ PIECE_CHARS = 1 << 20  # longer documents are encoded in pieces of at most this 
 # each worker process holds ~80-95 MB (interpreter, numpy, tiktoken, blocks in hand): measured by
 # benchmarks/data_memory.py, the whole stage is ~100 MB + ~95 MB per worker, so 8 keeps it under 1 GB
 MAX_DEFAULT_WORKERS = 8
-CUT_SEARCH = 1 << 16  # how far back from PIECE_CHARS a piece looks for a space to end before
 
 
 @dataclass(frozen=True)
@@ -90,28 +90,6 @@ def encode_documents(texts: Iterable[str], tokenizer: Tokenizer, workers: int = 
                 pool.send(sent % workers, block)
                 sent += 1
             yield result
-
-
-def piece_ends(text: str, limit: int = PIECE_CHARS) -> list[int]:
-    """Where a long text is cut into pieces of at most `limit` characters (rules: module docstring).
-
-    Returns the end offsets of the pieces, the last being len(text)."""
-    ends: list[int] = []
-    start, n = 0, len(text)
-    while n - start > limit:
-        end = start + limit
-        cut = end
-        lo = max(start + 1, end - CUT_SEARCH)
-        i = text.rfind(" ", lo, end)
-        while i > lo:
-            if not text[i - 1].isspace() and not text[i + 1].isspace():
-                cut = i
-                break
-            i = text.rfind(" ", lo, i)
-        ends.append(cut)
-        start = cut
-    ends.append(n)
-    return ends
 
 
 # a block: (text, whether the document ends with this text) pairs

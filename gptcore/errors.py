@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 
 class GptcoreError(Exception):
@@ -14,12 +16,37 @@ class DataError(GptcoreError):
     """A corpus, archive, token file or model file that cannot be used as it is."""
 
 
+class DiskFullError(GptcoreError):
+    """The filesystem filled up while an output was written; the output was not written at all."""
+
+    def __init__(self, path: Path | str, written: int, free: int | None) -> None:
+        self.path, self.written, self.free = Path(path), written, free
+        room = f", {free / 1e6:,.1f} MB free" if free is not None else ""
+        super().__init__(
+            f"no space left on device while writing {self.path} (it needs more than the "
+            f"{written / 1e6:,.1f} MB written when the disk filled{room}); nothing was written: "
+            "free some space and re-run"
+        )
+
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
 def run_main(main: Callable[[], None]) -> None:
-    """Run a stage's or command's `main`, turning a GptcoreError into `error: ...` and exit 1."""
+    """Run a stage's or command's `main`, turning a GptcoreError into `error: ...` and exit 1.
+
+    A full disk met outside gptcore's own writers (a library writing its logs) is reported the
+    same way, by the file it was writing."""
     try:
         main()
     except GptcoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except OSError as exc:
+        if exc.errno not in DISK_FULL_ERRNOS:
+            raise
+        where = f" while writing {exc.filename}" if exc.filename else ""
+        print(f"error: no space left on device{where}: free some space and re-run", file=sys.stderr)
         raise SystemExit(1) from None
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -7,22 +7,27 @@ compared on it directly.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from gptcore.device import autocast
 from gptcore.errors import DataError
 from gptcore.tokens import TokenStore
-from gptcore.train import autocast
 
 
 @dataclass(frozen=True)
 class SplitLoss:
+    """What scoring a set of windows found: total nats over the tokens scored and, where known,
+    the UTF-8 bytes of the text those tokens encode."""
+
     nats: float  # summed cross-entropy over every scored token
     tokens: int  # tokens scored
+    n_bytes: float | None = None  # bytes of text the scored tokens cover (None: not known)
 
     @property
     def loss(self) -> float:
@@ -32,8 +37,19 @@ class SplitLoss:
     def perplexity(self) -> float:
         return math.exp(self.loss)
 
-    def bits_per_byte(self, n_bytes: float) -> float:
-        return self.nats / math.log(2) / n_bytes
+    @property
+    def bits_per_byte(self) -> float | None:
+        return None if self.n_bytes is None else self.nats / math.log(2) / self.n_bytes
+
+
+def seeded_batches(
+    store: TokenStore, n_batches: int, batch_size: int, block_size: int, seed: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """`n_batches` batches of random windows drawn by a generator of its own seeded with `seed`:
+    the same batches every time, whatever else has drawn random numbers."""
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(n_batches):
+        yield store.random_windows(batch_size, block_size, gen)
 
 
 @torch.no_grad()
@@ -43,7 +59,9 @@ def score_batches(
     device: torch.device,
     dtype: torch.dtype | None = None,
 ) -> SplitLoss:
-    """Sum the next-token cross-entropy over every target of every (x, y) batch of windows."""
+    """Sum the next-token cross-entropy over every target of every (x, y) batch of windows, in
+    eval mode (the model's mode is restored after); autocast to `dtype` when given."""
+    was_training = model.training
     model.eval()
     nats = torch.zeros((), dtype=torch.float64, device=device)
     tokens = 0
@@ -55,18 +73,20 @@ def score_batches(
             logits.float().view(-1, logits.shape[-1]), y.reshape(-1), reduction="sum"
         ).double()
         tokens += y.numel()
+    model.train(was_training)
     return SplitLoss(nats=nats.item(), tokens=tokens)
 
 
 def evaluate_split(
     model: torch.nn.Module,
     store: TokenStore,
+    *,
     block_size: int,
     batch_size: int,
     max_tokens: int,
     device: torch.device,
-) -> tuple[SplitLoss, float]:
-    """Score every token of `store` (or its first `max_tokens`); return the loss and the bytes it covers.
+) -> SplitLoss:
+    """Score every token of `store` (or its first `max_tokens`), with the bytes they cover.
 
     When only a prefix is scored, its bytes are taken pro rata from the split's total bytes.
     """
@@ -74,12 +94,13 @@ def evaluate_split(
         raise DataError(f"{store.path} does not record its source bytes: re-run the tokenize stage")
     result = score_batches(model, store.sequential_windows(block_size, max_tokens, batch_size), device)
     n_bytes = store.source_bytes * result.tokens / max(1, len(store) - 1)
-    return result, n_bytes
+    return dataclasses.replace(result, n_bytes=n_bytes)
 
 
 def evaluate_sample(
     model: torch.nn.Module,
     store: TokenStore,
+    *,
     block_size: int,
     batch_size: int,
     n_tokens: int,
@@ -87,7 +108,5 @@ def evaluate_sample(
     device: torch.device,
 ) -> SplitLoss:
     """Loss on a fixed random sample of about `n_tokens` tokens (whole batches of windows) of `store`."""
-    gen = torch.Generator().manual_seed(seed)
     n_batches = max(1, n_tokens // (block_size * batch_size))
-    batches = (store.random_windows(batch_size, block_size, gen) for _ in range(n_batches))
-    return score_batches(model, batches, device)
+    return score_batches(model, seeded_batches(store, n_batches, batch_size, block_size, seed), device)

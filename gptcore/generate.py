@@ -7,10 +7,13 @@ Three layers, each usable on its own:
 - `stream_completion` / `complete`: text in, text out, through a tokenizer; what `gptcore chat`,
   `gptcore sample` and the sample stage use.
 
-Order of operations at each step, as in most samplers: divide the logits by the temperature, keep
-the top-k, then keep the nucleus (top-p) of what is left, then draw. Temperature 0 is greedy argmax.
-Draws use the `torch.Generator` passed in (torch's global RNG when none is), so a seed fixes the
-output; a CPU generator also gives the same draws whatever device the model runs on.
+Every sampler takes its settings as one `gptcore.sampling.Sampling` (temperature, top-k, top-p,
+max_new_tokens, stop strings, seed), whose check is the only statement of their rules. Order at
+each step, as in most samplers: divide the logits by the temperature, keep the top-k, then keep the
+nucleus (top-p) of what is left, then draw. Temperature 0 is greedy argmax. Draws use the
+`torch.Generator` passed in (torch's global RNG when none is; `seeded_generator` makes one from
+the settings' seed), so a seed fixes the output; a CPU generator also gives the same draws
+whatever device the model runs on.
 
 Context and the KV cache. The model sees at most block_size tokens (its position table ends
 there). A prompt longer than that is cut to its last block_size tokens. When the text grows past
@@ -28,20 +31,11 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from gptcore.model import GPT, KVCache
+from gptcore.sampling import Sampling, check_setting
 from gptcore.tokenizer import Tokenizer
 
 # What a decoder shows for bytes it cannot map (and what a char tokenizer shows for <|unk|>).
 REPLACEMENT_CHAR = "\ufffd"
-
-
-def check_sampling(temperature: float, top_k: int, top_p: float) -> None:
-    """Raise ValueError for settings outside their ranges (temperature >= 0, top_k >= 0, 0 < top_p <= 1)."""
-    if not temperature >= 0.0:  # written so that NaN fails too
-        raise ValueError(f"temperature must be >= 0 (0 is greedy), got {temperature}")
-    if top_k < 0:
-        raise ValueError(f"top_k must be >= 0 (0 is off), got {top_k}")
-    if not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must lie in (0, 1] (1 is off), got {top_p}")
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -51,7 +45,8 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     most likely tokens whose probability mass reaches p (1.0: off); the most likely token is always
     kept, so at least one token survives. Returns a new tensor; the input is not modified.
     """
-    check_sampling(0.0, top_k, top_p)
+    check_setting("top_k", top_k)
+    check_setting("top_p", top_p)
     vocab = logits.shape[-1]
     if 0 < top_k < vocab:
         # scatter the k winners into a -inf tensor, rather than thresholding at the k-th value:
@@ -72,20 +67,22 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
+def seeded_generator(sampling: Sampling) -> torch.Generator | None:
+    """A CPU generator seeded with the settings' seed (None when they have none). On the CPU, the
+    same seed gives the same tokens whether the model runs on cpu or cuda (for the same logits;
+    kernels may differ in the last bits between devices)."""
+    return None if sampling.seed is None else torch.Generator().manual_seed(sampling.seed)
+
+
 def sample_next(
-    logits: torch.Tensor,
-    *,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    generator: torch.Generator | None = None,
+    logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None = None
 ) -> torch.Tensor:
     """Next token ids (B,) from last-position logits (B, V): greedy at temperature 0, else a draw."""
-    check_sampling(temperature, top_k, top_p)
+    temperature = sampling.temperature
     if temperature == 0.0:
         # filtering never changes the argmax, so greedy skips it
         return logits.argmax(dim=-1)
-    probs = filter_logits(logits.float() / temperature, top_k, top_p).softmax(dim=-1)
+    probs = filter_logits(logits.float() / temperature, sampling.top_k, sampling.top_p).softmax(dim=-1)
     # draw on the generator's device: a CPU generator then gives the same tokens for the same
     # probabilities on any device (the copy is B x V floats, and the caller syncs on the ids anyway)
     draw_device = generator.device if generator is not None else probs.device
@@ -126,33 +123,30 @@ class _Context:
 def generate_stream(
     model: GPT,
     idx: torch.Tensor,
-    max_new_tokens: int,
+    sampling: Sampling,
     *,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
     generator: torch.Generator | None = None,
     eot_id: int | None = None,
     stop_at_eot: bool = True,
     use_cache: bool = True,
 ) -> Iterator[torch.Tensor]:
-    """Yield the new token ids (B,) of each step after the prompts `idx` (B, T0), up to max_new_tokens.
+    """Yield the new token ids (B,) of each step after the prompts `idx` (B, T0), up to
+    sampling.max_new_tokens (stop strings are text, so the text layer below handles them).
 
     With `eot_id` given, a row that has produced it is finished: its later entries are `eot_id`
     again (padding), and with `stop_at_eot` the stream ends once every row has finished. The eot
     token itself is yielded, so the caller sees why a row ended. The model must be in eval mode
     (dropout would make the output depend on the global RNG, not on `generator`).
     """
-    check_sampling(temperature, top_k, top_p)
     if model.training:
         raise ValueError("generate needs the model in eval mode: call model.eval() first")
     if idx.dim() != 2 or idx.shape[1] == 0:
         raise ValueError(f"idx must be token ids of shape (B, T) with T >= 1, got {tuple(idx.shape)}")
     done = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
     context = _Context(model, idx, use_cache)
-    for _ in range(max_new_tokens):
+    for _ in range(sampling.max_new_tokens):
         logits = context.next_logits(idx)
-        next_ids = sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+        next_ids = sample_next(logits, sampling, generator)
         if eot_id is not None:
             next_ids = torch.where(done, torch.full_like(next_ids, eot_id), next_ids)
             done |= next_ids == eot_id
@@ -165,11 +159,8 @@ def generate_stream(
 def generate(
     model: GPT,
     idx: torch.Tensor,
-    max_new_tokens: int,
+    sampling: Sampling,
     *,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
     generator: torch.Generator | None = None,
     eot_id: int | None = None,
     stop_at_eot: bool = True,
@@ -180,10 +171,7 @@ def generate(
         generate_stream(
             model,
             idx,
-            max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
+            sampling,
             generator=generator,
             eot_id=eot_id,
             stop_at_eot=stop_at_eot,
@@ -193,11 +181,6 @@ def generate(
     if not steps:
         return idx.clone()
     return torch.cat([idx, torch.stack(steps, dim=1)], dim=1)
-
-
-def check_stop(stop: Sequence[str]) -> None:
-    if any(not s for s in stop):
-        raise ValueError(f"stop strings must not be empty, got {list(stop)!r}")
 
 
 def _first_stop(text: str, stop: Sequence[str], start: int = 0) -> int | None:
@@ -221,16 +204,12 @@ def stream_completion(
     model: GPT,
     tokenizer: Tokenizer,
     prompt: str,
-    max_new_tokens: int,
+    sampling: Sampling,
     *,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
     generator: torch.Generator | None = None,
-    stop: Sequence[str] = (),
 ) -> Iterator[str]:
     """Yield the text that continues `prompt`, piece by piece as tokens come, ending at
-    <|endoftext|>, after max_new_tokens, or just before the first of the `stop` strings to appear
+    <|endoftext|>, after max_new_tokens, or just before the first of the stop strings to appear
     (which is not yielded; generation ends there).
 
     An empty prompt starts from <|endoftext|>, the token that precedes every document in training.
@@ -238,8 +217,8 @@ def stream_completion(
     may be the first bytes of a character that the next token completes. Text that could be the
     start of a stop string is held back too, until the next tokens tell.
     """
-    check_stop(stop)
-    pieces = _stable_pieces(model, tokenizer, prompt, max_new_tokens, temperature, top_k, top_p, generator)
+    stop = sampling.stop
+    pieces = _stable_pieces(model, tokenizer, prompt, sampling, generator)
     if not stop:
         yield from pieces
         return
@@ -265,27 +244,13 @@ def _stable_pieces(
     model: GPT,
     tokenizer: Tokenizer,
     prompt: str,
-    max_new_tokens: int,
-    temperature: float,
-    top_k: int,
-    top_p: float,
+    sampling: Sampling,
     generator: torch.Generator | None,
 ) -> Iterator[str]:
     """The decoded text of each new token, whole characters only, until <|endoftext|>."""
-    ids = tokenizer.encode(prompt) or [tokenizer.eot_id]
-    device = next(model.parameters()).device
-    idx = torch.tensor([ids], dtype=torch.long, device=device)
+    idx = _prompt_rows(model, tokenizer, prompt, 1)
     pending: list[int] = []
-    for step in generate_stream(
-        model,
-        idx,
-        max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        generator=generator,
-        eot_id=tokenizer.eot_id,
-    ):
+    for step in generate_stream(model, idx, sampling, generator=generator, eot_id=tokenizer.eot_id):
         token = int(step[0])
         if token == tokenizer.eot_id:
             break
@@ -302,28 +267,20 @@ def complete(
     model: GPT,
     tokenizer: Tokenizer,
     prompt: str,
-    max_new_tokens: int,
+    sampling: Sampling,
     *,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
     generator: torch.Generator | None = None,
-    stop: Sequence[str] = (),
 ) -> str:
     """The whole text that continues `prompt` (see stream_completion)."""
-    return "".join(
-        stream_completion(
-            model,
-            tokenizer,
-            prompt,
-            max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            generator=generator,
-            stop=stop,
-        )
-    )
+    return "".join(stream_completion(model, tokenizer, prompt, sampling, generator=generator))
+
+
+def _prompt_rows(model: GPT, tokenizer: Tokenizer, prompt: str, rows: int) -> torch.Tensor:
+    """The prompt's ids as `rows` identical rows on the model's device; an empty prompt starts
+    from <|endoftext|>, the token that precedes every document in training."""
+    ids = tokenizer.encode(prompt) or [tokenizer.eot_id]
+    device = next(model.parameters()).device
+    return torch.tensor([ids] * rows, dtype=torch.long, device=device)
 
 
 def complete_batch(
@@ -331,33 +288,17 @@ def complete_batch(
     tokenizer: Tokenizer,
     prompt: str,
     num_samples: int,
-    max_new_tokens: int,
+    sampling: Sampling,
     *,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
     generator: torch.Generator | None = None,
-    stop: Sequence[str] = (),
 ) -> list[str]:
     """`num_samples` continuations of `prompt`, generated together as the rows of one batch (one
     forward pass per step for all of them), each ending as `complete`'s would."""
-    check_stop(stop)
-    ids = tokenizer.encode(prompt) or [tokenizer.eot_id]
-    device = next(model.parameters()).device
-    idx = torch.tensor([ids] * num_samples, dtype=torch.long, device=device)
-    out = generate(
-        model,
-        idx,
-        max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        generator=generator,
-        eot_id=tokenizer.eot_id,
-    )
+    idx = _prompt_rows(model, tokenizer, prompt, num_samples)
+    out = generate(model, idx, sampling, generator=generator, eot_id=tokenizer.eot_id)
     texts = []
-    for row in out[:, len(ids) :].tolist():
+    for row in out[:, idx.shape[1] :].tolist():
         row = row[: row.index(tokenizer.eot_id)] if tokenizer.eot_id in row else row
         text = tokenizer.decode(row)
-        texts.append(text[: _first_stop(text, stop)])
+        texts.append(text[: _first_stop(text, sampling.stop)])
     return texts

@@ -6,19 +6,23 @@ batch, a precision, a parallel mode (`ddp` keeps everything whole on each proces
 the first three over the processes) and activation checkpointing. `gptcore info` prints it, and
 the train stage prints it before step 0 and stops there when it does not fit, saying what would.
 
-What is counted, per process, with N parameters (the tied head counted once) and W processes:
+The model's family and shape enter through its parameters, counted exactly on the meta device
+(`Sizes`: llama's SwiGLU width, no position table, an untied head), and through the activations
+each family's layers keep (`per_token`). What is counted, per process, with N parameters (a tied
+head counted once) and W processes:
 - weights: fp32 master weights, 4N bytes; under fsdp this process's shard of each tensor
   (FSDP2 shards dim 0, padded to a multiple of W, so a shard is ceil(rows / W) rows);
 - working copies: weights the compute uses besides the masters. With bf16 autocast (ddp or one
-  process) the bf16 cast of every matrix is kept for the backward pass, 2N; under fsdp the
-  unsharded parameters all-gathered for compute, in the compute dtype: the root module's
-  (embeddings, final norm), which stay gathered from forward to backward, and two blocks (the
-  one computing and the one prefetched);
+  process) the bf16 cast of every Linear layer's weights is kept for the backward pass, 2 bytes
+  each (embeddings and norms are not cast; a tied head is cast once, as the head); under fsdp
+  the unsharded parameters all-gathered for compute, in the compute dtype: the root module's
+  (embeddings, final norm, an untied head), which stay gathered from forward to backward, and
+  two blocks (the one computing and the one prefetched);
 - gradients: fp32, 4N (DDP's buckets are views of them, `gradient_as_bucket_view`); under fsdp
   this process's shard plus one block's unsharded gradients before their reduce-scatter;
 - optimizer: AdamW's two fp32 moments, 8N, sharded like the weights under fsdp;
 - activations: what autograd keeps of one micro-batch (this process's rows) for the backward pass,
-  `activation_bytes`.
+  and the loss's gradients as it starts, `peak_activation_bytes`.
 Not counted: the CUDA context, the allocator's cached and fragmented blocks, and temporaries that
 live within one operation; `HEADROOM` leaves room for them. On CUDA the train stage logs the plan
 beside `torch.cuda.max_memory_allocated` after the first steps.
@@ -31,7 +35,7 @@ import gc
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -44,54 +48,110 @@ from gptcore.model import GPT, GPTConfig
 HEADROOM = 0.9
 
 
+@dataclass(frozen=True)
+class PerToken:
+    """Activation bytes per token of a micro-batch, by where they are kept (`per_token`)."""
+
+    block: int  # what one block saves for its backward pass
+    block_input: int  # what a checkpointed block keeps instead: its input, the fp32 residual stream
+    outside: int  # what is saved outside the blocks, the logits and their log-softmax included
+    loss_gradients: int  # the gradients of those two, alive as the backward pass starts
+    logits: int  # the logits the forward pass returns, which the loop holds until the step ends
+
+
+def per_token(config: GPTConfig, bf16: bool = False) -> PerToken:
+    """What autograd keeps per token, counted for each family from the tensors it saves.
+
+    Follows the breakdown of Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large
+    Transformer Models", section 4.1); C = n_embd, F = the feed-forward's hidden width
+    (`GPTConfig.ffn_hidden`: 4C for gpt2, SwiGLU's intermediate size for llama), H = n_head,
+    V = vocab_size. In fp32 (4 bytes a value), as torch 2.13's CPU kernels save them:
+    - gpt2 block: 8C + 2F values: each LayerNorm's input and output (the next matmul's input),
+      2 x 2C; the fused q, k, v (3C) and the attention's output (C); the GELU's input and output
+      (2F); LayerNorm's mean and inverse deviation, 2 values a norm;
+    - llama block: 12C + 4F values: each RMSNorm's input, normalised input and output, 2 x 3C; q,
+      k, v (3C), the rotated queries and keys (2C; the rotation's cos and sin tables are buffers)
+      and the attention's output (C); SwiGLU's gate and up projections (2F), the gate's SiLU (F)
+      and the product (F); one inverse RMS a norm. With qk_norm, 3C + 2H more (each head's
+      normalised queries and keys, measured);
+    - both: `scaled_dot_product_attention`'s fused kernel keeps one log-sum-exp per head (H),
+      never the T x T weights (the model drops no attention weights); with dropout, the masks of
+      the two residual branches, which the CPU keeps as fp32 (2C);
+    - outside the blocks: the final norm's saved values and the head's input (2C, llama's RMSNorm
+      3C), the embedding dropout mask (C, with dropout), the logits (alive until the loss is
+      taken) and their log-softmax (2V); as the backward pass starts, with every activation still
+      held, the gradients of those two (2V). Neither family keeps anything for its positions: a
+      learned table is added (gpt2), rotary tables are buffers (llama).
+    `activation_bytes` agrees with the tensors a real forward saves, plus the logits, to within 3%
+    for both families (tests/test_cli.py), and the plan's total with a profiled CPU step to within
+    5% (tests/test_memory.py).
+
+    With bf16 autocast (CUDA) the norms' inputs stay fp32 (4C bytes each) and the other values are
+    bf16 (2 bytes; llama's RMSNorm counted as CUDA's fused kernel keeps it, its input and 1/RMS
+    like LayerNorm; QK-norm takes queries and keys in fp32); dropout masks are bytes; the logits are bf16 and their fp32 copy and log-softmax follow (10V bytes),
+    then their gradients (8V). An estimate, checked on CUDA by the train stage's log, not here.
+    """
+    C, F, H, V = config.n_embd, config.ffn_hidden, config.n_head, config.vocab_size
+    llama = config.arch == "llama"
+    dropout = config.dropout > 0
+    if bf16:
+        if llama:  # 2 fp32 norm inputs; bf16 matmul inputs, q, k, v, rotated q and k, SwiGLU's 4F
+            block = 8 * C + 2 * (8 * C + 4 * F)
+            if config.qk_norm:  # the norm takes each head's queries and keys in fp32, and its 1/RMS
+                block += 8 * C + 8 * H
+        else:  # 2 fp32 norm inputs; bf16 c_attn and c_proj inputs, q, k, v, c_fc's input, GELU's 2F
+            block = 8 * C + 2 * (6 * C + 2 * F)
+        return PerToken(
+            block=block + 4 * H + (2 * C if dropout else 0),
+            block_input=4 * C,
+            outside=6 * C + (C if dropout else 0) + 10 * V,
+            loss_gradients=8 * V,
+            logits=2 * V,
+        )
+    if llama:
+        block = 4 * (12 * C + 4 * F + 2) + (4 * (3 * C + 2 * H) if config.qk_norm else 0)
+    else:
+        block = 4 * (8 * C + 2 * F + 4)
+    return PerToken(
+        block=block + 4 * H + (8 * C if dropout else 0),
+        block_input=4 * C,
+        outside=4 * ((3 if llama else 2) * C + 2 * V) + (4 * C if dropout else 0),
+        loss_gradients=8 * V,
+        logits=4 * V,
+    )
+
+
 def activation_bytes(
     config: GPTConfig, batch_size: int, bf16: bool = False, checkpointing: bool = False
 ) -> int:
-    """Estimated bytes of the activations that one training micro-batch keeps for its backward pass.
+    """Estimated bytes of the activations that one training micro-batch's forward pass keeps for
+    its backward pass (`per_token`): the blocks' saved tensors, or with activation checkpointing
+    only their inputs, and what is saved outside them, the logits included."""
+    t = per_token(config, bf16)
+    block = t.block_input if checkpointing else t.block
+    return batch_size * config.block_size * (config.n_layer * block + t.outside)
 
-    Counted per token from what autograd saves, following the breakdown of Korthikanti et al.
-    2022 ("Reducing Activation Recomputation in Large Transformer Models", section 4.1);
-    C = n_embd, H = n_head, V = vocab_size. In fp32 (4 bytes a value):
-    - each block: the inputs of ln_1, c_attn, c_proj (attention), ln_2, c_fc, c_proj (MLP, 4C),
-      q, k, v and the GELU input: 16C values = 64C bytes; with dropout, the masks of the two
-      residual branches, which the CPU keeps as fp32 (8C bytes);
-    - each block's attention: `scaled_dot_product_attention`'s fused kernel keeps one log-sum-exp
-      per head (4H bytes), never the T x T weights (the model drops no attention weights);
-    - outside the blocks: the inputs of ln_f and the head (2C values), the embedding dropout mask
-      (C values, with dropout), the logits (alive until the loss is taken) and their log-softmax
-      (2V values), and, as the backward pass starts with every activation still held, the
-      gradients of those two (2V values).
-    A training step's peak allocation on the CPU, measured by torch's profiler, agrees with the
-    plan's total to within 5% (tests/test_memory.py).
 
-    With bf16 autocast (CUDA) the norms' inputs stay fp32 (8C bytes) and the other 14C values
-    are bf16 (28C); dropout masks are bytes; flash attention keeps a log-sum-exp per head; the
-    logits are bf16 and their fp32 copy, log-softmax and gradients follow (18V). An estimate, checked on
-    CUDA by the train stage's log, not here.
-
-    With activation checkpointing a block keeps only its input (the fp32 residual stream, 4C), and
-    during the backward pass one block's activations are recomputed at a time, once the loss's
-    values outside the blocks are freed: the larger of the two counts.
-    """
-    C, T, H, V, L = config.n_embd, config.block_size, config.n_head, config.vocab_size, config.n_layer
-    dropout = config.dropout > 0
-    if bf16:
-        per_block = 36 * C + 4 * H + (2 * C if dropout else 0)
-        outside = 6 * C + (C if dropout else 0) + 18 * V
-    else:
-        per_block = 64 * C + 4 * H + (8 * C if dropout else 0)
-        outside = 8 * C + (4 * C if dropout else 0) + 16 * V
-    if checkpointing:  # the loss's values are freed before the first block is recomputed
-        return batch_size * T * (L * 4 * C + max(per_block, outside))
-    return batch_size * T * (L * per_block + outside)
+def peak_activation_bytes(
+    config: GPTConfig, batch_size: int, bf16: bool = False, checkpointing: bool = False
+) -> int:
+    """The most activation bytes one micro-batch holds at once: what its forward pass kept, and
+    the loss's gradients as the backward pass starts. With activation checkpointing, during the
+    backward pass one block's activations are recomputed at a time, once the loss's values outside
+    the blocks are freed: the larger of the two counts."""
+    t = per_token(config, bf16)
+    tokens = batch_size * config.block_size
+    if checkpointing:
+        return tokens * (config.n_layer * t.block_input + max(t.block, t.outside + t.loss_gradients))
+    return tokens * (config.n_layer * t.block + t.outside + t.loss_gradients)
 
 
 def recomputed_bytes(config: GPTConfig, batch_size: int, bf16: bool = False) -> int:
     """With activation checkpointing, the activations held when the gradients are nearly all made:
-    the blocks' saved inputs and the first block's recomputed activations."""
-    one_block = activation_bytes(replace(config, n_layer=1), batch_size, bf16)
-    no_block = activation_bytes(replace(config, n_layer=0), batch_size, bf16)
-    return batch_size * config.block_size * config.n_layer * 4 * config.n_embd + one_block - no_block
+    the blocks' saved inputs, the first block's recomputed activations, and the logits, which the
+    training loop holds (`_, loss = model(x, y)`) until the step ends."""
+    t = per_token(config, bf16)
+    return batch_size * config.block_size * (config.n_layer * t.block_input + t.block + t.logits)
 
 
 @dataclass(frozen=True)
@@ -101,6 +161,9 @@ class Sizes:
     total: int  # every parameter, the tied head once
     block: int  # one transformer block
     rows: tuple[tuple[int, int], ...]  # (dim 0, numel) of each parameter: what FSDP shards
+    # what bf16 autocast casts: the Linear layers' parameters (the head once, tied or not);
+    # embeddings (gpt2's position table, an untied token embedding) and norms stay fp32
+    cast: int
 
     @classmethod
     def of(cls, config: GPTConfig) -> Sizes:
@@ -108,10 +171,12 @@ class Sizes:
         with torch.device("meta"):
             model = GPT(config)
         params = list(model.parameters())
+        linear = {id(p): p for m in model.modules() if isinstance(m, nn.Linear) for p in m.parameters()}
         return cls(
             total=sum(p.numel() for p in params),
             block=max((sum(p.numel() for p in b.parameters()) for b in blocks(model)), default=0),
             rows=tuple((p.shape[0], p.numel()) for p in params),
+            cast=sum(p.numel() for p in linear.values()),
         )
 
     def shard(self, processes: int) -> int:
@@ -208,7 +273,7 @@ def plan_memory(
         gradients = 4 * (local + sizes.block)
     else:
         local = n
-        working = 2 * n if bf16 else 0
+        working = 2 * sizes.cast if bf16 else 0
         gradients = 4 * n
     return MemoryPlan(
         config=config,
@@ -222,7 +287,7 @@ def plan_memory(
         working=working,
         gradients=gradients,
         optimizer=8 * local,
-        activations=activation_bytes(config, batch_size // processes, bf16, checkpointing),
+        activations=peak_activation_bytes(config, batch_size // processes, bf16, checkpointing),
         recomputed=recomputed_bytes(config, batch_size // processes, bf16) if checkpointing else 0,
         available=available,
         where=where,

@@ -1,28 +1,40 @@
 """The GPT model: config, causal self-attention, feed-forward, block, model, FLOP arithmetic.
 
-Architecture (GPT-2 shape, Radford et al. 2019):
-- token + learned position embeddings, dropout;
-- n_layer pre-LayerNorm blocks: x + attn(ln(x)), then x + mlp(ln(x));
-- multi-head causal self-attention with one fused q/k/v projection and
-  `scaled_dot_product_attention` (an explicit masked-softmax path gives the same result and
-  returns the attention weights, for tests and inspection);
+Two families, each the same network as one that `transformers` loads, so weights map one-to-one
+(gptcore.hf exports and imports them):
+
+- `gpt2` (Radford et al. 2019; GPT2LMHeadModel): token + learned position embeddings,
+  pre-LayerNorm blocks, 4x GELU feed-forward, final LayerNorm, biases optional;
+- `llama` (Touvron et al. 2023; LlamaForCausalLM): rotary position embeddings on queries and keys
+  (no position table), RMSNorm, SwiGLU feed-forward, no biases; with `qk_norm` each head's
+  queries and keys are RMS-normalised before the rotation (Qwen3ForCausalLM).
+
+Both: n_layer blocks x + attn(norm(x)), then x + mlp(norm(x)); multi-head causal self-attention
+with one fused q/k/v projection and `scaled_dot_product_attention` (an explicit masked-softmax path
+gives the same result and returns the attention weights, for tests and inspection); the output
+head tied to the token embedding unless `tie_embeddings` is false. The family picks the norm, the
+feed-forward and the position encoding once, at construction; forward passes do not branch on it.
+
 - dropout on the embeddings and on each residual branch, not on the attention weights: dropping
   them forces PyTorch's unfused attention on CPU, which made a 6-layer step 1.4x slower
   (benchmarks/train_speed.py) for a regulariser the residual dropout already provides;
-- 4x GELU feed-forward; final LayerNorm; output head tied to the token embedding;
 - a KV cache for generation (`KVCache`): each block keeps the keys and values of the tokens seen,
   so a new token costs one position instead of the whole context;
-- GPT-2 initialisation: N(0, 0.02), residual output projections scaled by 1/sqrt(2 * n_layer).
+- GPT-2 initialisation for both families: N(0, 0.02), residual output projections scaled by
+  1/sqrt(2 * n_layer), norm gains 1.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+ARCHS = ("gpt2", "llama")
+ACTIVATIONS = ("gelu", "gelu_tanh")
 
 
 @dataclass(frozen=True)
@@ -34,9 +46,65 @@ class GPTConfig:
     n_embd: int
     dropout: float = 0.0
     bias: bool = False
+    arch: str = "gpt2"
+    tie_embeddings: bool = True
+    qk_norm: bool = False  # llama family only (Qwen3's per-head QK-norm)
+    intermediate_size: int | None = None  # llama's SwiGLU width; None: 8/3 n_embd, rounded up to 64
+    rope_theta: float = 10000.0  # llama family: base of the rotary frequencies
+    norm_eps: float = 1e-5
+    activation: str = "gelu"  # gpt2 family: exact GELU, or gelu_tanh (OpenAI's GPT-2 weights use it)
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch {self.arch!r} is not one of {', '.join(ARCHS)}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation {self.activation!r} is not one of {', '.join(ACTIVATIONS)}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
+        if self.arch == "llama":
+            # no transformers architecture has these combinations: they would not export
+            if self.bias:
+                raise ValueError("the llama family has no biases (bias must be false)")
+            if self.head_dim % 2:
+                raise ValueError(f"rotary embeddings need an even head size, got {self.head_dim}")
+        elif self.qk_norm:
+            raise ValueError("qk_norm belongs to the llama family (Qwen3); GPT-2 has none")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def ffn_hidden(self) -> int:
+        """Width of the feed-forward's hidden layer: 4x for GELU; for SwiGLU 8/3x (the same
+        parameter count with its third matrix), rounded up to a multiple of 64 for the matmuls."""
+        if self.arch == "gpt2":
+            return 4 * self.n_embd
+        if self.intermediate_size is not None:
+            return self.intermediate_size
+        return 64 * math.ceil(8 * self.n_embd / 3 / 64)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The config as plain values. Fields at their defaults that a gpt2-family model does not
+        use are left out, so gpt2 model files are byte for byte what they were before the llama
+        family existed (and still load in older gptcore)."""
+        values = asdict(self)
+        for field in fields(self):
+            if field.name in _LATER_FIELDS and values[field.name] == field.default:
+                del values[field.name]
+        return values
+
+
+# fields added with the llama family (see GPTConfig.to_dict)
+_LATER_FIELDS = (
+    "arch",
+    "tie_embeddings",
+    "qk_norm",
+    "intermediate_size",
+    "rope_theta",
+    "norm_eps",
+    "activation",
+)
 
 
 class KVCache:
@@ -48,7 +116,7 @@ class KVCache:
     """
 
     def __init__(self, config: GPTConfig, batch_size: int, device: torch.device, dtype: torch.dtype) -> None:
-        shape = (config.n_layer, batch_size, config.n_head, config.block_size, config.n_embd // config.n_head)
+        shape = (config.n_layer, batch_size, config.n_head, config.block_size, config.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.block_size = config.block_size
@@ -61,17 +129,70 @@ class KVCache:
 class LayerNorm(nn.Module):
     """LayerNorm with an optional bias (torch's own only drops both weight and bias)."""
 
-    def __init__(self, ndim: int, bias: bool):
+    def __init__(self, ndim: int, bias: bool, eps: float = 1e-5):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(ndim))
         self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
+        self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm with a gain, no centring and no bias (Zhang & Sennrich 2019)."""
+
+    def __init__(self, ndim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # in the gain's dtype (fp32 master weights) whatever autocast hands it (bf16 queries under
+        # QK-norm), as transformers does: the fused kernel wants one dtype, the mean square range
+        return F.rms_norm(x.to(self.weight.dtype), self.weight.shape, self.weight, self.eps).to(x.dtype)
+
+
+def make_norm(config: GPTConfig, ndim: int) -> nn.Module:
+    if config.arch == "llama":
+        return RMSNorm(ndim, config.norm_eps)
+    return LayerNorm(ndim, config.bias, config.norm_eps)
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding tables (Su et al. 2021), in the rotate-half layout that
+    transformers' Llama uses, so exported q/k weights need no permutation."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        dim = config.head_dim
+        inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+        freqs = torch.outer(torch.arange(config.block_size).float(), inv_freq)
+        angles = torch.cat((freqs, freqs), dim=-1)  # (block_size, hs)
+        # derived from the config, not learned: left out of the state dict
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.cos[start : start + length], self.sin[start : start + length]
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate each (i, i + hs/2) pair of x (B, nh, T, hs) by its position's angle."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
+
+
+Rope = tuple[torch.Tensor, torch.Tensor]
 
 
 class MultiHeadAttention(nn.Module):
-    """Causal self-attention: all heads computed at once from one q/k/v projection."""
+    """Causal self-attention: all heads computed at once from one q/k/v projection.
+
+    Positions enter through `rope` (the llama family's rotary tables for the tokens' positions)
+    or not at all (gpt2's are in the embeddings); QK-norm, when configured, RMS-normalises each
+    head's queries and keys first."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -81,29 +202,38 @@ class MultiHeadAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.c_proj.residual_scale = True  # marks it for the scaled GPT-2 init
         self.resid_dropout = nn.Dropout(config.dropout)
+        if config.qk_norm:  # one gain per head dimension, shared by the heads (Qwen3)
+            self.q_norm = RMSNorm(config.head_dim, config.norm_eps)
+            self.k_norm = RMSNorm(config.head_dim, config.norm_eps)
+        else:
+            self.q_norm = self.k_norm = nn.Identity()
 
-    def _heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _heads(self, x: torch.Tensor, rope: Rope | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         # (B, T, C) -> (B, nh, T, hs)
         shape = (B, T, self.n_head, C // self.n_head)
-        return tuple(t.view(shape).transpose(1, 2) for t in (q, k, v))
+        q, k, v = (t.view(shape).transpose(1, 2) for t in (q, k, v))
+        q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        return q, k, v
 
     def _merge(self, y: torch.Tensor) -> torch.Tensor:
         B, nh, T, hs = y.shape
         # (B, nh, T, hs) -> (B, T, C)
         return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(B, T, nh * hs)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self._heads(x)
+    def forward(self, x: torch.Tensor, rope: Rope | None = None) -> torch.Tensor:
+        q, k, v = self._heads(x, rope)
         return self._merge(F.scaled_dot_product_attention(q, k, v, is_causal=True))
 
     def forward_cached(
-        self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start: int
+        self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start: int, rope: Rope | None = None
     ) -> torch.Tensor:
         """Attention for x's tokens at positions start.., over the cached keys and values
         (B, nh, block_size, hs) of positions ..start - 1, which it extends with x's own."""
-        q, k, v = self._heads(x)
+        q, k, v = self._heads(x, rope)
         T = x.shape[1]
         keys[:, :, start : start + T] = k
         values[:, :, start : start + T] = v
@@ -117,9 +247,11 @@ class MultiHeadAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self._merge(y)
 
-    def forward_explicit(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_explicit(
+        self, x: torch.Tensor, rope: Rope | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Masked-softmax attention written out; returns (output, weights of shape (B, nh, T, T))."""
-        q, k, v = self._heads(x)
+        q, k, v = self._heads(x, rope)
         T = x.shape[1]
         scores = (q @ k.transpose(-2, -1)) / math.sqrt(k.shape[-1])
         mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
@@ -128,21 +260,40 @@ class MultiHeadAttention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """Position-wise MLP: expand 4x, GELU, project back."""
+    """Position-wise MLP of the gpt2 family: expand 4x, GELU, project back."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.c_fc = nn.Linear(config.n_embd, config.ffn_hidden, bias=config.bias)
+        self.c_proj = nn.Linear(config.ffn_hidden, config.n_embd, bias=config.bias)
+        self.c_proj.residual_scale = True
+        self.dropout = nn.Dropout(config.dropout)
+        self.approximate = "tanh" if config.activation == "gelu_tanh" else "none"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate=self.approximate)))
+
+
+class SwiGLUFeedForward(nn.Module):
+    """Gated MLP of the llama family (Shazeer 2020): silu(x W_gate) * (x W_up), projected back.
+
+    The gate and up matrices are one Linear (`c_fc`, gate rows first), one matmul instead of two;
+    export splits it into transformers' gate_proj and up_proj."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 2 * config.ffn_hidden, bias=False)
+        self.c_proj = nn.Linear(config.ffn_hidden, config.n_embd, bias=False)
         self.c_proj.residual_scale = True
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
+        gate, up = self.c_fc(x).chunk(2, dim=-1)
+        return self.dropout(self.c_proj(F.silu(gate) * up))
 
 
 class Block(nn.Module):
-    """One transformer block, pre-LayerNorm:
+    """One transformer block, pre-norm (LayerNorm for gpt2, RMSNorm for llama):
 
     x ─┬─ ln_1 ─ attn ─(+)─┬─ ln_2 ─ mlp ─(+)─> out
        └───────────────────┘└──────────────┘
@@ -150,22 +301,23 @@ class Block(nn.Module):
 
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.ln_1 = LayerNorm(config.n_embd, config.bias)
+        self.ln_1 = make_norm(config, config.n_embd)
         self.attn = MultiHeadAttention(config)
-        self.ln_2 = LayerNorm(config.n_embd, config.bias)
-        self.mlp = FeedForward(config)
+        self.ln_2 = make_norm(config, config.n_embd)
+        self.mlp = SwiGLUFeedForward(config) if config.arch == "llama" else FeedForward(config)
 
     def forward(
         self,
         x: torch.Tensor,
         explicit: bool = False,
         kv: tuple[torch.Tensor, torch.Tensor, int] | None = None,
+        rope: Rope | None = None,
     ) -> torch.Tensor:
         h = self.ln_1(x)
         if kv is not None:
-            x = x + self.attn.forward_cached(h, *kv)
+            x = x + self.attn.forward_cached(h, *kv, rope=rope)
         else:
-            x = x + (self.attn.forward_explicit(h)[0] if explicit else self.attn(h))
+            x = x + (self.attn.forward_explicit(h, rope)[0] if explicit else self.attn(h, rope))
         return x + self.mlp(self.ln_2(x))
 
 
@@ -174,12 +326,15 @@ class GPT(nn.Module):
         super().__init__()
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        # positions: a learned table added to the embeddings (gpt2) or rotary tables (llama)
+        self.wpe = nn.Embedding(config.block_size, config.n_embd) if config.arch == "gpt2" else None
         self.drop = nn.Dropout(config.dropout)
         self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
-        self.ln_f = LayerNorm(config.n_embd, config.bias)
+        self.ln_f = make_norm(config, config.n_embd)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.lm_head.weight = self.wte.weight  # weight tying (Press & Wolf 2017)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.wte.weight  # weight tying (Press & Wolf 2017)
+        self.rotary = Rotary(config) if config.arch == "llama" else None
         self.apply(self._init_weights)
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -198,9 +353,9 @@ class GPT(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def num_params(self, non_embedding: bool = True) -> int:
-        """Parameter count; the position table is left out by default, as in FLOP estimates."""
+        """Parameter count; the position table (gpt2) is left out by default, as in FLOP estimates."""
         n = sum(p.numel() for p in self.parameters())
-        return n - self.wpe.weight.numel() if non_embedding else n
+        return n - self.wpe.weight.numel() if non_embedding and self.wpe is not None else n
 
     def forward(
         self,
@@ -213,24 +368,36 @@ class GPT(nn.Module):
 
         With `cache`, idx continues the tokens cached so far (positions cache.length ..), and
         their keys and values are added to it."""
+        logits = self.lm_head(self._trunk(idx, explicit, cache))
+        if targets is None:
+            return logits, None
+        loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
+        return logits, loss
+
+    def hidden_states(self, idx: torch.Tensor) -> torch.Tensor:
+        """The final norm's output (B, T, n_embd) for token ids (B, T): what lm_head reads,
+        and what a task head (a classifier) reads instead of it."""
+        return self._trunk(idx, explicit=False, cache=None)
+
+    def _trunk(self, idx: torch.Tensor, explicit: bool, cache: KVCache | None) -> torch.Tensor:
+        """Embeddings, blocks and the final norm: (B, T) ids -> (B, T, n_embd)."""
         T = idx.shape[1]
         start = cache.length if cache is not None else 0
         if self.config.block_size < start + T:
             raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
         if cache is not None and explicit:
             raise ValueError("the explicit attention path does not use a KV cache")
-        pos = torch.arange(start, start + T, device=idx.device)
-        x = self.drop(self.wte(idx) + self.wpe(pos))
+        x = self.wte(idx)
+        if self.wpe is not None:
+            x = x + self.wpe(torch.arange(start, start + T, device=idx.device))
+        rope = self.rotary(start, T) if self.rotary is not None else None
+        x = self.drop(x)
         for i, block in enumerate(self.h):
             kv = (cache.k[i], cache.v[i], start) if cache is not None else None
-            x = block(x, explicit=explicit, kv=kv)
+            x = block(x, explicit=explicit, kv=kv, rope=rope)
         if cache is not None:
             cache.length = start + T
-        logits = self.lm_head(self.ln_f(x))
-        if targets is None:
-            return logits, None
-        loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
-        return logits, loss
+        return self.ln_f(x)
 
 
 def flops_per_token(config: GPTConfig, n_params: int, training: bool = True) -> int:

@@ -19,12 +19,24 @@ import yaml
 
 from gptcore.errors import GptcoreError
 from gptcore.presets import PRESETS, SHAPE_KEYS
+from gptcore.sampling import Sampling, SamplingError
 
 PARAMS_FILE = Path("params.yaml")
 
 
 class ParamsError(GptcoreError, ValueError):
     """A params.yaml value that the pipeline cannot use."""
+
+
+DEVICE_CHOICES = "auto, cpu, cuda, cuda:N, mps"
+
+
+def device_name_problem(name: str) -> str | None:
+    """Why `name` is not a device gptcore accepts, or None when it is one. (Whether that device
+    exists is gptcore.device's question, asked when it is used.)"""
+    if name in ("auto", "cpu", "cuda", "mps") or (name.startswith("cuda:") and name[5:].isdigit()):
+        return None
+    return f"must be one of {DEVICE_CHOICES}"
 
 
 def _fail(key: str, value: Any, allowed: str) -> None:
@@ -39,6 +51,8 @@ class DataParams:
     pile_set_names: list[str]
     max_docs: int | None
     max_bytes: int | None
+    max_document_bytes: int
+    newlines: str
     val_fraction: float
     seed: int
 
@@ -58,6 +72,11 @@ class DataParams:
             value = getattr(self, key)
             if value is not None and value <= 0:
                 _fail(f"data.{key}", value, "must be > 0, or null for no limit")
+        if not 1 << 10 <= self.max_document_bytes <= 1 << 28:
+            # the upper bound keeps every data stage under 1 GB (README, "Memory"); the lower, sense
+            _fail("data.max_document_bytes", self.max_document_bytes, "must lie between 1024 and 268435456")
+        if self.newlines not in ("lf", "keep"):
+            _fail("data.newlines", self.newlines, "allowed: lf (CRLF and CR become LF), keep")
         if not 0.0 < self.val_fraction < 1.0:
             _fail("data.val_fraction", self.val_fraction, "must lie strictly between 0 and 1")
 
@@ -90,6 +109,10 @@ class TokenizeParams:
 
 @dataclass(frozen=True)
 class TrainParams:
+    init_from: str | None
+    arch: str
+    tie_embeddings: bool
+    qk_norm: bool
     n_layer: int
     n_head: int
     n_embd: int
@@ -128,21 +151,20 @@ class TrainParams:
 
     @staticmethod
     def prepare(raw: dict[str, Any]) -> dict[str, Any]:
-        """The section with `preset`'s shape filled in: a shape key left null takes the preset's
-        value, one that gives the same value is fine, one that gives another is an error naming
-        both (a silent winner would train a model of a size nobody asked for)."""
+        """The section with `preset`'s shape and family filled in: a key left null takes the
+        preset's value, one that gives the same value is fine, one that gives another is an error
+        naming both (a silent winner would train a model of a size nobody asked for)."""
         name = raw.get("preset")
         if name is None:
             for key in SHAPE_KEYS:
                 if key in raw and raw[key] is None:
-                    _fail(f"train.{key}", None, "give a number, or set train.preset to take it from a preset")
+                    what = "a family (gpt2, llama)" if key == "arch" else "a number"
+                    _fail(f"train.{key}", None, f"give {what}, or set train.preset to take it from a preset")
             return raw
         if name not in PRESETS:
             _fail("train.preset", name, f"allowed: {', '.join(PRESETS)}, or null")
         resolved = dict(raw)
         for key, value in PRESETS[name].keys().items():
-            if key not in raw and key not in SHAPE_KEYS:
-                continue  # a key these params do not have (the family, before there are two)
             given = raw.get(key)
             if given is None:
                 resolved[key] = value
@@ -176,6 +198,13 @@ class TrainParams:
             _non_negative(f"train.{key}", getattr(self, key))
         if self.n_embd % self.n_head:
             _fail("train.n_embd", self.n_embd, f"must be divisible by train.n_head ({self.n_head})")
+        self._check_family()
+        if self.init_from is not None and not self.init_from.strip():
+            _fail(
+                "train.init_from",
+                self.init_from,
+                "name a Hugging Face model folder, or null to start from random weights",
+            )
         if not 0.0 <= self.dropout < 1.0:
             _fail("train.dropout", self.dropout, "must lie in [0, 1)")
         if self.learning_rate <= 0.0:
@@ -185,8 +214,9 @@ class TrainParams:
         for key in ("beta1", "beta2"):
             if not 0.0 <= getattr(self, key) < 1.0:
                 _fail(f"train.{key}", getattr(self, key), "must lie in [0, 1)")
-        if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):
-            _fail("train.device", self.device, "allowed: auto, cpu, cuda, cuda:N, mps")
+        problem = device_name_problem(self.device)
+        if problem:
+            _fail("train.device", self.device, problem)
         if self.dtype not in ("auto", "bfloat16", "float32"):
             _fail("train.dtype", self.dtype, "allowed: auto, bfloat16, float32")
         if self.batch_size % self.world_size:
@@ -203,6 +233,27 @@ class TrainParams:
                 self.rdzv_endpoint,
                 "must be host:port of the first node when nnodes > 1",
             )
+
+    def _check_family(self) -> None:
+        # only combinations with a transformers counterpart (GPT-2, Llama, Qwen3): they export
+        if self.arch not in ("gpt2", "llama"):
+            _fail("train.arch", self.arch, "allowed: gpt2, llama")
+        if self.arch == "gpt2" and self.qk_norm:
+            _fail("train.qk_norm", self.qk_norm, "QK-norm needs train.arch: llama (it exports as Qwen3)")
+        if self.arch == "llama" and self.bias:
+            _fail("train.bias", self.bias, "the llama family has no biases: set it to false")
+        if self.arch == "llama" and (self.n_embd // self.n_head) % 2:
+            _fail(
+                "train.n_head",
+                self.n_head,
+                f"rotary embeddings need an even head size, n_embd / n_head = {self.n_embd // self.n_head}",
+            )
+
+
+# train keys that change no output: how often the progress bar updates and a checkpoint is
+# written, and where the processes of a multi-node run meet. dvc.yaml lists every other train key
+# as the train stage's params, so editing one of these re-runs nothing.
+TRAIN_KEYS_WITHOUT_OUTPUT = ("log_interval", "checkpoint_interval", "rdzv_endpoint")
 
 
 @dataclass(frozen=True)
@@ -226,16 +277,150 @@ class SampleParams:
     seed: int
     stop: list[str]
 
+    def sampling(self) -> Sampling:
+        """These settings as the one sampling type that every sampler takes."""
+        return Sampling(
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            max_new_tokens=self.max_new_tokens,
+            stop=tuple(self.stop),
+            seed=self.seed,
+        )
+
     def check(self) -> None:
-        if any(not s for s in self.stop):
-            _fail("sample.stop", self.stop, "stop strings must not be empty")
         if not self.prompts:
             _fail("sample.prompts", self.prompts, "must list at least one prompt")
-        _positive("sample.max_new_tokens", self.max_new_tokens)
-        _non_negative("sample.temperature", self.temperature)
-        _non_negative("sample.top_k", self.top_k)
-        if not 0.0 < self.top_p <= 1.0:
-            _fail("sample.top_p", self.top_p, "must lie in (0, 1]")
+        try:
+            self.sampling()
+        except SamplingError as exc:  # the rules live with the type; the key is this file's
+            raise ParamsError(f"params.yaml: sample.{exc}") from None
+
+
+# the names of gptcore.instruct.TEMPLATES (a test keeps the two equal); named here so that
+# loading params does not import the model code
+PROMPT_TEMPLATES = ("alpaca", "phi3")
+
+
+def _check_fraction_pair(section: str, val_fraction: float, test_fraction: float) -> None:
+    for key, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 < value < 1.0:
+            _fail(f"{section}.{key}", value, "must lie strictly between 0 and 1")
+    if val_fraction + test_fraction >= 1.0:
+        _fail(f"{section}.test_fraction", test_fraction, f"plus val_fraction ({val_fraction}) must be < 1")
+
+
+@dataclass(frozen=True)
+class ClassifyDataParams:
+    source: str
+    format: str
+    text_column: str | int
+    label_column: str | int
+    val_fraction: float
+    test_fraction: float
+    balance: bool
+    seed: int
+    passage_chars: int
+    passages_per_play: int
+
+    def check(self) -> None:
+        if not self.source.strip():
+            _fail("classify_data.source", self.source, "give data/split (the corpus) or a labelled file")
+        if self.format not in ("auto", "csv", "tsv", "jsonl"):
+            _fail("classify_data.format", self.format, "allowed: auto, csv, tsv, jsonl")
+        if type(self.text_column) is not type(self.label_column):
+            _fail(
+                "classify_data.label_column",
+                self.label_column,
+                "must be a name when text_column is a name, an index when it is an index",
+            )
+        if self.text_column == self.label_column:
+            _fail("classify_data.label_column", self.label_column, "must differ from text_column")
+        for key in ("text_column", "label_column"):
+            if isinstance(getattr(self, key), int):
+                _non_negative(f"classify_data.{key}", getattr(self, key))
+        _check_fraction_pair("classify_data", self.val_fraction, self.test_fraction)
+        _positive("classify_data.passage_chars", self.passage_chars)
+        _positive("classify_data.passages_per_play", self.passages_per_play)
+
+
+@dataclass(frozen=True)
+class FinetuneParams:
+    """What the classifier and the instruction fine-tuning share: the optimisation knobs."""
+
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    weight_decay: float
+    grad_clip: float
+    eval_interval: int
+    seed: int
+    device: str
+    threads: int
+
+    def check_finetune(self, section: str) -> None:
+        for key in ("epochs", "batch_size", "learning_rate", "eval_interval"):
+            _positive(f"{section}.{key}", getattr(self, key))
+        for key in ("weight_decay", "grad_clip", "threads"):
+            _non_negative(f"{section}.{key}", getattr(self, key))
+        if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):
+            _fail(f"{section}.device", self.device, "allowed: auto, cpu, cuda, cuda:N, mps")
+
+
+@dataclass(frozen=True)
+class ClassifyParams(FinetuneParams):
+    init: str
+    train_blocks: str | int
+
+    def check(self) -> None:
+        self.check_finetune("classify")
+        if self.init not in ("pretrained", "random"):
+            _fail("classify.init", self.init, "allowed: pretrained, random")
+        if isinstance(self.train_blocks, str) and self.train_blocks != "all":
+            _fail(
+                "classify.train_blocks",
+                self.train_blocks,
+                "allowed: all, or a number of last blocks (0: head only)",
+            )
+        if isinstance(self.train_blocks, int):
+            _non_negative("classify.train_blocks", self.train_blocks)
+
+
+@dataclass(frozen=True)
+class InstructDataParams:
+    source: str
+    val_fraction: float
+    test_fraction: float
+    seed: int
+    max_chars: int
+    records_per_play: int
+
+    def check(self) -> None:
+        if not self.source.strip():
+            _fail(
+                "instruct_data.source", self.source, "give data/split (the corpus) or a JSON/JSON Lines file"
+            )
+        _check_fraction_pair("instruct_data", self.val_fraction, self.test_fraction)
+        _positive("instruct_data.max_chars", self.max_chars)
+        _positive("instruct_data.records_per_play", self.records_per_play)
+
+
+@dataclass(frozen=True)
+class InstructParams(FinetuneParams):
+    template: str
+    mask_prompt: bool
+    overlong: str
+    samples: int
+    max_new_tokens: int
+
+    def check(self) -> None:
+        self.check_finetune("instruct")
+        if self.template not in PROMPT_TEMPLATES:
+            _fail("instruct.template", self.template, f"allowed: {', '.join(PROMPT_TEMPLATES)}")
+        if self.overlong not in ("truncate", "drop"):
+            _fail("instruct.overlong", self.overlong, "allowed: truncate, drop")
+        _non_negative("instruct.samples", self.samples)
+        _positive("instruct.max_new_tokens", self.max_new_tokens)
 
 
 SECTIONS: dict[str, type] = {
@@ -245,6 +430,10 @@ SECTIONS: dict[str, type] = {
     "train": TrainParams,
     "evaluate": EvaluateParams,
     "sample": SampleParams,
+    "classify_data": ClassifyDataParams,
+    "classify": ClassifyParams,
+    "instruct_data": InstructDataParams,
+    "instruct": InstructParams,
 }
 
 

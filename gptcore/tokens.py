@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING, Any
 import h5py
 import numpy as np
 
-from gptcore.atomic import atomic_file
-from gptcore.errors import DataError
+from gptcore.atomic import atomic_file, free_bytes
+from gptcore.errors import DISK_FULL_ERRNOS, DataError, DiskFullError
 
 if TYPE_CHECKING:
     import torch
@@ -150,6 +150,9 @@ class TokenWriter:
         try:
             if exc_type is None:
                 self._finish()
+            elif isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+                # the ids' temporary file filled the disk: name the token file, not the temporary
+                raise DiskFullError(self.path, self._raw.tell(), free_bytes(self.path.parent)) from None
         finally:
             self._raw.close()
             self._raw = None
@@ -177,27 +180,6 @@ class TokenWriter:
             f.attrs["tokenizer"] = json.dumps(self.tokenizer_identity, sort_keys=True)
             f.attrs["tokens_sha256"] = digest.hexdigest()
         self.summary = TokenFileSummary(n, self._documents, self._source_bytes)
-
-
-def write_token_file(
-    path: Path | str,
-    documents: Iterable[TokenIds],
-    *,
-    vocab_size: int,
-    eot_id: int,
-    tokenizer_identity: dict[str, Any],
-    source_bytes: int | None = None,
-) -> TokenFileSummary:
-    """Write already-encoded documents (each followed by eot) to a token file; `source_bytes` is
-    the total UTF-8 bytes of their text, recorded as given (None: unknown)."""
-    with TokenWriter(
-        path, vocab_size=vocab_size, eot_id=eot_id, tokenizer_identity=tokenizer_identity
-    ) as writer:
-        for ids in documents:
-            writer.add_document(ids)
-        writer._source_bytes = source_bytes
-    assert writer.summary is not None
-    return writer.summary
 
 
 class TokenStore:

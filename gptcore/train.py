@@ -1,8 +1,8 @@
-"""The training loop: device and precision, AdamW groups, LR schedule, evaluation, logging,
-checkpoints and exact resume.
+"""The training loop: AdamW groups, LR schedule, evaluation, logging, checkpoints and exact resume.
 
-`train()` is the one impure function: it owns the model, the optimizer and the clock. Everything
-it calls is small and tested on its own.
+`train()` is the entry point; `_Run` is the one stateful object: it owns the model, the
+optimizer and every piece of the loop's bookkeeping (step, history, clock, throughput window,
+losses not yet checked, last checkpoint). Everything else here is small and tested on its own.
 
 Exact resume. Every `checkpoint_interval` steps the loop writes (atomically) what the next step
 depends on: weights, optimizer moments, the step, every RNG state (torch's, the batch sampler's,
@@ -19,19 +19,26 @@ import contextlib
 import dataclasses
 import math
 import os
-import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from gptcore.checkpoint import load_checkpoint, save_checkpoint
+from gptcore.checkpoint import (
+    device_rng_state,
+    load_checkpoint,
+    resume_mismatch,
+    rng_states,
+    run_identity,
+    save_checkpoint,
+    set_rng_states,
+)
+from gptcore.device import autocast, autocast_dtype, model_flops_utilization, peak_flops, resolve_device
 from gptcore.distributed import (
     Ranks,
     from_main,
@@ -43,7 +50,9 @@ from gptcore.distributed import (
     process_group,
     shard_model,
 )
-from gptcore.errors import GptcoreError
+from gptcore.errors import DataError, GptcoreError
+from gptcore.evaluate import score_batches, seeded_batches
+from gptcore.hf import initial_weights, read_config
 from gptcore.memory import (
     MemoryPlan,
     checkpoint_blocks,
@@ -57,43 +66,6 @@ from gptcore.params import TrainParams
 from gptcore.tokens import TokenStore
 
 
-def resolve_device(name: str) -> torch.device:
-    """`auto` picks cuda, then mps, then cpu; an explicit device that is missing is an error."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise GptcoreError(f"train.device = {name!r} but no CUDA device is available (use auto or cpu)")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise GptcoreError("train.device = 'mps' but MPS is not available (use auto or cpu)")
-    return torch.device(name)
-
-
-def autocast_dtype(device: torch.device, dtype: str) -> torch.dtype | None:
-    """The autocast dtype for matmuls, or None for plain fp32. Master weights stay fp32.
-
-    `auto` means bf16 on CUDA GPUs that support it, fp32 elsewhere: on the CPUs we measured
-    (benchmarks/train_speed.py) bf16 autocast ran slower than fp32, as casting costs more than
-    the matmuls save at these sizes.
-    """
-    if dtype == "float32":
-        return None
-    if dtype == "bfloat16":
-        return torch.bfloat16
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return None
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 def model_config(params: TrainParams, vocab_size: int) -> GPTConfig:
     """The model shape the train params describe, for a vocabulary of `vocab_size` ids."""
     return GPTConfig(
@@ -104,7 +76,28 @@ def model_config(params: TrainParams, vocab_size: int) -> GPTConfig:
         n_embd=params.n_embd,
         dropout=params.dropout,
         bias=params.bias,
+        arch=params.arch,
+        tie_embeddings=params.tie_embeddings,
+        qk_norm=params.qk_norm,
     )
+
+
+def planned_config(params: TrainParams, vocab_size: int) -> GPTConfig:
+    """The model the run will build, read without building it: with train.init_from the folder's
+    config (its SwiGLU width, say, which the train params do not carry), else `model_config`. A
+    folder that cannot be read is planned from the params; the run then reports it."""
+    if params.init_from:
+        try:
+            config = read_config(params.init_from)
+        except DataError:
+            return model_config(params, vocab_size)
+        return dataclasses.replace(
+            config,
+            block_size=params.block_size,
+            dropout=params.dropout,
+            bias=config.bias or (params.bias and config.arch == "gpt2"),
+        )
+    return model_config(params, vocab_size)
 
 
 def memory_plan(params: TrainParams, config: GPTConfig, device: torch.device) -> MemoryPlan:
@@ -132,8 +125,13 @@ def check_memory_plan(plan: MemoryPlan) -> None:
         )
 
 
-def configure_optimizer(model: GPT, params: TrainParams, device: torch.device) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices (Linear weights, embeddings) and none on biases and gains."""
+def configure_optimizer(
+    model: GPT, params: TrainParams, device: torch.device, fused: bool | None = None
+) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices (Linear weights, embeddings) and none on biases and gains.
+
+    The one place the training optimizer is built: the loop and benchmarks/train_speed.py call it.
+    `fused` None takes the fused kernel where torch has it (CUDA, CPU); False asks for foreach."""
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
     decay = [p for p in named.values() if p.dim() >= 2]
     no_decay = [p for p in named.values() if p.dim() < 2]
@@ -144,9 +142,10 @@ def configure_optimizer(model: GPT, params: TrainParams, device: torch.device) -
         {"params": decay, "weight_decay": params.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    # the fused kernel: one pass over each tensor for the whole update, on CUDA and on CPU
-    # (benchmarks/train_speed.py: 1.03-1.09x the step of foreach AdamW on CPU)
-    extra = {"fused": True} if device.type in ("cuda", "cpu") else {"foreach": True}
+    # the fused kernel: one pass over each tensor for the whole update (README, "Performance")
+    if fused is None:
+        fused = device.type in ("cuda", "cpu")
+    extra = {"fused": True} if fused else {"foreach": True}
     return torch.optim.AdamW(groups, lr=params.learning_rate, betas=(params.beta1, params.beta2), **extra)
 
 
@@ -157,143 +156,6 @@ def lr_at(step: int, params: TrainParams) -> float:
     span = max(1, params.max_iters - params.warmup_iters)
     progress = min(1.0, (step - params.warmup_iters) / span)
     return params.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (params.learning_rate - params.min_lr)
-
-
-def fixed_batches(
-    store: TokenStore, n: int, batch_size: int, block_size: int, seed: int
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The same `n` batches at every evaluation, so successive losses are comparable."""
-    gen = torch.Generator().manual_seed(seed)
-    return [store.random_windows(batch_size, block_size, gen) for _ in range(n)]
-
-
-@torch.no_grad()
-def estimate_loss(
-    model: torch.nn.Module,
-    batches: list[tuple[torch.Tensor, torch.Tensor]],
-    device: torch.device,
-    dtype: torch.dtype | None,
-) -> float:
-    was_training = model.training
-    model.eval()
-    total = torch.zeros((), device=device)
-    for x, y in batches:
-        with autocast(device, dtype):
-            _, loss = model(x.to(device), y.to(device))
-        total += loss.float()
-    model.train(was_training)
-    return (total / len(batches)).item()
-
-
-# --- throughput and model FLOP utilisation ------------------------------------------------------
-
-# Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets, matched against
-# torch.cuda.get_device_name(); the first match wins, so the more specific names come first.
-GPU_BF16_PEAKS: tuple[tuple[str, float], ...] = (
-    ("H100 PCIe", 756e12),
-    ("H100", 989e12),
-    ("H200", 989e12),
-    ("GH200", 989e12),
-    ("A100", 312e12),
-    ("L40S", 362e12),
-    ("A10G", 70e12),
-    ("L4", 121e12),
-    ("RTX 4090", 165e12),
-)
-
-
-def peak_flops(device: torch.device, dtype: torch.dtype | None) -> float | None:
-    """The accelerator's peak FLOP/s for this precision, when known (bf16 on listed GPUs)."""
-    if device.type != "cuda" or dtype is not torch.bfloat16:
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((peak for key, peak in GPU_BF16_PEAKS if key in name), None)
-
-
-def model_flops_utilization(
-    flops_per_token: int, tokens_per_second: float, peak: float | None
-) -> float | None:
-    """MFU: the model FLOPs a second achieved, as a fraction of the hardware's peak (PaLM, app. B)."""
-    return None if not peak else flops_per_token * tokens_per_second / peak
-
-
-# --- checkpoints ---------------------------------------------------------------------------------
-
-# train params that change neither the weights nor the logged curve: a checkpoint written under
-# other values of these still continues the run (the process count too: every rank draws from the
-# same sampler, so the data stream is the same for any number of processes; and how the processes
-# hold the model: checkpoints are whole tensors in every mode, and recomputed activations are the
-# same activations, so a run that ran out of memory may resume sharded or checkpointed)
-RESUME_IGNORES = (
-    "log_interval",
-    "checkpoint_interval",
-    "nproc_per_node",
-    "nnodes",
-    "rdzv_endpoint",
-    "parallel",
-    "activation_checkpointing",
-)
-
-
-def run_identity(params: TrainParams, train_store: TokenStore, val_store: TokenStore) -> dict[str, Any]:
-    """What a checkpoint must match to be resumed: the train params and the token data."""
-    values = {k: v for k, v in dataclasses.asdict(params).items() if k not in RESUME_IGNORES}
-    return {
-        "params": values,
-        "data": {str(train_store.path): train_store.sha256(), str(val_store.path): val_store.sha256()},
-    }
-
-
-def resume_mismatch(saved: Any, current: dict[str, Any]) -> str | None:
-    """Why a checkpoint's run is not this run (the params and data that differ), or None."""
-    if not isinstance(saved, dict) or not all(isinstance(saved.get(k), dict) for k in ("params", "data")):
-        return "it records no run identity"
-    reasons = []
-    old, new = saved["params"], current["params"]
-    for key in sorted(set(old) | set(new)):
-        if old.get(key) != new.get(key):
-            reasons.append(f"train.{key} was {old.get(key)!r}, is {new.get(key)!r}")
-    for path, digest in current["data"].items():
-        if saved["data"].get(path) != digest:
-            reasons.append(f"{path} has other tokens")
-    return "; ".join(reasons) or None
-
-
-def device_rng_state(device: torch.device) -> dict[str, Any]:
-    """This process's own generators (dropout draws from them): torch's CPU one and CUDA's."""
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-    }
-
-
-def rng_states(batch_gen: torch.Generator, per_rank: list[dict[str, Any]]) -> dict[str, Any]:
-    """Every random-number state a step can touch, as tensors and plain values; `per_rank` holds
-    each rank's `device_rng_state`, the batch sampler is the same on every rank."""
-    version, mt, gauss = random.getstate()
-    _, keys, pos, has_gauss, cached = np.random.get_state()
-    return {
-        "ranks": per_rank,
-        "batches": batch_gen.get_state(),
-        "python": [version, list(mt), gauss],
-        "numpy": [torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
-    }
-
-
-def set_rng_states(
-    states: dict[str, Any], batch_gen: torch.Generator, device: torch.device, rank: int
-) -> None:
-    """Restore `rng_states`; this rank's own generators only when it has a saved state."""
-    if rank < len(states["ranks"]):
-        own = states["ranks"][rank]
-        torch.set_rng_state(own["torch"])
-        if device.type == "cuda" and own["cuda"] is not None:
-            torch.cuda.set_rng_state(own["cuda"], device)
-    batch_gen.set_state(states["batches"])
-    version, mt, gauss = states["python"]
-    random.setstate((version, tuple(mt), gauss))
-    keys, pos, has_gauss, cached = states["numpy"]
-    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, cached))
 
 
 class NonFiniteLossError(GptcoreError):
@@ -327,8 +189,14 @@ def _say(message: str) -> None:
     tqdm.write(f"train: {message}")
 
 
-class _Loop:
-    """One training run's state; `train()` drives it."""
+class _Run:
+    """One training run: the model, the optimizer and all of the loop's bookkeeping.
+
+    Time: `train_seconds()` and `wall_seconds()` count every segment of a resumed run, the
+    earlier ones from the checkpoint; evaluation and checkpoint writes run `_paused`, so training
+    seconds exclude them. Throughput is `tokens_per_second` of steps over training seconds, for
+    the window since the last evaluation, the progress bar and the whole run alike.
+    """
 
     def __init__(
         self,
@@ -344,8 +212,15 @@ class _Loop:
         self.device = device
         self.dtype = autocast_dtype(self.device, params.dtype)
         torch.manual_seed(params.seed)
-        self.config = model_config(params, train_store.vocab_size)
-        self.model = GPT(self.config).to(self.device)
+        initial = None
+        if params.init_from:  # a Hugging Face folder: its config (checked against params), its weights
+            self.config, initial = initial_weights(params, train_store.vocab_size)
+        else:
+            self.config = model_config(params, train_store.vocab_size)
+        self.model = GPT(self.config)
+        if initial is not None:
+            self.model.load_state_dict(initial)
+        self.model.to(self.device)
         self.flops_per_token = flops_per_token(self.config, self.model.num_params())
         if params.activation_checkpointing:
             checkpoint_blocks(self.model)
@@ -366,24 +241,68 @@ class _Loop:
         self.peak = peak_flops(self.device, self.dtype)
         self.batch_gen = torch.Generator().manual_seed(params.seed)
         self.rows = ranks.rows(params.batch_size)
+        # the same batches at every evaluation, so successive losses are comparable
         self.eval_sets = {
             name: [
                 (x[self.rows], y[self.rows])
-                for x, y in fixed_batches(
+                for x, y in seeded_batches(
                     store, params.eval_iters, params.batch_size, params.block_size, params.seed + 1
                 )
             ]
             for name, store in (("train", train_store), ("val", val_store))
         }
         self.tokens_per_step = params.batch_size * params.block_size * params.grad_accum_steps
+        self.identity: dict[str, Any] = {}
         # carried across segments of a resumed run
         self.step = 0
         self.history: list[dict[str, float]] = []
-        self.train_seconds = 0.0
-        self.wall_seconds = 0.0
+        self.earlier_train_seconds = 0.0
+        self.earlier_wall_seconds = 0.0
+        self.resumed_from: int | None = None
+        # this segment's clock (started by start_clock) and throughput window
+        self.started = 0.0
+        self.paused_seconds = 0.0
+        self.window_steps = 0
+        self.window_began = 0.0  # training seconds when the window opened
         # per-step losses not yet checked on the host: (step, loss tensor)
         self.pending: list[tuple[int, torch.Tensor]] = []
         self.last_checkpoint: tuple[Path, int] | None = None
+
+    # time and throughput
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":  # CUDA calls return before their kernels finish
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def start_clock(self) -> None:
+        self.started = self._now()
+        self.paused_seconds = 0.0
+        self.window_steps, self.window_began = 0, self.train_seconds()
+
+    def wall_seconds(self) -> float:
+        return self.earlier_wall_seconds + self._now() - self.started
+
+    def train_seconds(self) -> float:
+        return self.earlier_train_seconds + self._now() - self.started - self.paused_seconds
+
+    @contextlib.contextmanager
+    def _paused(self) -> Iterator[None]:
+        began = self._now()
+        try:
+            yield
+        finally:
+            self.paused_seconds += self._now() - began
+
+    def tokens_per_second(self, steps: int, seconds: float) -> float:
+        """The one throughput formula: tokens of `steps` optimizer steps over `seconds`."""
+        return steps * self.tokens_per_step / max(seconds, 1e-9)
+
+    def window_tokens_per_second(self) -> float | None:
+        """Throughput since the last evaluation, or None before any step."""
+        if not self.window_steps:
+            return None
+        return self.tokens_per_second(self.window_steps, self.train_seconds() - self.window_began)
 
     # checkpoints
 
@@ -396,20 +315,19 @@ class _Loop:
         return self.model.state_dict(), self.optimizer.state_dict()
 
     def state(
-        self,
-        identity: dict[str, Any],
-        per_rank_rng: list[dict[str, Any]],
-        whole: tuple[dict[str, Any], dict[str, Any]],
+        self, per_rank_rng: list[dict[str, Any]], whole: tuple[dict[str, Any], dict[str, Any]]
     ) -> dict[str, Any]:
+        """Everything the next step depends on, and the run's totals so far, as of now; `whole`
+        is `whole_state()`, gathered by every rank for this write."""
         return {
-            "run": identity,
+            "run": self.identity,
             "step": self.step,
             "model": whole[0],
             "optimizer": whole[1],
             "rng": rng_states(self.batch_gen, per_rank_rng),
             "history": self.history,
-            "train_seconds": self.train_seconds,
-            "wall_seconds": self.wall_seconds,
+            "train_seconds": self.train_seconds(),
+            "wall_seconds": self.wall_seconds(),
         }
 
     def restore(self, saved: dict[str, Any]) -> None:
@@ -421,8 +339,68 @@ class _Loop:
         set_rng_states(saved["rng"], self.batch_gen, self.device, self.ranks.rank)
         self.step = int(saved["step"])
         self.history = [dict(record) for record in saved["history"]]
-        self.train_seconds = float(saved["train_seconds"])
-        self.wall_seconds = float(saved["wall_seconds"])
+        self.earlier_train_seconds = float(saved["train_seconds"])
+        self.earlier_wall_seconds = float(saved["wall_seconds"])
+
+    def resume(self, path: Path) -> None:
+        """Continue from the checkpoint if it is this run's (rank 0 decides for all)."""
+        ranks = self.ranks
+        saved, why = None, None
+        if ranks.is_main and path.exists():
+            saved = load_checkpoint(path)
+            why = resume_mismatch(saved.get("run"), self.identity)
+            if why:
+                _say(f"not resuming {path}: it is from another run ({why}); starting fresh")
+        if not from_main(saved is not None and why is None, ranks):
+            return
+        if not ranks.is_main:
+            if not path.exists():
+                raise GptcoreError(
+                    f"rank {ranks.rank} cannot see {path}, which rank 0 resumes from: every node needs "
+                    "the same models/ folder (a shared filesystem), or delete the checkpoint to start fresh"
+                )
+            saved = load_checkpoint(path)
+        assert saved is not None
+        self.restore(saved)
+        self.resumed_from = self.step
+        self.last_checkpoint = (path, self.step)
+        if ranks.is_main:
+            _say(f"resuming from {path} at step {self.step} of {self.p.max_iters}")
+            writers = len(saved["rng"]["ranks"])
+            if writers != ranks.world_size:
+                _say(
+                    f"the checkpoint was written by {writers} processes, this run has {ranks.world_size}: "
+                    "the data stream continues exactly, dropout draws do not"
+                )
+
+    def save_checkpoint(self, path: Path) -> None:
+        with self._paused():
+            self.check_pending()
+            self.check_weights()
+            per_rank_rng = gather_to_all(device_rng_state(self.device), self.ranks)
+            whole = self.whole_state()
+            if self.ranks.is_main:
+                save_checkpoint(path, self.state(per_rank_rng, whole))
+            self.last_checkpoint = (path, self.step)
+
+    def report_memory(self, plan: MemoryPlan, first: bool) -> None:
+        """After the first step: the parameter and optimizer bytes this process holds, measured.
+        After the first few on CUDA: the plan beside what the allocator's peak was. Paused."""
+        with self._paused():
+            if first:
+                params, state = held_bytes(self.model, self.optimizer)
+                if self.ranks.is_main:
+                    _say(
+                        f"held by this process: {params:,} bytes of parameters, {state:,} of optimizer state"
+                    )
+                return
+            if self.device.type == "cuda" and self.ranks.is_main:
+                peak = torch.cuda.max_memory_allocated(self.device)
+                _say(
+                    f"memory plan {plan.total / 2**30:.2f} GiB, CUDA peak allocated {peak / 2**30:.2f} GiB "
+                    f"after {self.step} steps: the plan is off by {(plan.total - peak) / 2**30:+.2f} GiB "
+                    f"({(plan.total - peak) / peak:+.0%})"
+                )
 
     # numerics
 
@@ -457,26 +435,36 @@ class _Loop:
 
     # the work
 
-    def evaluate(self, tokens_per_second: float | None) -> dict[str, float]:
-        losses = {
-            s: estimate_loss(self.fwd, self.eval_sets[s], self.device, self.dtype) for s in ("train", "val")
-        }
-        if self.ranks.distributed:  # each rank scored its rows of the same batches
-            both = mean_over_ranks(
-                torch.tensor([losses["train"], losses["val"]], device=self.device), self.ranks
+    def evaluate(self, on_eval: EvalCallback | None) -> dict[str, float]:
+        """Estimate both losses, record them in the history and hand them to `on_eval`; then open
+        a new throughput window. Paused: none of it counts as training time."""
+        tokens_per_second = self.window_tokens_per_second()
+        with self._paused():
+            losses = torch.tensor(
+                [
+                    score_batches(self.fwd, self.eval_sets[s], self.device, self.dtype).loss
+                    for s in ("train", "val")
+                ],
+                device=self.device,
             )
-            losses = {"train": both[0].item(), "val": both[1].item()}
-        for split, value in losses.items():
-            if not math.isfinite(value):
-                raise self.fail(f"the {split} loss estimate became {value}", self.step)
-        record = {"train/loss": losses["train"], "val/loss": losses["val"], "lr": lr_at(self.step, self.p)}
-        if tokens_per_second is not None:
-            record["perf/tokens_per_second"] = tokens_per_second
-            mfu = model_flops_utilization(self.flops_per_token, tokens_per_second, self.peak)
-            if mfu is not None:
-                record["perf/mfu"] = mfu
-            if self.device.type == "cuda":
-                record["perf/peak_memory_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+            if self.ranks.distributed:  # each rank scored its rows of the same batches
+                losses = mean_over_ranks(losses, self.ranks)
+            record = {"train/loss": losses[0].item(), "val/loss": losses[1].item()}
+            for split in ("train", "val"):
+                if not math.isfinite(record[f"{split}/loss"]):
+                    raise self.fail(f"the {split} loss estimate became {record[f'{split}/loss']}", self.step)
+            record["lr"] = lr_at(self.step, self.p)
+            if tokens_per_second is not None:
+                record["perf/tokens_per_second"] = tokens_per_second
+                mfu = model_flops_utilization(self.flops_per_token, tokens_per_second, self.peak)
+                if mfu is not None:
+                    record["perf/mfu"] = mfu
+                if self.device.type == "cuda":
+                    record["perf/peak_memory_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+            self.history.append({"step": self.step, **record})
+            if on_eval:
+                on_eval(self.step, record)
+        self.window_steps, self.window_began = 0, self.train_seconds()
         return record
 
     def train_step(self) -> None:
@@ -508,35 +496,26 @@ class _Loop:
         self.optimizer.zero_grad(set_to_none=True)
         self.pending.append((self.step, total))
         self.step += 1
+        self.window_steps += 1
 
-
-class _Clock:
-    """Seconds since the run (segment) started, and the part of them spent training: evaluation
-    and checkpoint writes run `paused`. On CUDA it waits for queued work before reading the time."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.start = time.perf_counter()
-        self.paused_seconds = 0.0
-
-    def _now(self) -> float:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        return time.perf_counter()
-
-    def wall(self) -> float:
-        return self._now() - self.start
-
-    def training(self) -> float:
-        return self._now() - self.start - self.paused_seconds
-
-    @contextlib.contextmanager
-    def paused(self) -> Iterator[None]:
-        began = self._now()
-        try:
-            yield
-        finally:
-            self.paused_seconds += self._now() - began
+    def result(self, final: dict[str, float]) -> TrainResult:
+        tokens_seen = self.p.max_iters * self.tokens_per_step
+        tokens_per_second = self.tokens_per_second(self.p.max_iters, self.train_seconds())
+        return TrainResult(
+            model=full_model(self.model, self.config) if self.sharded else self.model,
+            steps=self.p.max_iters,
+            tokens_seen=tokens_seen,
+            wall_seconds=self.wall_seconds(),
+            tokens_per_second=tokens_per_second,
+            final_train_loss=final["train/loss"],
+            final_val_loss=final["val/loss"],
+            flops_per_token=self.flops_per_token,
+            mfu=model_flops_utilization(self.flops_per_token, tokens_per_second, self.peak),
+            peak_memory_bytes=torch.cuda.max_memory_allocated(self.device)
+            if self.device.type == "cuda"
+            else None,
+            resumed_from=self.resumed_from,
+        )
 
 
 def train(
@@ -549,7 +528,8 @@ def train(
     ranks: Ranks | None = None,
 ) -> TrainResult:
     """Train a GPT on the token stores, writing a resumable checkpoint to `checkpoint` every
-    train.checkpoint_interval steps (0: never) and continuing from it when it holds this run's; `on_eval` receives every evaluation of the run, earlier segments' first.
+    train.checkpoint_interval steps (0: never) and continuing from it when it holds this run's;
+    `on_eval` receives every evaluation of the run, earlier segments' first.
 
     Under torchrun pass `ranks` (`Ranks.from_env()`): this process then trains its share of each
     batch in the run's process group, and only rank 0 writes the checkpoint; give `on_eval` on
@@ -564,8 +544,8 @@ def train(
     if threads:
         torch.set_num_threads(threads)
     if device.type == "cpu":
-        # compiled CPU kernels may otherwise reduce in a run-dependent order; eager CPU ops
-        # are deterministic already. Measured cost: none (7,730 vs 7,917 tokens/s, within noise).
+        # compiled CPU kernels may otherwise reduce in a run-dependent order; eager CPU ops are
+        # deterministic already, so this costs nothing there (its measured cost was within noise)
         torch.use_deterministic_algorithms(True)
     for name, store in (("train", train_store), ("val", val_store)):
         if len(store) <= params.block_size:
@@ -574,63 +554,13 @@ def train(
                 f"({params.block_size + 1}): use more data or a smaller block_size"
             )
     # the plan comes before anything is allocated: a run that cannot fit stops here, not at step 0
-    plan = memory_plan(params, model_config(params, train_store.vocab_size), device)
+    plan = memory_plan(params, planned_config(params, train_store.vocab_size), device)
     if ranks.is_main:
         for label, value in plan.rows():
             _say(f"{label.strip()}: {value}")
     check_memory_plan(plan)
     with process_group(ranks, device):
         return _train(plan, params, train_store, val_store, on_eval, progress, checkpoint, ranks, device)
-
-
-def _resume(loop: _Loop, path: Path, identity: dict[str, Any]) -> int | None:
-    """Continue from the checkpoint if it is this run's (rank 0 decides for all); the step, or None."""
-    ranks = loop.ranks
-    saved, why = None, None
-    if ranks.is_main and path.exists():
-        saved = load_checkpoint(path)
-        why = resume_mismatch(saved.get("run"), identity)
-        if why:
-            _say(f"not resuming {path}: it is from another run ({why}); starting fresh")
-    resume = from_main(saved is not None and why is None, ranks)
-    if not resume:
-        return None
-    if not ranks.is_main:
-        if not path.exists():
-            raise GptcoreError(
-                f"rank {ranks.rank} cannot see {path}, which rank 0 resumes from: every node needs "
-                "the same models/ folder (a shared filesystem), or delete the checkpoint to start fresh"
-            )
-        saved = load_checkpoint(path)
-    assert saved is not None
-    loop.restore(saved)
-    loop.last_checkpoint = (path, loop.step)
-    if ranks.is_main:
-        _say(f"resuming from {path} at step {loop.step} of {loop.p.max_iters}")
-        writers = len(saved["rng"]["ranks"])
-        if writers != ranks.world_size:
-            _say(
-                f"the checkpoint was written by {writers} processes, this run has {ranks.world_size}: "
-                "the data stream continues exactly, dropout draws do not"
-            )
-    return loop.step
-
-
-def report_memory(loop: _Loop, plan: MemoryPlan, first: bool) -> None:
-    """After the first step: the parameter and optimizer bytes this process holds, measured. After
-    the first few on CUDA: the plan beside what the allocator's peak was."""
-    if first:
-        params, state = held_bytes(loop.model, loop.optimizer)
-        if loop.ranks.is_main:
-            _say(f"held by this process: {params:,} bytes of parameters, {state:,} of optimizer state")
-        return
-    if loop.device.type == "cuda" and loop.ranks.is_main:
-        peak = torch.cuda.max_memory_allocated(loop.device)
-        _say(
-            f"memory plan {plan.total / 2**30:.2f} GiB, CUDA peak allocated {peak / 2**30:.2f} GiB "
-            f"after {loop.step} steps: the plan is off by {(plan.total - peak) / 2**30:+.2f} GiB "
-            f"({(plan.total - peak) / peak:+.0%})"
-        )
 
 
 def _train(
@@ -644,83 +574,39 @@ def _train(
     ranks: Ranks,
     device: torch.device,
 ) -> TrainResult:
-    loop = _Loop(params, train_store, val_store, ranks, device)
-    identity = run_identity(params, train_store, val_store) if checkpoint else {}
-    resumed_from = _resume(loop, checkpoint, identity) if checkpoint else None
+    run = _Run(params, train_store, val_store, ranks, device)
+    if checkpoint:
+        run.identity = run_identity(
+            params, {str(store.path): store.sha256() for store in (train_store, val_store)}
+        )
+        run.resume(checkpoint)
     if on_eval:
-        for record in loop.history:
+        for record in run.history:
             on_eval(int(record["step"]), {k: v for k, v in record.items() if k != "step"})
 
-    clock = _Clock(loop.device)
-    # throughput window: steps and training seconds since the last evaluation
-    window = {"steps": 0, "since": 0.0}
-
-    def evaluate_and_log() -> dict[str, float]:
-        elapsed = clock.training() - window["since"]
-        tokens_per_second = window["steps"] * loop.tokens_per_step / elapsed if window["steps"] else None
-        with clock.paused():
-            metrics = loop.evaluate(tokens_per_second)
-            loop.history.append({"step": loop.step, **metrics})
-            if on_eval:
-                on_eval(loop.step, metrics)
-        window.update(steps=0, since=clock.training())
-        return metrics
-
-    def save_checkpoint_now(path: Path) -> None:
-        with clock.paused():
-            loop.check_pending()
-            loop.check_weights()
-            per_rank_rng = gather_to_all(device_rng_state(loop.device), ranks)
-            whole = loop.whole_state()
-            if ranks.is_main:
-                state = loop.state(identity, per_rank_rng, whole)
-                state["train_seconds"] += clock.training()
-                state["wall_seconds"] += clock.wall()
-                save_checkpoint(path, state)
-            loop.last_checkpoint = (path, loop.step)
-
-    resumed_at = loop.step
-    loop.model.train()
+    run.start_clock()
+    resumed_at = run.step
+    run.model.train()
     bar = tqdm(
         total=params.max_iters,
-        initial=loop.step,
+        initial=run.step,
         desc="train",
         unit="step",
         disable=not (progress and ranks.is_main),
     )
-    while loop.step < params.max_iters:
-        if loop.step % params.eval_interval == 0:
-            evaluate_and_log()
-        loop.train_step()
-        window["steps"] += 1
-        if loop.step == resumed_at + 1 or loop.step == min(resumed_at + 3, params.max_iters):
-            with clock.paused():
-                report_memory(loop, plan, first=loop.step == resumed_at + 1)
+    while run.step < params.max_iters:
+        if run.step % params.eval_interval == 0:
+            run.evaluate(on_eval)
+        run.train_step()
+        if run.step == resumed_at + 1 or run.step == min(resumed_at + 3, params.max_iters):
+            run.report_memory(plan, first=run.step == resumed_at + 1)
         bar.update(1)
-        if loop.step % params.log_interval == 0:
-            mean_loss = loop.check_pending()  # the only host sync in the hot loop
-            rate = window["steps"] * loop.tokens_per_step / max(clock.training() - window["since"], 1e-9)
-            bar.set_postfix(loss=f"{mean_loss:.4f}", tok_s=f"{rate:,.0f}")
-        if checkpoint and params.checkpoint_interval and loop.step % params.checkpoint_interval == 0:
-            save_checkpoint_now(checkpoint)
-    loop.check_pending()
-    final = evaluate_and_log()
+        if run.step % params.log_interval == 0:
+            mean_loss = run.check_pending()  # the only host sync in the hot loop
+            bar.set_postfix(loss=f"{mean_loss:.4f}", tok_s=f"{run.window_tokens_per_second():,.0f}")
+        if checkpoint and params.checkpoint_interval and run.step % params.checkpoint_interval == 0:
+            run.save_checkpoint(checkpoint)
+    run.check_pending()
+    final = run.evaluate(on_eval)
     bar.close()
-    train_seconds = loop.train_seconds + clock.training()
-    tokens_seen = params.max_iters * loop.tokens_per_step
-    tokens_per_second = tokens_seen / train_seconds if train_seconds > 0 else 0.0
-    return TrainResult(
-        model=full_model(loop.model, loop.config) if loop.sharded else loop.model,
-        steps=params.max_iters,
-        tokens_seen=tokens_seen,
-        wall_seconds=loop.wall_seconds + clock.wall(),
-        tokens_per_second=tokens_per_second,
-        final_train_loss=final["train/loss"],
-        final_val_loss=final["val/loss"],
-        flops_per_token=loop.flops_per_token,
-        mfu=model_flops_utilization(loop.flops_per_token, tokens_per_second, loop.peak),
-        peak_memory_bytes=torch.cuda.max_memory_allocated(loop.device)
-        if loop.device.type == "cuda"
-        else None,
-        resumed_from=resumed_from,
-    )
+    return run.result(final)

@@ -4,47 +4,49 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gptcore.checkpoint import load_model
+from gptcore.atomic import write_json
+from gptcore.checkpoint import MODEL_FILE, load_model
+from gptcore.device import resolve_device
 from gptcore.errors import run_main
 from gptcore.evaluate import evaluate_sample, evaluate_split
 from gptcore.params import load_section
-from gptcore.reports import plot_losses, read_loss_log, write_json
+from gptcore.reports import plot_losses, read_loss_log
 from gptcore.tokens import TokenStore
-from gptcore.train import resolve_device
 
 TOKENS_DIR = Path("data/tokens")
-MODEL = Path("models/model.pt")
 LOSS_LOGS = {split: Path(f"dvclive/plots/metrics/{split}/loss.tsv") for split in ("train", "val")}
 REPORT = Path("reports/eval.json")
 PLOT = Path("reports/loss.png")
+# seeds the fixed sample of train windows behind train_loss (any fixed value: the same every run)
+TRAIN_SAMPLE_SEED = 0
 
 
 def main() -> None:
     params = load_section("evaluate")
     device = resolve_device("auto")
-    model, tokenizer, _ = load_model(MODEL, device)
+    model, tokenizer, _ = load_model(MODEL_FILE, device)
     stores = {split: TokenStore(TOKENS_DIR / f"{split}.h5") for split in ("train", "val")}
     for store in stores.values():
         store.check_vocab(tokenizer.identity)
-    block = model.config.block_size
 
-    val, val_bytes = evaluate_split(model, stores["val"], block, params.batch_size, params.max_tokens, device)
-    train = evaluate_sample(model, stores["train"], block, params.batch_size, params.train_tokens, 0, device)
+    windows = {"block_size": model.config.block_size, "batch_size": params.batch_size, "device": device}
+    val = evaluate_split(model, stores["val"], max_tokens=params.max_tokens, **windows)
+    train = evaluate_sample(
+        model, stores["train"], n_tokens=params.train_tokens, seed=TRAIN_SAMPLE_SEED, **windows
+    )
     write_json(
         REPORT,
         {
             "val_loss": round(val.loss, 4),
             "val_perplexity": round(val.perplexity, 3),
-            "val_bits_per_byte": round(val.bits_per_byte(val_bytes), 4),
+            "val_bits_per_byte": round(val.bits_per_byte, 4),
             "val_tokens": val.tokens,
             "train_loss": round(train.loss, 4),
             "train_tokens": train.tokens,
         },
     )
     plot_losses({split: read_loss_log(path) for split, path in LOSS_LOGS.items()}, PLOT)
-    print(
-        f"evaluate: val loss {val.loss:.4f}, {val.bits_per_byte(val_bytes):.4f} bits/byte over {val.tokens} tokens"
-    )
+    print(f"evaluate: val loss {val.loss:.4f}, {val.bits_per_byte:.4f} bits/byte over {val.tokens} tokens")
 
 
 if __name__ == "__main__":

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from tqdm import tqdm
 
-from gptcore.atomic import atomic_dir, write_text
-from gptcore.documents import DocumentStats, iter_documents
+from gptcore.atomic import atomic_dir, write_json
+from gptcore.documents import BINARY, BOM, CUT, LINE_ENDS, TOO_LONG, DocumentStats, iter_documents, some
 from gptcore.errors import run_main
 from gptcore.params import load_section
 from gptcore.split import write_splits
@@ -28,6 +27,8 @@ def main() -> None:
         pile_set_names=params.pile_set_names,
         max_docs=params.max_docs,
         max_bytes=params.max_bytes,
+        max_document_bytes=params.max_document_bytes,
+        newlines=params.newlines,
     )
     documents = tqdm(documents, desc="documents", unit=" docs")
     with atomic_dir(SPLIT_DIR) as tmp:
@@ -39,15 +40,36 @@ def main() -> None:
         "skipped": dict(stats.skipped),
         "invalid_utf8_documents": stats.invalid_utf8,
         "stopped_by": stats.stopped_by,
+        "binary_files": {"count": stats.skipped[BINARY], "names": stats.names.get(BINARY, [])},
+        "too_long_lines": {"count": stats.skipped[TOO_LONG], "names": stats.names.get(TOO_LONG, [])},
+        "cut_documents": {"count": stats.changed[CUT], "names": stats.names.get(CUT, [])},
+        "bom_dropped_documents": stats.changed[BOM],
+        "line_ends_normalised_documents": stats.changed[LINE_ENDS],
     }
-    write_text(REPORT, json.dumps(report, indent=2, sort_keys=True) + "\n")
+    write_json(REPORT, report)
     for split in ("train", "val"):
         c = counts[split]
-        print(f"{split}: {c['documents']:,} documents, {c['characters']:,} characters, {c['bytes']:,} bytes")
+        print(
+            f"{split}: {count(c['documents'], 'document')}, {c['characters']:,} characters, {c['bytes']:,} bytes"
+        )
+    limit = f"data.max_document_bytes ({params.max_document_bytes:,})"
+    notices = [
+        (stats.skipped[BINARY], BINARY, "binary file{s} skipped (not text)"),
+        (stats.skipped[TOO_LONG], TOO_LONG, f"JSON line{{s}} longer than {limit} skipped"),
+        (stats.changed[CUT], CUT, f"document{{s}} longer than {limit} read as parts <name>#1, #2, ..."),
+    ]
+    for n, kind, what in notices:
+        if n:
+            print(f"{n:,} {what.format(s='s' * (n != 1))}: {some(stats.names[kind], n)}")
     if stats.invalid_utf8:
-        print(f"{stats.invalid_utf8:,} documents held invalid UTF-8 (replaced by U+FFFD)")
+        print(f"{count(stats.invalid_utf8, 'document')} held invalid UTF-8 (replaced by U+FFFD)")
     if stats.stopped_by:
         print(f"stopped early by data.{stats.stopped_by}, as asked")
+    print(f"details: {REPORT}")
+
+
+def count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'s' * (n != 1)}"
 
 
 if __name__ == "__main__":

@@ -5,15 +5,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import torch
-
 from gptcore.atomic import write_text
-from gptcore.checkpoint import load_model
+from gptcore.checkpoint import MODEL_FILE, load_model
 from gptcore.errors import run_main
-from gptcore.generate import complete
+from gptcore.generate import complete, seeded_generator
 from gptcore.params import load_section
 
-MODEL_FILE = Path("models/model.pt")
 SAMPLES_FILE = Path("reports/samples.md")
 
 
@@ -28,31 +25,21 @@ def main() -> None:
     # sampled on the CPU, whatever trained the model: the report then depends only on the model
     # file and the params, not on which machine runs the stage
     model, tokenizer, meta = load_model(MODEL_FILE, "cpu")
+    sampling = params.sampling()
     settings = {k: v for k, v in sorted(meta.items()) if isinstance(v, (int, float, str, bool))}
     settings.update(
-        temperature=params.temperature,
-        top_k=params.top_k,
-        top_p=params.top_p,
-        max_new_tokens=params.max_new_tokens,
-        seed=f"{params.seed} (reseeded for each prompt)",
-        stop=repr(params.stop),
+        temperature=sampling.temperature,
+        top_k=sampling.top_k,
+        top_p=sampling.top_p,
+        max_new_tokens=sampling.max_new_tokens,
+        seed=f"{sampling.seed} (reseeded for each prompt)",
+        stop=repr(list(sampling.stop)),
     )
     lines = ["# Samples", "", f"Completions by `{MODEL_FILE}`.", "", "| setting | value |", "|---|---|"]
     lines += ["| {} | {} |".format(key, str(value).replace("|", "\\|")) for key, value in settings.items()]
     for number, prompt in enumerate(params.prompts, start=1):
         # one seed per prompt: a prompt's completion does not change when other prompts are added
-        generator = torch.Generator().manual_seed(params.seed)
-        text = prompt + complete(
-            model,
-            tokenizer,
-            prompt,
-            params.max_new_tokens,
-            temperature=params.temperature,
-            top_k=params.top_k,
-            top_p=params.top_p,
-            generator=generator,
-            stop=params.stop,
-        )
+        text = prompt + complete(model, tokenizer, prompt, sampling, generator=seeded_generator(sampling))
         span, fence = _backticks(prompt, 1), _backticks(text, 3)
         pad = " " if prompt[:1] == "`" or prompt[-1:] == "`" else ""  # CommonMark strips one space each side
         lines += ["", f"## Prompt {number}", "", f"Prompt: {span}{pad}{prompt}{pad}{span}", ""]

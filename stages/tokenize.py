@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 from tqdm import tqdm
 
-from gptcore.atomic import atomic_dir, write_text
+from gptcore.atomic import atomic_dir, write_json
 from gptcore.encode import default_workers, tokenize_to_file
 from gptcore.errors import run_main
 from gptcore.params import load_section
@@ -45,10 +44,10 @@ def main() -> None:
             }
             mb_s = (summary.source_bytes or 0) / 1e6 / seconds
             print(
-                f"tokenize: {split}: {summary.documents:,} documents, {summary.tokens:,} tokens "
+                f"tokenize: {split}: {summary.documents:,} document{'s' * (summary.documents != 1)}, {summary.tokens:,} tokens "
                 f"in {seconds:.1f} s ({mb_s:.1f} MB/s, {summary.tokens / seconds:,.0f} tokens/s, {workers} workers)"
             )
-    write_text(REPORT, json.dumps(report, indent=2, sort_keys=True) + "\n")
+    write_json(REPORT, report)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,9 @@
 """Stage train: train a GPT on data/tokens, log losses with DVCLive, write models/model.pt.
 
 A killed run resumes: every train.checkpoint_interval steps the loop writes models/checkpoint.pt,
-which is not a DVC output, so DVC never deletes it before the next run (declaring it with
-`persist: true` would turn off DVC's run-cache for this stage). The next run with the same train
-params and token files continues from it, re-logging the evaluations the checkpoint holds, and
-ends exactly as an uninterrupted run would. Once the model file is written the checkpoint is
-deleted: it is only there while a run is unfinished.
+and the next run of the same train params and token files continues from it and ends exactly as
+an uninterrupted run would; once the model file is written the checkpoint is deleted. Why the
+checkpoint is not a DVC output: README, "Interrupted runs resume exactly".
 
 With train.nproc_per_node x train.nnodes > 1 the stage replaces itself with torchrun running this
 same module, one process per rank (gptcore.distributed); rank 0 writes every output.
@@ -18,18 +16,18 @@ import sys
 from pathlib import Path
 
 from dvclive import Live
-from gptcore.checkpoint import save_model
+from gptcore.atomic import write_json
+from gptcore.checkpoint import MODEL_FILE, save_model
 from gptcore.distributed import Ranks, die_with_parent, needs_torchrun, torchrun_argv
 from gptcore.errors import run_main
+from gptcore.hf import check_vocabulary
 from gptcore.params import load_section
-from gptcore.reports import write_json
 from gptcore.tokenizer import load_tokenizer
 from gptcore.tokens import TokenStore
 from gptcore.train import train
 
 TOKENS_DIR = Path("data/tokens")
 VOCAB_DIR = Path("data/vocab")
-MODEL = Path("models/model.pt")
 CHECKPOINT = Path("models/checkpoint.pt")
 LIVE_DIR = "dvclive"
 REPORT = Path("reports/train.json")
@@ -42,6 +40,8 @@ def main() -> None:
         print(f"train: {params.world_size} processes: {' '.join(argv[2:])}", flush=True)
         os.execv(sys.executable, argv)  # torchrun's exit status becomes the stage's
     tokenizer = load_tokenizer(VOCAB_DIR)
+    if params.init_from:
+        check_vocabulary(params.init_from, tokenizer)
     stores = {split: TokenStore(TOKENS_DIR / f"{split}.h5") for split in ("train", "val")}
     for store in stores.values():
         store.check_vocab(tokenizer.identity)
@@ -52,7 +52,7 @@ def main() -> None:
         train(params, stores["train"], stores["val"], progress=False, checkpoint=CHECKPOINT, ranks=ranks)
         return
 
-    # dvcyaml=False: dvc.yaml is written by hand; DVCLive must not edit it (see README, "Plots")
+    # dvcyaml=False: dvc.yaml is written by hand; DVCLive must not edit it (README, "Experiments")
     with Live(dir=LIVE_DIR, dvcyaml=False, save_dvc_exp=False) as live:
 
         def log(step: int, metrics: dict[str, float]) -> None:
@@ -71,7 +71,7 @@ def main() -> None:
         )
 
     save_model(
-        MODEL, result.model, tokenizer, meta={"steps": result.steps, "tokens_seen": result.tokens_seen}
+        MODEL_FILE, result.model, tokenizer, meta={"steps": result.steps, "tokens_seen": result.tokens_seen}
     )
     report = {
         "steps": result.steps,

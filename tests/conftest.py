@@ -1,11 +1,68 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures and the helpers several test modules use (`from conftest import ...`)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
 import pytest
 import torch
+import yaml
 
-from gptcore.tokens import TokenStore
+from gptcore.tokens import TokenFileSummary, TokenIds, TokenStore, TokenWriter
+
+# the vocabulary of counting_documents: ids 0..10 are "text", 11 is the end-of-text id
+COUNTING_VOCAB = 12
+REPO = Path(__file__).resolve().parents[1]
+
+
+def workspace(tmp_path: Path, **data: object) -> Path:
+    """A folder laid out like the repo: params.yaml (with `data` changes) and an empty data/raw."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    params["data"].update(data)
+    params["tokenize"]["workers"] = 2
+    params["vocab"]["kind"] = "char"  # one token per character: counts below are exact
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    (tmp_path / "data" / "raw").mkdir(parents=True)
+    return tmp_path
+
+
+def write_token_file(
+    path: Path | str,
+    documents: Iterable[TokenIds],
+    *,
+    vocab_size: int,
+    eot_id: int,
+    tokenizer_identity: dict[str, Any],
+    source_bytes: int | None = None,
+) -> TokenFileSummary:
+    """A token file of already-encoded documents (each followed by eot), through the writer the
+    tokenize stage uses; `source_bytes` is the UTF-8 bytes of their text in all (None: unknown)."""
+    with TokenWriter(
+        path, vocab_size=vocab_size, eot_id=eot_id, tokenizer_identity=tokenizer_identity
+    ) as writer:
+        for i, ids in enumerate(documents):
+            # the writer sums per-document counts; the whole count goes with the first document
+            share = None if source_bytes is None else (source_bytes if i == 0 else 0)
+            writer.add_document(ids, source_bytes=share)
+    assert writer.summary is not None
+    return writer.summary
+
+
+def counting_documents(n: int, seed: int) -> list[np.ndarray]:
+    """Documents that count up mod 11 from a random start: easy to learn, so loss must fall."""
+    rng = np.random.default_rng(seed)
+    return [(int(rng.integers(11)) + np.arange(int(rng.integers(20, 60)))) % 11 for _ in range(n)]
+
+
+def write_counting_store(path: Path, documents: list[np.ndarray]) -> TokenStore:
+    identity = {"kind": "char", "vocab_size": COUNTING_VOCAB, "sha256": "0" * 64}
+    write_token_file(
+        path, documents, vocab_size=COUNTING_VOCAB, eot_id=COUNTING_VOCAB - 1, tokenizer_identity=identity
+    )
+    return TokenStore(path)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -20,11 +77,9 @@ def one_torch_thread():
 
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory: pytest.TempPathFactory) -> tuple[TokenStore, TokenStore]:
-    """Train and val token stores of counting documents (see test_train), for training tests."""
-    from test_train import counting_documents, write_store
-
+    """Train and val token stores of counting documents, for training tests."""
     folder = tmp_path_factory.mktemp("tokens")
     return (
-        write_store(folder / "train.h5", counting_documents(40, seed=0)),
-        write_store(folder / "val.h5", counting_documents(8, seed=1)),
+        write_counting_store(folder / "train.h5", counting_documents(40, seed=0)),
+        write_counting_store(folder / "val.h5", counting_documents(8, seed=1)),
     )

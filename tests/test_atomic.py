@@ -48,3 +48,31 @@ def test_temporaries_of_dead_writers_are_swept_and_live_ones_kept(tmp_path: Path
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [live.name, other.name, "split", "report.json"]
     )
+
+
+def test_what_a_killed_writer_leaves_is_invisible_to_git(tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[1]
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@e"]
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    for name in (".gitignore", ".dvcignore", "data/.gitignore"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text((repo / name).read_text())
+    subprocess.run([*git, "add", "-A"], cwd=tmp_path, check=True)
+    subprocess.run([*git, "commit", "-qm", "init"], cwd=tmp_path, check=True)
+    # a stage killed with SIGKILL while it writes a folder output and a file output
+    script = (
+        "import os, signal\n"
+        "from gptcore.atomic import atomic_dir, atomic_file\n"
+        "with atomic_dir('data/tokens') as d, atomic_file('reports/tokens.json') as f:\n"
+        "    (d / 'train.h5').write_bytes(b'x' * 1000); f.write_text('{')\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    killed = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env)
+    assert killed.returncode == -9
+    left = sorted(p.name for p in [*(tmp_path / "data").iterdir(), *(tmp_path / "reports").iterdir()])
+    assert any(name.startswith(".tokens.") for name in left) and any(
+        name.startswith(".tokens.json.") for name in left
+    )
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=tmp_path, capture_output=True, text=True)
+    assert status.stdout == ""

@@ -284,3 +284,55 @@ def test_damaged_file_with_our_marker_is_refused_with_data_error(tmp_path: Path,
     save_as_ours(payload, tmp_path / "damaged.pt")
     with pytest.raises(DataError, match="damaged.pt"):
         load_model(tmp_path / "damaged.pt")
+
+
+def test_a_forged_config_with_a_recomputed_hash_is_refused_before_any_allocation(
+    tmp_path: Path, saved: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    payload = torch.load(saved, weights_only=True)
+    payload["config"]["n_embd"] = 32768  # a 12 GB model, if it were built
+    save_as_ours(payload, tmp_path / "forged.pt")  # the sha256 recomputed: it proves nothing
+    built: list[GPTConfig] = []
+    real_gpt = checkpoint.GPT
+
+    def spy(config: GPTConfig) -> GPT:
+        if torch.empty(0).device.type != "meta":  # a real build, not the meta-device shape check
+            built.append(config)
+        return real_gpt(config)
+
+    monkeypatch.setattr(checkpoint, "GPT", spy)
+    with pytest.raises(DataError, match=r"forged\.pt: weights do not match the model config: wte\.weight is"):
+        load_model(tmp_path / "forged.pt")
+    assert built == []
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "said"),
+    [
+        ("n_embd", "64", r"n_embd = '64' is not int"),
+        ("n_layer", True, r"n_layer = True is not int"),
+        ("n_head", 0, r"n_head = 0 must be >= 1"),
+        ("n_head", 3, r"n_embd \d+ is not a multiple of n_head 3"),
+        ("dropout", 1.5, r"dropout = 1.5 must lie in \[0, 1\)"),
+        ("n_layer", 10**9, r"n_layer = 1000000000, but the file holds \d+ tensors"),
+        ("flash", True, r"unknown model config key 'flash'"),
+    ],
+)
+def test_config_values_are_checked_before_the_model_is_built(
+    tmp_path: Path, saved: Path, key: str, value: object, said: str
+) -> None:
+    payload = torch.load(saved, weights_only=True)
+    payload["config"][key] = value
+    save_as_ours(payload, tmp_path / "bad.pt")
+    with pytest.raises(DataError, match=rf"bad\.pt: (model config )?{said}"):
+        load_model(tmp_path / "bad.pt")
+
+
+def test_refusing_a_pickled_object_never_advises_weights_only_false(tmp_path: Path) -> None:
+    path = tmp_path / "model.pt"
+    torch.save({"format": MODEL_FORMAT, "handle": pickle.PickleError}, path)
+    with pytest.raises(DataError) as err:
+        load_model(path)
+    message = str(err.value)
+    assert "weights_only" not in message and "\n" not in message
+    assert message.endswith("holds a Python object (pickle.PickleError) that only running code could rebuild")

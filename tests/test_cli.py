@@ -18,9 +18,10 @@ import yaml
 
 from gptcore.checkpoint import load_model, save_model
 from gptcore.cli import main
-from gptcore.generate import complete
+from gptcore.generate import complete, seeded_generator
 from gptcore.memory import activation_bytes
 from gptcore.model import GPT, GPTConfig
+from gptcore.sampling import Sampling
 from gptcore.tokenizer import CharTokenizer
 from stages import sample as sample_stage
 
@@ -76,11 +77,10 @@ def run_cli(args: list[str], cwd: Path, stdin: str = "") -> subprocess.Completed
     )
 
 
-def reference_completion(prompt: str, max_new_tokens: int, seed: int, **sampling: float) -> str:
+def reference_completion(prompt: str, max_new_tokens: int, seed: int, **settings: float) -> str:
     model, tok, _ = load_model("models/model.pt")
-    return complete(
-        model, tok, prompt, max_new_tokens, generator=torch.Generator().manual_seed(seed), **sampling
-    )
+    sampling = Sampling(max_new_tokens=max_new_tokens, seed=seed, **settings)
+    return complete(model, tok, prompt, sampling, generator=seeded_generator(sampling))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -121,8 +121,8 @@ def test_chat_commands_change_the_settings_and_reset_forgets_the_conversation(wo
     err = result.stderr
     assert "/temperature X" in err and "/reset" in err  # the help
     assert "[temperature 0, top_k 3, top_p 0.5, max_new_tokens 5," in err
-    assert "error: /top_p needs a number in (0, 1], got '2'" in err
-    assert "error: /max_tokens needs a whole number >= 1, got 'zero'" in err
+    assert "error: /top_p: top_p = 2.0 is invalid: must be a number in (0, 1] (1 is off)" in err
+    assert "error: /max_tokens: max_new_tokens = 'zero' is invalid: must be a whole number >= 1" in err
     assert "error: unknown command /bogus: /help lists them" in err
     assert "[conversation cleared]" in err
     # greedy, 5 tokens, top-k 3 / top-p 0.5; after /reset the same prompt gives the same reply
@@ -178,6 +178,50 @@ def test_ctrl_c_at_the_prompt_exits_cleanly(workdir: Path) -> None:
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert out == "" and "Traceback" not in err
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="pseudo-terminals are POSIX")
+def test_ctrl_c_at_an_idle_terminal_prompt_clears_the_line_and_ctrl_d_quits(workdir: Path) -> None:
+    import pty
+    import select
+
+    args = ["chat", "--max-new-tokens", "3", "--temperature", "0", "--device", "cpu"]
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: a chat on a terminal, as a user starts it
+        os.execve(sys.executable, [sys.executable, "-m", "gptcore.cli", *args], CHILD_ENV)
+    seen = b""
+
+    def read_until(text: bytes) -> None:
+        nonlocal seen
+        while text not in seen:
+            ready, _, _ = select.select([fd], [], [], 60)
+            assert ready, f"no {text!r} from the chat; it said {seen!r}"
+            seen += os.read(fd, 1024)
+
+    read_until(b"> ")
+    os.write(fd, b"half a thought")
+    read_until(b"half a thought")
+    os.write(fd, b"\x03")  # Ctrl-C: the terminal sends SIGINT
+    read_until(b"> ")  # a fresh prompt: the chat goes on
+    seen = b""
+    os.write(fd, b"ROMEO:\n")
+    read_until(b"> ")  # it answered the line and asks for the next
+    assert b"Traceback" not in seen
+    os.write(fd, b"\x04")  # Ctrl-D quits
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_prompt_characters_outside_a_char_vocabulary_are_noted_once(workdir: Path) -> None:
+    args = shlex.split("chat --model models/model.pt --temperature 0 --max-new-tokens 3 --device cpu")
+    result = run_cli(args, workdir, stdin="ROMEO: Ω and €\nJULIET: Ω and ✓\nROMEO:\n")
+    assert result.returncode == 0, result.stderr
+    notes = [line for line in result.stderr.splitlines() if line.startswith("note:")]
+    assert notes == [
+        "note: 'Ω', '€' not in the model's vocabulary: it reads each as <|unk|>",
+        "note: '✓' not in the model's vocabulary: it reads each as <|unk|>",
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,6 +327,55 @@ def test_info_without_a_model_sizes_the_params_and_says_the_vocab_is_unknown(
     main(["info"])
     out = capsys.readouterr().out
     assert "placeholder" not in out and f"vocab_size={tok.vocab_size}" in out
+
+
+def _saved_activation_bytes(config: GPTConfig, batch_size: int) -> int:
+    """Bytes of the tensors autograd saves in one training forward (weights left out), plus the
+    logits, which stay alive until the loss is taken."""
+    torch.manual_seed(0)
+    model = GPT(config).train()
+    # the model's own tensors (weights, llama's rotary tables) are not activations
+    weights = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in weights:  # a tensor and its views share one storage
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    T, V = config.block_size, config.vocab_size
+    x, y = (torch.randint(0, V, (batch_size, T)) for _ in range(2))
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        logits, _ = model(x, y)
+    return sum(saved.values()) + logits.numel() * logits.element_size()
+
+
+FAMILIES = {
+    "gpt2": {},
+    "llama": {"arch": "llama", "tie_embeddings": False},
+    "llama, qk_norm": {"arch": "llama", "qk_norm": True},
+    "llama, wide SwiGLU": {"arch": "llama", "intermediate_size": 200},
+}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+@pytest.mark.parametrize("block_size", [32, 128])
+def test_activation_estimate_matches_what_a_real_backward_saves(
+    dropout: float, block_size: int, family: str
+) -> None:
+    config = GPTConfig(
+        vocab_size=64,
+        block_size=block_size,
+        n_layer=2,
+        n_head=2,
+        n_embd=32,
+        dropout=dropout,
+        **FAMILIES[family],
+    )
+    measured = _saved_activation_bytes(config, 4)
+    assert activation_bytes(config, 4) == pytest.approx(measured, rel=0.03)
 
 
 def test_activation_estimate_grows_linearly_with_batch() -> None:

@@ -15,22 +15,12 @@ from pathlib import Path
 import pytest
 import yaml
 import zstandard
+from conftest import workspace
 
 from gptcore.split import iter_split_file
 from gptcore.tokens import TokenStore
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def workspace(tmp_path: Path, **data: object) -> Path:
-    """A folder laid out like the repo: params.yaml (with `data` changes) and an empty data/raw."""
-    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
-    params["data"].update(data)
-    params["tokenize"]["workers"] = 2
-    params["vocab"]["kind"] = "char"  # one token per character: counts below are exact
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
-    (tmp_path / "data" / "raw").mkdir(parents=True)
-    return tmp_path
 
 
 def run_stage(ws: Path, name: str) -> subprocess.CompletedProcess[str]:
@@ -142,11 +132,59 @@ def test_a_200_megabyte_single_line_document_goes_through_every_data_stage(tmp_p
     for stage in ("extract_split", "build_vocab", "tokenize"):
         done = run_stage(ws, stage)
         assert done.returncode == 0, done.stderr
-    # a single document is split by position: the two token files hold every character + one eot each
+    # over data.max_document_bytes (16 MiB), it was read as parts, each cut between two words and
+    # followed by an eot: the two token files hold every character and one eot per part
+    report = json.loads((ws / "reports/data.json").read_text(encoding="utf-8"))
+    parts = report["train"]["documents"] + report["val"]["documents"]
+    assert parts == -(-characters // (16 << 20)) and report["cut_documents"] == {
+        "count": 1,
+        "names": ["one-line.txt"],
+    }
+    assert report["val"]["documents"] >= 1
     train, val = TokenStore(ws / "data/tokens/train.h5"), TokenStore(ws / "data/tokens/val.h5")
-    assert train.tokens + val.tokens == characters + 2
-    # the biggest stage process stayed well under the size of two copies of its input per byte width
+    assert train.tokens + val.tokens == characters + parts
+    # the biggest stage process stayed far below the size of the document
     peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    assert peak_mb < 2_000, f"a data stage peaked at {peak_mb:.0f} MB"
+    assert peak_mb < 1_000, f"a data stage peaked at {peak_mb:.0f} MB"
     print(f"peak RSS of the largest stage process: {peak_mb:.0f} MB")
     shutil.rmtree(ws / "data")
+
+
+def test_a_windows_book_with_a_bom_and_a_png_beside_it_give_clean_text_and_a_report(tmp_path: Path) -> None:
+    ws = workspace(tmp_path, include=["**/*"])
+    chapter = "CHAPTER {i}.\r\n\r\nIt was the best of times, it was the worst of times.\r\n"
+    book = "\ufeffA TALE OF TWO CITIES\r\n\r\n" + "".join(chapter.format(i=i) for i in range(200))
+    (ws / "data/raw/tale.txt").write_bytes(book.encode("utf-8"))
+    (ws / "data/raw/cover.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 40)
+    done = run_stage(ws, "extract_split")
+    assert done.returncode == 0, done.stderr
+    assert "1 binary file skipped (not text): cover.png" in done.stdout
+    report = json.loads((ws / "reports/data.json").read_text(encoding="utf-8"))
+    assert report["binary_files"] == {"count": 1, "names": ["cover.png"]}
+    assert report["bom_dropped_documents"] == 1 and report["line_ends_normalised_documents"] == 1
+    text = "".join(
+        doc.text
+        for split in ("train", "val")
+        for doc in iter_split_file(ws / f"data/split/{split}.jsonl.zst")
+    )
+    assert text == book[1:].replace("\r\n", "\n")
+    assert run_stage(ws, "build_vocab").returncode == 0
+    chars = json.loads((ws / "data/vocab/tokenizer.json").read_text(encoding="utf-8"))["chars"]
+    assert "\r" not in chars and "\ufeff" not in chars and "\x00" not in chars
+
+
+def test_a_bpe_vocab_size_the_corpus_cannot_reach_is_reported_with_the_size_reached(tmp_path: Path) -> None:
+    ws = workspace(tmp_path, include=["**/*.txt"])
+    params = yaml.safe_load((ws / "params.yaml").read_text(encoding="utf-8"))
+    params["vocab"].update(kind="bpe", vocab_size=70_000)
+    (ws / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    (ws / "data/raw/small.txt").write_text("to be or not to be, that is the question\n" * 20)
+    assert run_stage(ws, "extract_split").returncode == 0
+    done = run_stage(ws, "build_vocab")
+    assert done.returncode == 0, done.stderr
+    size = json.loads((ws / "data/vocab/tokenizer.json").read_text(encoding="utf-8"))["vocab_size"]
+    assert size < 300
+    assert (
+        f"warning: vocab.vocab_size is 70,000, but the train split holds only enough distinct text for {size} ids"
+        in done.stderr
+    )

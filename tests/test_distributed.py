@@ -213,3 +213,16 @@ def test_a_failing_rank_fails_the_whole_run_with_its_error_and_never_hangs(tmp_p
     assert "error: rank 1 could not read its batch" in out
     assert time.monotonic() - started < 180
     assert not (ws / "models" / "model.pt").exists()
+
+
+def test_the_llama_family_trains_under_two_processes_like_under_one(tmp_path: Path) -> None:
+    llama = {**TWO, "arch": "llama", "qk_norm": True, "tie_embeddings": False, "max_iters": 20}
+    models = []
+    for n in (1, 2):
+        ws = workspace(tmp_path / f"n{n}", **{**llama, "nproc_per_node": n})
+        finish(ws)
+        models.append(load_model(ws / "models" / "model.pt")[0])
+    one, two = models
+    assert two.config.arch == "llama" and two.config.qk_norm and not two.config.tie_embeddings
+    for (name, a), (_, b) in zip(one.state_dict().items(), two.state_dict().items(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=name)

@@ -10,7 +10,8 @@ import dataclasses
 
 import pytest
 import torch
-from test_train import BASE, counting_documents, write_store
+from conftest import counting_documents, write_counting_store
+from test_train import BASE
 
 from gptcore.errors import GptcoreError
 from gptcore.memory import Sizes, checkpoint_blocks, peak_allocated, plan_memory, what_would_fit
@@ -46,6 +47,18 @@ def test_a_key_that_contradicts_the_preset_is_an_error_naming_both() -> None:
         match=r"train.n_embd = 256 contradicts train.preset = 'gpt2-124m', which sets train.n_embd = 768",
     ):
         parse_section("train", section(preset="gpt2-124m", **{**NULL_SHAPE, "n_embd": 256}))
+
+
+def test_a_preset_sets_the_family_and_a_family_that_contradicts_it_is_an_error() -> None:
+    params = parse_section("train", section(preset="gpt2-124m", arch=None, **NULL_SHAPE))
+    assert params.arch == "gpt2"
+    with pytest.raises(
+        ParamsError,
+        match=r"train.arch = 'llama' contradicts train.preset = 'gpt2-124m', which sets train.arch = 'gpt2'",
+    ):
+        parse_section("train", section(preset="gpt2-124m", arch="llama", **NULL_SHAPE))
+    with pytest.raises(ParamsError, match=r"train.arch = None is invalid: give a family \(gpt2, llama\)"):
+        parse_section("train", section(arch=None))
 
 
 def test_an_unknown_preset_and_a_shape_left_open_without_one_are_errors() -> None:
@@ -99,11 +112,22 @@ def measured_peak(config: GPTConfig, batch_size: int, checkpointing: bool, micro
     return peak_allocated(two_steps)
 
 
-SHAPES = {  # (n_layer, n_embd, n_head, block_size, vocab_size, dropout)
-    "blocks dominate": (4, 128, 4, 64, 64, 0.0),
-    "blocks dominate, dropout": (4, 128, 4, 64, 64, 0.1),
-    "the loss dominates": (2, 256, 4, 128, 2000, 0.1),
+LLAMA = {"arch": "llama", "tie_embeddings": False}
+SHAPES = {  # (n_layer, n_embd, n_head, block_size, vocab_size, dropout, family)
+    "blocks dominate": (4, 128, 4, 64, 64, 0.0, {}),
+    "blocks dominate, dropout": (4, 128, 4, 64, 64, 0.1, {}),
+    "the loss dominates": (2, 256, 4, 128, 2000, 0.1, {}),
+    # SwiGLU's hidden width, RMSNorm, rotary positions (no table), a head of its own
+    "llama, blocks dominate": (4, 128, 4, 64, 64, 0.0, LLAMA),
+    "llama with qk_norm, dropout": (4, 128, 4, 64, 64, 0.1, {**LLAMA, "qk_norm": True}),
+    "llama, another SwiGLU width": (4, 128, 4, 64, 64, 0.0, {**LLAMA, "intermediate_size": 512}),
+    "llama, the loss dominates": (2, 256, 4, 128, 2000, 0.1, LLAMA),
 }
+
+
+def shape_config(shape: str) -> GPTConfig:
+    n_layer, n_embd, n_head, block_size, vocab_size, dropout, family = SHAPES[shape]
+    return GPTConfig(vocab_size, block_size, n_layer, n_head, n_embd, dropout=dropout, **family)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -112,8 +136,7 @@ def test_the_plan_matches_what_a_training_step_allocates_within_5_percent(
     shape: str, checkpointing: bool
 ) -> None:
     torch.manual_seed(0)
-    n_layer, n_embd, n_head, block_size, vocab_size, dropout = SHAPES[shape]
-    config = GPTConfig(vocab_size, block_size, n_layer, n_head, n_embd, dropout=dropout)
+    config = shape_config(shape)
     plan = plan_memory(config, 8, checkpointing=checkpointing)
     peak = measured_peak(config, 8, checkpointing)
     assert plan.total == pytest.approx(peak, rel=0.05)
@@ -121,12 +144,35 @@ def test_the_plan_matches_what_a_training_step_allocates_within_5_percent(
         assert peak < 0.8 * measured_peak(config, 8, checkpointing=False)
 
 
-def test_accumulated_gradients_are_planned_beside_the_activations() -> None:
-    config = GPTConfig(64, 64, 4, 4, 128)
+@pytest.mark.parametrize("family", [{}, LLAMA])
+def test_accumulated_gradients_are_planned_beside_the_activations(family: dict[str, object]) -> None:
+    config = GPTConfig(64, 64, 4, 4, 128, **family)
     plan = plan_memory(config, 8, accumulating=True)
     peak = measured_peak(config, 8, checkpointing=False, micro_steps=2)
     assert plan.total == pytest.approx(peak, rel=0.05)
     assert plan.total > plan_memory(config, 8).total
+
+
+def test_the_plan_counts_each_familys_parameters_and_what_bf16_casts() -> None:
+    # llama: SwiGLU's three matrices of the intermediate width, RMSNorm gains, no position table,
+    # and an untied head beside the embedding; counted from the model itself, not a formula
+    for family in ({}, LLAMA, {**LLAMA, "qk_norm": True, "intermediate_size": 320}):
+        config = GPTConfig(vocab_size=500, block_size=64, n_layer=3, n_head=4, n_embd=128, **family)
+        model = GPT(config)
+        n = sum(p.numel() for p in model.parameters())
+        sizes = Sizes.of(config)
+        assert sizes.total == n and plan_memory(config, 8).weights == 4 * n
+        linear = {id(p): p for m in model.modules() if isinstance(m, torch.nn.Linear) for p in m.parameters()}
+        assert sizes.cast == sum(p.numel() for p in linear.values())
+        # bf16's working copies: every matrix the blocks and the head multiply by, the token
+        # embedding only where it is the head (tied), never gpt2's position table
+        head = config.vocab_size * config.n_embd
+        blocks_cast = config.n_layer * sum(p.numel() for p in model.h[0].parameters() if p.dim() == 2)
+        assert sizes.cast == blocks_cast + head
+        assert plan_memory(config, 8, bf16=True).working == 2 * sizes.cast
+    untied = Sizes.of(GPTConfig(500, 64, 3, 4, 128, **LLAMA))
+    tied = Sizes.of(GPTConfig(500, 64, 3, 4, 128, arch="llama"))
+    assert untied.total - tied.total == 500 * 128 and untied.cast == tied.cast
 
 
 def test_sharding_over_w_processes_divides_weights_gradients_and_moments() -> None:
@@ -160,7 +206,7 @@ def test_advice_for_a_plan_that_does_not_fit_names_changes_that_do() -> None:
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory: pytest.TempPathFactory) -> tuple[TokenStore, TokenStore]:
     path = tmp_path_factory.mktemp("tokens")
-    return write_store(path / "train.h5", counting_documents(60, 1)), write_store(
+    return write_counting_store(path / "train.h5", counting_documents(60, 1)), write_counting_store(
         path / "val.h5", counting_documents(20, 2)
     )
 
@@ -178,8 +224,9 @@ def test_a_run_that_cannot_fit_stops_before_training_with_the_plan(stores, capsy
     assert "train: peak:" in captured.out + captured.err  # the plan was printed first
 
 
-def test_checkpointed_blocks_train_the_same_curve_and_model(stores) -> None:
-    p = dataclasses.replace(BASE, n_layer=2, dropout=0.1, grad_accum_steps=2, max_iters=10)
+@pytest.mark.parametrize("family", [{}, {"arch": "llama", "tie_embeddings": False, "qk_norm": True}])
+def test_checkpointed_blocks_train_the_same_curve_and_model(stores, family: dict[str, object]) -> None:
+    p = dataclasses.replace(BASE, n_layer=2, dropout=0.1, grad_accum_steps=2, max_iters=10, **family)
     results = {}
     for checkpointing in (False, True):
         curve = []

@@ -104,7 +104,8 @@ def test_string_for_an_int_is_refused(tmp_path: Path) -> None:
 def test_short_exponent_float_is_refused_with_a_hint_to_write_a_dot(tmp_path: Path) -> None:
     # PyYAML reads `1e-3` (no dot) as the string '1e-3'; a user writes it by hand, unquoted
     text = REPO_PARAMS.read_text(encoding="utf-8")
-    edited, count = re.subn(r"(?m)^(\s+learning_rate:)\s*\S+", r"\1 1e-3", text)
+    # the first learning_rate is train's (the fine-tuning sections come later)
+    edited, count = re.subn(r"(?m)^(\s+learning_rate:)\s*\S+", r"\1 1e-3", text, count=1)
     assert count == 1
     path = tmp_path / "params.yaml"
     path.write_text(edited, encoding="utf-8")
@@ -295,3 +296,27 @@ def test_no_param_is_named_size_or_nfiles() -> None:
         return []
 
     assert not {"size", "nfiles"} & set(keys(RAW))
+
+
+@pytest.mark.parametrize(
+    ("changes", "key", "hint"),
+    [
+        ({"arch": "mamba"}, "train.arch = 'mamba'", "allowed: gpt2, llama"),
+        ({"arch": "gpt2", "qk_norm": True}, "train.qk_norm = True", "needs train.arch: llama"),
+        ({"arch": "llama", "bias": True}, "train.bias = True", "the llama family has no biases"),
+        ({"arch": "llama", "n_embd": 96, "n_head": 32}, "train.n_head = 32", "even head size"),
+    ],
+)
+def test_model_families_without_a_transformers_counterpart_are_refused(
+    tmp_path: Path, changes: dict, key: str, hint: str
+) -> None:
+    message = refused(tmp_path, "train", **changes)
+    assert key in message and hint in message
+
+
+@pytest.mark.parametrize("tie", [True, False])
+@pytest.mark.parametrize("qk_norm", [True, False])
+def test_every_llama_variant_is_accepted(tmp_path: Path, tie: bool, qk_norm: bool) -> None:
+    path = write_params(tmp_path, "train", arch="llama", tie_embeddings=tie, qk_norm=qk_norm)
+    loaded = load_section("train", path)
+    assert (loaded.arch, loaded.tie_embeddings, loaded.qk_norm) == ("llama", tie, qk_norm)

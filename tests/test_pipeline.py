@@ -7,6 +7,7 @@ one round of experiments on top of it; each test reads what those runs printed a
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import math
 import os
@@ -19,8 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 from PIL import Image
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from gptcore.checkpoint import load_model
+from gptcore.params import TRAIN_KEYS_WITHOUT_OUTPUT, TrainParams
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ["download", "extract_split", "build_vocab", "tokenize", "train", "evaluate", "sample"]
@@ -110,9 +116,10 @@ def ran(stdout: str, stage: str) -> bool:
 
 DVC_YAML = yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))
 # plumbing that shapes no output: params values are dependencies through `params:` instead
-# presets.py is read through params.py by every stage, but only the train section's shape
-# depends on it: the train stage lists it (test_the_train_stage_depends_on_the_presets)
-PLUMBING = {"errors", "params", "atomic", "presets"}
+PLUMBING = {"errors", "params", "atomic"}
+# modules a stage's output depends on through its params rather than its imports: params.py reads
+# presets.py for every stage, but only the train section's shape comes from a preset
+THROUGH_PARAMS = {"train": {"presets"}}
 
 
 def _gptcore_imports(path: Path) -> set[str]:
@@ -137,7 +144,8 @@ def stage_imports(stage: str) -> tuple[set[str], set[str]]:
         module = todo.pop()
         if module not in modules:
             modules.add(module)
-            todo |= _gptcore_imports(ROOT / "gptcore" / f"{module}.py")
+            if module not in PLUMBING:  # what plumbing imports only checks params (sampling rules)
+                todo |= _gptcore_imports(ROOT / "gptcore" / f"{module}.py")
     sections = set()
     for node in ast.walk(ast.parse(script.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "load_section":
@@ -164,18 +172,22 @@ def test_dvc_yaml_has_the_seven_stages_run_as_modules() -> None:
         "sample",
     ],
 )
-def test_stage_deps_list_every_gptcore_module_its_script_uses_even_indirectly(stage: str) -> None:
-    # design.md: a stage lists as deps its own script and the gptcore modules it uses, so that an
-    # edit re-runs exactly the stages it affects
+def test_stage_deps_list_exactly_the_gptcore_modules_its_script_uses_even_indirectly(stage: str) -> None:
+    # a stage lists as deps its own script and the gptcore modules it uses, so that an
+    # edit re-runs exactly the stages it affects: one missing would leave a stale output, one too
+    # many re-runs a stage for nothing (evaluate once listed train.py: a loop edit re-ran it)
     modules, _ = stage_imports(stage)
-    deps = DVC_YAML["stages"][stage]["deps"]
-    missing = sorted(f"gptcore/{m}.py" for m in modules - PLUMBING if f"gptcore/{m}.py" not in deps)
-    assert not missing
+    listed = {d for d in DVC_YAML["stages"][stage]["deps"] if d.startswith("gptcore/")}
+    expected = (modules - PLUMBING) | THROUGH_PARAMS.get(stage, set())
+    assert listed == {f"gptcore/{m}.py" for m in expected}
 
 
 def test_the_train_stage_depends_on_the_presets() -> None:
     # a preset's shape is not in params.yaml: an edit of the table must re-run train
     assert "gptcore/presets.py" in DVC_YAML["stages"]["train"]["deps"]
+    # and no other stage: none of them reads the train section
+    for stage in set(STAGES) - {"train"}:
+        assert "gptcore/presets.py" not in DVC_YAML["stages"][stage]["deps"], stage
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -183,6 +195,13 @@ def test_stage_params_are_the_section_its_script_loads(stage: str) -> None:
     _, sections = stage_imports(stage)
     listed = DVC_YAML["stages"][stage].get("params", [])
     assert {key.split(".")[0] for key in listed} == sections
+
+
+def test_train_params_are_every_train_key_that_changes_an_output() -> None:
+    every = {f"train.{field.name}" for field in dataclasses.fields(TrainParams)}
+    neutral = {f"train.{key}" for key in TRAIN_KEYS_WITHOUT_OUTPUT}
+    assert neutral < every
+    assert set(DVC_YAML["stages"]["train"]["params"]) == every - neutral
 
 
 # --- end to end ---------------------------------------------------------------------------------
@@ -393,6 +412,20 @@ def test_plots_diff_compares_head_with_the_experiment(experiments: dict[str, Any
 
 
 @pytest.mark.e2e
+def test_editing_a_train_key_that_changes_no_output_leaves_train_up_to_date(
+    built: dict[str, Any], tmp_path: Path
+) -> None:
+    repo = Repo(tmp_path / "repo", built["repo"].env)
+    shutil.copytree(built["repo"].path, repo.path, symlinks=True)
+    repo.edit_params("train", log_interval=TINY_TRAIN["log_interval"] + 1, checkpoint_interval=7)
+    assert json.loads(repo.dvc("status", "--json").stdout) == {}  # nothing to re-run, train included
+    # while a key that shapes the model does make train (and what follows) stale
+    repo.edit_params("train", learning_rate=1.0e-3)  # params.yaml has 2.0e-3
+    stale = json.loads(repo.dvc("status", "--json").stdout)
+    assert "train" in stale and not set(DATA_STAGES) & set(stale)
+
+
+@pytest.mark.e2e
 def test_invalid_param_fails_the_repro_and_leaves_no_model(built: dict[str, Any], tmp_path: Path) -> None:
     # a copy of the built repo: the stale model from the good run must not survive either
     repo = Repo(tmp_path / "repo", built["repo"].env)
@@ -430,3 +463,27 @@ def test_a_team_shares_data_and_models_through_a_dvc_remote(built: dict[str, Any
     again = bob.dvc("repro")
     assert "Data and pipelines are up to date" in again.stdout
     assert bob.dvc("status").stdout.strip().endswith("Data and pipelines are up to date.")
+
+
+@pytest.mark.e2e
+def test_repro_fine_tunes_a_gpt2_saved_by_transformers_through_init_from(
+    built: dict[str, Any], tmp_path: Path
+) -> None:
+    repo = Repo(tmp_path / "repo", built["repo"].env)
+    shutil.copytree(built["repo"].path, repo.path, symlinks=True)
+    vocab_size = repo.read_json("data/vocab/tokenizer.json")["vocab_size"]
+    torch.manual_seed(0)
+    start = GPT2LMHeadModel(GPT2Config(vocab_size=vocab_size, n_positions=64, n_embd=32, n_layer=1, n_head=2))
+    start.save_pretrained(tmp_path / "gpt2")  # config.json + model.safetensors, no tokenizer
+    repo.edit_params(
+        "train", init_from=str(tmp_path / "gpt2"), bias=True, max_iters=10, eval_interval=5, warmup_iters=2
+    )
+    proc = repo.dvc("repro")
+    assert [stage for stage in STAGES if ran(proc.stdout, stage)] == TRAINED_STAGES, proc.stdout
+    model, _, _ = load_model(repo.path / "models/model.pt")
+    assert (model.config.activation, model.config.bias, model.config.block_size) == ("gelu_tanh", True, 32)
+    # it continued from those weights: ten small steps moved them, but not far
+    initial = start.transformer.wte.weight.detach()
+    moved = (model.wte.weight - initial).norm() / initial.norm()
+    assert 0.0 < moved.item() < 0.5
+    assert math.isfinite(repo.read_json("reports/eval.json")["val_loss"])

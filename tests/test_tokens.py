@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import write_token_file
 
 from gptcore.encode import tokenize_to_file
 from gptcore.errors import DataError
@@ -23,7 +24,6 @@ from gptcore.tokens import (
     TokenStore,
     TokenWriter,
     token_dtype,
-    write_token_file,
 )
 
 REPO = Path(__file__).resolve().parents[1]

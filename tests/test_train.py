@@ -9,23 +9,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import COUNTING_VOCAB as VOCAB
+from conftest import write_counting_store
 
+from gptcore.device import autocast_dtype, resolve_device
 from gptcore.errors import GptcoreError
 from gptcore.model import GPT, GPTConfig, flops_per_token
 from gptcore.params import TrainParams
-from gptcore.tokens import TokenStore, write_token_file
-from gptcore.train import (
-    autocast_dtype,
-    configure_optimizer,
-    lr_at,
-    resolve_device,
-    train,
-)
-
-VOCAB = 12  # ids 0..10 are "text", 11 is the end-of-text id
-EOT = VOCAB - 1
+from gptcore.tokens import TokenStore
+from gptcore.train import configure_optimizer, lr_at, train
 
 BASE = TrainParams(
+    init_from=None,
+    arch="gpt2",
+    tie_embeddings=True,
+    qk_norm=False,
     n_layer=1,
     n_head=2,
     n_embd=16,
@@ -62,18 +60,6 @@ BASE = TrainParams(
 
 def params(**changes: object) -> TrainParams:
     return dataclasses.replace(BASE, **changes)
-
-
-def counting_documents(n: int, seed: int) -> list[np.ndarray]:
-    """Documents that count up mod 11 from a random start: easy to learn, so loss must fall."""
-    rng = np.random.default_rng(seed)
-    return [(int(rng.integers(11)) + np.arange(int(rng.integers(20, 60)))) % 11 for _ in range(n)]
-
-
-def write_store(path: Path, documents: list[np.ndarray]) -> TokenStore:
-    identity = {"kind": "char", "vocab_size": VOCAB, "sha256": "0" * 64}
-    write_token_file(path, documents, vocab_size=VOCAB, eot_id=EOT, tokenizer_identity=identity)
-    return TokenStore(path)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -269,10 +255,23 @@ def test_dropout_training_is_deterministic_too(stores) -> None:
     assert_same_weights(run(p, stores).model, run(p, stores).model)
 
 
-def test_grad_accumulation_counts_every_micro_batch(stores) -> None:
+def test_grad_accumulation_counts_every_micro_batch(stores, monkeypatch: pytest.MonkeyPatch) -> None:
+    # count the training windows the loop really draws (evaluation batches are drawn up front from
+    # a generator of their own, so they are told apart by the generator they use)
+    drawn: list[int] = []
+    original = TokenStore.random_windows
+
+    def counted(self, batch_size, block_size, generator):
+        x, y = original(self, batch_size, block_size, generator)
+        if self is stores[0] and generator.initial_seed() == BASE.seed:
+            drawn.append(y.numel())
+        return x, y
+
+    monkeypatch.setattr(TokenStore, "random_windows", counted)
     p = params(grad_accum_steps=3, max_iters=4, eval_interval=2)
     result = run(p, stores)
-    assert result.tokens_seen == 4 * 3 * p.batch_size * p.block_size
+    assert len(drawn) == 4 * 3  # a micro-batch per accumulation step per optimizer step
+    assert result.tokens_seen == sum(drawn) == 4 * 3 * p.batch_size * p.block_size
     assert math.isfinite(result.final_val_loss)
 
 
@@ -303,7 +302,7 @@ def test_split_shorter_than_a_window_raises_naming_it(
     split: str, stores: tuple[TokenStore, TokenStore], tmp_path: Path
 ) -> None:
     # block_size tokens give no full window of block_size inputs plus one target
-    short = write_store(tmp_path / "short.h5", [np.arange(BASE.block_size - 1) % 11])
+    short = write_counting_store(tmp_path / "short.h5", [np.arange(BASE.block_size - 1) % 11])
     assert len(short) == BASE.block_size
     train_store, val_store = (short, stores[1]) if split == "train" else (stores[0], short)
     with pytest.raises(GptcoreError, match=rf"the {split} split has {BASE.block_size} tokens"):

@@ -1,0 +1,119 @@
+"""Stage classify: fine-tune a classifier on data/finetune/classify/ from models/model.pt.
+
+The pretrained network (or, with classify.init = random, the same network freshly initialised)
+gets a classification head on its last real token; classify.train_blocks says what trains.
+Writes models/classifier.pt; reports/classify.json (accuracy, macro F1, per-class precision and
+recall, the majority-class baseline, on val and test; wall time); the test confusion matrix as
+rows for DVC's confusion template and as a PNG; step-wise losses and accuracy with DVCLive.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from gptcore import classify
+from gptcore.atomic import write_json
+from gptcore.checkpoint import load_model
+from gptcore.device import resolve_device
+from gptcore.errors import run_main
+from gptcore.finetune import fine_tune, set_threads
+from gptcore.finetune_data import read_jsonl
+from gptcore.model import GPT
+from gptcore.params import load_section
+from gptcore.reports import live_logger, plot_confusion
+
+DATA_DIR = Path("data/finetune/classify")
+PRETRAINED = Path("models/model.pt")
+MODEL = Path("models/classifier.pt")
+LIVE_DIR = "dvclive/classify"
+REPORT = Path("reports/classify.json")
+CONFUSION = Path("reports/classify_confusion.json")
+CONFUSION_PNG = Path("reports/classify_confusion.png")
+
+
+def main() -> None:
+    params = load_section("classify")
+    set_threads(params.threads)
+    device = resolve_device(params.device)
+    rows = {split: read_jsonl(DATA_DIR / f"{split}.jsonl") for split in ("train", "val", "test")}
+    labels = sorted({row["label"] for row in rows["train"]})
+    index = {label: i for i, label in enumerate(labels)}
+    pretrained, tokenizer, _ = load_model(PRETRAINED, "cpu")
+    torch.manual_seed(params.seed)
+    backbone = pretrained if params.init == "pretrained" else GPT(pretrained.config)
+    model = classify.Classifier(backbone, len(labels)).to(device)
+    trainable = classify.set_trainable(model, params.train_blocks)
+    block, pad = backbone.config.block_size, tokenizer.eot_id
+
+    seqs, truncated, y = {}, {}, {}
+    for split, items in rows.items():
+        seqs[split], truncated[split] = classify.encode_texts(tokenizer, [r["text"] for r in items], block)
+        y[split] = [index[r["label"]] for r in items]
+    majority = Counter(y["train"]).most_common(1)[0][0]
+
+    def evaluate() -> dict[str, float]:
+        if not seqs["val"]:
+            return {}
+        probs = classify.predict_proba(model, seqs["val"], pad, device)
+        target = torch.tensor(y["val"])
+        loss = -probs[torch.arange(len(target)), target].clamp_min(1e-12).log().mean().item()
+        return {"val/loss": loss, "val/accuracy": (probs.argmax(-1) == target).float().mean().item()}
+
+    def loss_on(batch: list[int]) -> torch.Tensor:
+        return classify.batch_loss(
+            model, [seqs["train"][i] for i in batch], [y["train"][i] for i in batch], pad, device
+        )
+
+    with live_logger(LIVE_DIR) as log:
+        result = fine_tune(
+            model, params, len(seqs["train"]), loss_on, evaluate, device, on_eval=log, progress=True
+        )
+
+    report = {"labels": labels, "init": params.init, "train_blocks": params.train_blocks}
+    confusion = {}
+    for split in ("val", "test"):
+        if seqs[split]:
+            predicted = classify.predict_proba(model, seqs[split], pad, device).argmax(-1).tolist()
+            report[split] = classify.classification_metrics(y[split], predicted, labels, majority)
+            confusion[split] = report[split].pop("confusion")  # a table, not a metric: in its own files
+    report.update(
+        train_examples=len(seqs["train"]),
+        truncated_examples=sum(truncated.values()),
+        trainable_parameters=trainable,
+        steps=result.steps,
+        wall_seconds=round(result.wall_seconds, 1),
+        examples_per_second=round(result.examples / result.wall_seconds, 1),
+    )
+    classify.save(
+        MODEL,
+        model,
+        tokenizer,
+        labels,
+        meta={"init": params.init, "steps": result.steps, "source": str(PRETRAINED)},
+    )
+    matrix = confusion.get("test", [[0] * len(labels) for _ in labels])
+    write_json(
+        CONFUSION,
+        {
+            "test": [
+                {"actual": labels[a], "predicted": labels[p]}
+                for a, row in enumerate(matrix)
+                for p, count in enumerate(row)
+                for _ in range(count)
+            ]
+        },
+    )
+    plot_confusion(matrix, labels, CONFUSION_PNG, title="Test confusion matrix")
+    write_json(REPORT, report)
+    summary = f"classify: {result.steps} steps in {result.wall_seconds:.1f} s"
+    if "test" in report:
+        t = report["test"]
+        summary += f"; test accuracy {t['accuracy']:.3f} (majority class {t['majority_baseline_accuracy']:.3f}), macro F1 {t['macro_f1']:.3f}"
+    print(summary)
+
+
+if __name__ == "__main__":
+    run_main(main)
