@@ -1,14 +1,16 @@
 """Training throughput (tokens/s) of gptcore's model and optimizer step, and what each lever buys.
 
-Three configs, timed with the same settings a user would set in params.yaml:
+Four configs, timed with the same settings a user would set in params.yaml:
 
   tiny   n_layer=4  n_head=4  n_embd=128 block_size=64   batch_size=12 dropout=0.0  vocab 86 (char)
+  default  the default run's model and batch, read from params.yaml (train: and vocab.vocab_size);
+         today n_layer=4 n_head=4 n_embd=256 block_size=128 batch_size=32 dropout=0.1 vocab 1024
   small  n_layer=6  n_head=6  n_embd=384 block_size=256  batch_size=64 dropout=0.2  vocab 86 (char)
   gpt2   n_layer=12 n_head=12 n_embd=768 block_size=1024 batch_size=16 dropout=0.0  vocab 50304
          (GPT-2 124M, vocabulary padded to a multiple of 64; meant for `--device cuda`)
 
 Each variant runs a full optimizer step (forward, backward, clip, AdamW) on random tokens, with
-the optimizer gptcore.train.configure_optimizer builds from params.yaml's train section (decay and
+the optimizer gptcore.optimizers.configure_optimizer builds from params.yaml's train section (decay and
 no-decay groups, betas, weight decay, grad_clip): what the training loop steps. Variants
 are interleaved round by round, so slow phases of a shared machine hit all of them alike; the
 figure quoted is the median over rounds, and ratios are taken against the first variant of the
@@ -20,7 +22,7 @@ Variants (numbers are what --variants takes; --list prints them):
   1 eager fp32, foreach AdamW            plain PyTorch
   2 eager fp32, fused AdamW              one fused kernel for the whole optimizer update
   3 eager bf16 autocast                  matmuls in bf16, master weights fp32 (fused AdamW)
-  4 compiled fp32 (gptcore default)      torch.compile(model), fused AdamW
+  4 compiled fp32      torch.compile(model), fused AdamW
   5 compiled bf16 autocast               4 with bf16 autocast: the GPU recipe, as in GPT-2 training
   6 compiled fp32 + compiled AdamW step  4, and torch.compile(opt.step) over a foreach AdamW, so
                                          Inductor generates the fused update itself
@@ -30,6 +32,13 @@ Variants (numbers are what --variants takes; --list prints them):
                                          (C++) templates need constant weights, i.e. frozen
                                          inference graphs, so a CPU training step keeps oneDNN's
                                          GEMMs; warm-up is long on CUDA (the "warm-up s" column)
+  8 eager bf16 autocast, Muon            3 with gptcore's optimizer under train.optimizer: muon
+                                         (torch.optim.Muon for the blocks' matrices, fused AdamW
+                                         for the rest): what Muon's Newton-Schulz steps cost
+  9 auto                                 what train.dtype: auto and train.compile: auto pick for the
+                                         config on this machine (gptcore.autotune: its cached
+                                         timings, or timed now as a training run would, for
+                                         params.yaml's max_iters); the row names the pick
 
   reference: nanoGPT (eager fp32)        with --reference, the first row: karpathy/nanoGPT's
                                          model.py from that checkout, stepped the way its train.py
@@ -52,7 +61,7 @@ N = 123.6M, so 854.8 MFLOP/token: 40% MFU of an H100's 989 TFLOP/s is 463k token
 
 Flags:
 
-  --config {tiny,small,gpt2,all}  which config; all (the default) is tiny and small
+  --config {tiny,default,small,gpt2,all}  which config; all (the default) is tiny, default and small
   --rounds N          interleaved rounds; the median is quoted (default 3)
   --steps N           optimizer steps per variant per round (default: the config's, 60/2/20)
   --batch-size N      override the config's batch size
@@ -62,7 +71,8 @@ Flags:
                       checkout's git commit is printed, or "unknown")
   --device DEV        cpu (default) or cuda (cuda:N)
   --threads N         torch.set_num_threads(N) before anything runs (default: torch's choice)
-  --peak              also measure the device's fp32, bf16 and fp16 matmul GFLOP/s
+  --peak              also measure the device's fp32, bf16 and fp16 matmul GFLOP/s; a dtype this
+                      device runs pathologically slowly is reported as slow after ~15 s
   --peak-flops F      peak FLOP/s for MFU (default: the dense bf16 peak of the GPU in
                       gptcore.device's table; pass it for unlisted GPUs or CPUs; MFU is n/a without)
 
@@ -76,6 +86,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib.util
 import io
 import statistics
@@ -91,13 +102,15 @@ from typing import NamedTuple
 
 import torch
 
+from gptcore.autotune import decide
 from gptcore.device import autocast, gpu_bf16_peak
 from gptcore.model import GPT, GPTConfig, flops_per_token
+from gptcore.optimizers import configure_optimizer
 from gptcore.params import load_section
-from gptcore.train import configure_optimizer
 
-# the optimisation settings the pipeline trains with (run from the repository root)
-TRAIN_PARAMS = load_section("train")
+ROOT = Path(__file__).resolve().parents[1]
+# the optimisation settings the pipeline trains with
+TRAIN_PARAMS = load_section("train", ROOT / "params.yaml")
 
 CONFIGS = {
     "tiny": dict(
@@ -117,6 +130,8 @@ CONFIGS = {
         steps=20,
     ),
 }
+# gptcore's default model and batch, as params.yaml sets them (see default_config)
+DEFAULT_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "batch_size")
 SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "dropout")
 
 
@@ -125,18 +140,21 @@ class Variant(NamedTuple):
     dtype: torch.dtype | None  # autocast dtype; None: plain fp32
     fused: bool  # fused AdamW, else foreach
     compile_opt: bool = False  # also torch.compile the optimizer step
+    muon: bool = False  # gptcore's Muon + AdamW (train.optimizer: muon, params.yaml's rates)
 
 
 VARIANTS = {
     "eager fp32, foreach AdamW": Variant(None, None, False),
     "eager fp32, fused AdamW": Variant(None, None, True),
     "eager bf16 autocast": Variant(None, torch.bfloat16, True),
-    "compiled fp32 (gptcore default)": Variant("default", None, True),
+    "compiled fp32": Variant("default", None, True),
     "compiled bf16 autocast": Variant("default", torch.bfloat16, True),
     # foreach, not fused: compiling a fused update has nothing left to fuse
     "compiled fp32 + compiled AdamW step": Variant("default", None, False, compile_opt=True),
     "compiled fp32 max-autotune": Variant("max-autotune", None, True),
+    "eager bf16 autocast, Muon": Variant(None, torch.bfloat16, True, muon=True),
 }
+AUTO = "auto"  # what train.dtype/compile: auto pick for the config here (gptcore.autotune)
 GPU_RECIPE = "compiled bf16 autocast"
 REFERENCE = "reference: nanoGPT (eager fp32)"
 
@@ -171,9 +189,10 @@ def gptcore_step(cfg: dict, variant: Variant, device: torch.device) -> tuple[Ste
     torch.manual_seed(0)
     config = GPTConfig(**shape(cfg))
     model = GPT(config).to(device)
-    # the optimizer the training loop builds (groups, betas, weight decay from params.yaml's
-    # train section); only the fused/foreach choice is the variant's
-    opt = configure_optimizer(model, TRAIN_PARAMS, device, fused=variant.fused)
+    # the optimizer the training loop builds (groups, betas, weight decay, Muon's rates from
+    # params.yaml's train section); only fused/foreach AdamW and Muon or not are the variant's
+    train = dataclasses.replace(TRAIN_PARAMS, optimizer="muon" if variant.muon else "adamw")
+    opt = configure_optimizer(model, train, device, fused=variant.fused)
     fwd = torch.compile(model, mode=variant.compile_mode) if variant.compile_mode else model
     opt_step = torch.compile(opt.step) if variant.compile_opt else opt.step
     x, y = random_batch(cfg, device)
@@ -245,25 +264,77 @@ def warm_up(build: Callable[[], tuple[Step, int]], device: torch.device) -> Prep
     return Prepared(step, warm, fpt, mem)
 
 
-def matmul_peak(dtype: torch.dtype, device: torch.device, reps: int = 20) -> float:
-    # a GPU needs larger products than a CPU to reach its peak
-    n = 4096 if device.type == "cuda" else 1024
-    a = torch.randn(4 * n, n, dtype=dtype, device=device)
-    b = torch.randn(n, n, dtype=dtype, device=device)
-    for _ in range(3):
-        a @ b
-    start = clock(device)
-    for _ in range(reps):
-        a @ b
-    return 2 * 4 * n * n * n * reps / (clock(device) - start)
+def matmul_peak(dtype: torch.dtype, device: torch.device, budget_s: float = 15.0, reps: int = 20) -> Peak:
+    """FLOP/s of a (4n x n) @ (n x n) product at the target n, grown from n = 128 so that a dtype
+    this device runs pathologically slowly (fp16 on some CPUs: minutes for one 4096x1024x1024
+    product) is reported as slow after about `budget_s` instead of hanging the benchmark."""
+    target = 4096 if device.type == "cuda" else 1024  # a GPU needs larger products to reach its peak
+    n = 128
+    while True:
+        a = torch.randn(4 * n, n, dtype=dtype, device=device)
+        b = torch.randn(n, n, dtype=dtype, device=device)
+        if n < target:
+            a @ b  # the first product of a shape also creates its kernel: not what it costs
+            start = clock(device)
+            a @ b
+            seconds = clock(device) - start
+            # the next size costs 8x a product, twice; at the target, 3 warm-up products and `reps`
+            if seconds * 8 * (3 + reps if 2 * n == target else 2) > budget_s:
+                return Peak(2 * 4 * n**3 / seconds, n, complete=False)
+            n *= 2
+            continue
+        for _ in range(3):
+            a @ b
+        start = clock(device)
+        for _ in range(reps):
+            a @ b
+        return Peak(2 * 4 * n**3 * reps / (clock(device) - start), n, complete=True)
+
+
+class Peak(NamedTuple):
+    flops: float
+    n: int  # the product was (4n x n) @ (n x n)
+    complete: bool  # False: stopped at a smaller n, as the target size would outlast the budget
+
+    def describe(self) -> str:
+        text = f"{self.flops / 1e9:,.1f} GFLOP/s"
+        if not self.complete:
+            text += f" (slow: stopped at {4 * self.n}x{self.n}x{self.n}, the full size would outlast the time bound)"
+        return text
 
 
 def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
+def default_config() -> dict:
+    """The default run's model and batch from params.yaml (vocabulary: vocab.vocab_size)."""
+    vocab = load_section("vocab", ROOT / "params.yaml")
+    return {k: getattr(TRAIN_PARAMS, k) for k in DEFAULT_KEYS} | {"vocab_size": vocab.vocab_size, "steps": 20}
+
+
+def auto_variant(cfg: dict, device: torch.device) -> tuple[str, Variant]:
+    """What `train.dtype: auto` and `train.compile: auto` pick for this config on this machine: read
+    from gptcore's cache, or timed now (and cached) as a training run would."""
+    params = dataclasses.replace(
+        TRAIN_PARAMS,
+        **{k: cfg[k] for k in DEFAULT_KEYS},
+        dtype="auto",
+        compile="auto",
+        optimizer="adamw",
+        grad_accum_steps=1,
+        nproc_per_node=1,
+        nnodes=1,
+    )
+    decision = decide(params, GPTConfig(**shape(cfg)), device, cfg["batch_size"])
+    print(f"auto for this config ({params.max_iters} steps): {decision.summary(params.max_iters)}")
+    choice = decision.choice
+    name = f"auto: {choice.describe()}"
+    return name, Variant("default" if choice.compile else None, choice.autocast_dtype, True)
+
+
 def selected_variants(spec: str | None, cname: str, device: torch.device) -> list[str]:
-    names = list(VARIANTS)
+    names = [*VARIANTS, AUTO]
     if spec is None:
         return [GPU_RECIPE] if cname == "gpt2" and device.type == "cuda" else names
     return [names[int(i) - 1] for i in spec.split(",")]
@@ -347,7 +418,9 @@ def run_config(
 
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", choices=[*CONFIGS, "all"], default="all", help="all = tiny and small")
+    ap.add_argument(
+        "--config", choices=[*CONFIGS, "default", "all"], default="all", help="all = tiny, default and small"
+    )
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, help="optimizer steps per variant per round")
     ap.add_argument("--batch-size", type=int, help="override the config's batch size")
@@ -360,8 +433,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--peak-flops", type=float, help="peak FLOP/s for MFU (default: known GPUs only)")
     args = ap.parse_args()
     numbers = args.variants.split(",") if args.variants else []
-    if not all(i.isdigit() and 1 <= int(i) <= len(VARIANTS) for i in numbers):
-        ap.error(f"--variants takes numbers from 1 to {len(VARIANTS)}, comma-separated")
+    if not all(i.isdigit() and 1 <= int(i) <= len(VARIANTS) + 1 for i in numbers):
+        ap.error(f"--variants takes numbers from 1 to {len(VARIANTS) + 1}, comma-separated")
     if args.reference and not (args.reference / "model.py").is_file():
         ap.error(f"--reference {args.reference}: no model.py there")
     return args
@@ -370,7 +443,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     if args.list:
-        for i, name in enumerate(VARIANTS, 1):
+        for i, name in enumerate([*VARIANTS, AUTO], 1):
             print(f"{i} {name}")
         print(f"with --reference PATH, first: {REFERENCE}")
         return
@@ -384,21 +457,29 @@ def main() -> None:
     peaks = {}
     if args.peak:
         for dtype in (torch.float32, torch.bfloat16, torch.float16):
-            peaks[dtype] = statistics.median(matmul_peak(dtype, device) for _ in range(3))
-            print(f"matmul peak {dtype}: {peaks[dtype] / 1e9:,.0f} GFLOP/s")
+            runs = [matmul_peak(dtype, device)]
+            if runs[0].complete:  # a slow dtype is measured once: its figure is already bounded
+                runs += [matmul_peak(dtype, device) for _ in range(2)]
+            peak = sorted(runs)[len(runs) // 2]
+            peaks[dtype] = peak.flops
+            print(f"matmul peak {dtype}: {peak.describe()}")
     nanogpt = None
     if args.reference:
         nanogpt = load_reference(args.reference)
         print(f"reference: nanoGPT at {args.reference}, commit {reference_commit(args.reference)}")
-    for cname in ("tiny", "small") if args.config == "all" else [args.config]:
-        cfg = dict(CONFIGS[cname])
+    for cname in ("tiny", "default", "small") if args.config == "all" else [args.config]:
+        cfg = default_config() if cname == "default" else dict(CONFIGS[cname])
         cfg["steps"] = args.steps or cfg["steps"]
         cfg["batch_size"] = args.batch_size or cfg["batch_size"]
         builders: dict[str, Callable[[], tuple[Step, int]]] = {}
         if nanogpt:
             builders[REFERENCE] = partial(reference_step, nanogpt, cfg, device)
         for vname in selected_variants(args.variants, cname, device):
-            builders[vname] = partial(gptcore_step, cfg, VARIANTS[vname], device)
+            if vname == AUTO:
+                label, variant = auto_variant(cfg, device)
+                builders[label] = partial(gptcore_step, cfg, variant, device)
+            else:
+                builders[vname] = partial(gptcore_step, cfg, VARIANTS[vname], device)
         run_config(cname, cfg, builders, args.rounds, device, peaks.get(torch.float32), peak_flops)
 
 

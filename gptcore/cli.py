@@ -1,6 +1,7 @@
 """The `gptcore` command: `chat` with a trained model, `sample` completions, `info` on a model's size,
-`classify` texts with a fine-tuned classifier, `export` a model to the Hugging Face format. `--model`
-takes a model file or a Hugging Face folder.
+`classify` texts with a fine-tuned classifier, `export` a model to the Hugging Face format, `serve`
+a model over HTTP (an OpenAI-compatible API and a chat page; see gptcore.serve). `--model` takes a
+model file or a Hugging Face folder.
 
 Sampling options default to the `sample` section of params.yaml when the file is there (the same
 settings the sample stage records, so `gptcore sample` reproduces reports/samples.md); outside a
@@ -10,7 +11,6 @@ gptcore checkout they default to plain sampling: temperature 1, no top-k or top-
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import signal
 import sys
@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from gptcore import classify
+from gptcore.autotune import cached_decision, decide
 from gptcore.checkpoint import MODEL_FILE, load_model
 from gptcore.device import resolve_device
 from gptcore.errors import DataError, GptcoreError, run_main
@@ -29,11 +30,11 @@ from gptcore.generate import complete_batch, seeded_generator, stream_completion
 from gptcore.hf import export_folder, load_any
 from gptcore.instruct import render_prompt, reply_stops, template_of
 from gptcore.memory import human_bytes
-from gptcore.model import GPT, flops_per_token
+from gptcore.model import GPT, GPTConfig, flops_per_token
 from gptcore.params import SampleParams, TrainParams, device_name_problem, load_section
 from gptcore.sampling import RULES, Sampling, SamplingError, check_setting
 from gptcore.tokenizer import Tokenizer, load_tokenizer
-from gptcore.train import memory_plan, planned_config
+from gptcore.train import memory_plan, planned_config, torch_threads
 
 DEFAULT_CLASSIFIER = Path("models/classifier.pt")
 DEFAULT_PARAMS = Path("params.yaml")
@@ -60,6 +61,9 @@ def _typed(
         return value
 
     return parse
+
+
+_positive_int = _typed(int, lambda v: v > 0, "an integer > 0")
 
 
 # how the text of a flag or a chat /command becomes each sampling setting's value
@@ -95,7 +99,8 @@ def _flag(field: str) -> Callable[[str], Any]:
     return parse
 
 
-# the sampling settings that have a flag, and what each does
+# the sampling settings that have a flag, and what each does (--seed is chat's and sample's:
+# a server seeds each request on its own)
 _SAMPLING_FLAGS = {
     "temperature": "softmax temperature; 0 is greedy",
     "top_k": "keep the k most likely tokens; 0 is off",
@@ -113,6 +118,16 @@ def _stop_flag(text: str) -> str:
     return text
 
 
+def _add_sampling_flag(parser: argparse.ArgumentParser, field: str) -> None:
+    """The flag of sampling setting `field`; its help shows the plain-sampling fallback."""
+    plain = getattr(Sampling(), field)  # the default outside a checkout
+    parser.add_argument(
+        f"--{field.replace('_', '-')}",
+        type=_flag(field),
+        help=f"{_SAMPLING_FLAGS[field]} (default: sample.{field}, else {'random' if plain is None else plain})",
+    )
+
+
 def _device(text: str) -> str:
     problem = device_name_problem(text)
     if problem:
@@ -125,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="gptcore", description="Chat with, sample from and size up gptcore models."
     )
     commands = parser.add_subparsers(
-        dest="command", required=True, metavar="{chat,sample,info,classify,export}"
+        dest="command", required=True, metavar="{chat,sample,info,classify,export,serve}"
     )
 
     sampling = argparse.ArgumentParser(add_help=False)
@@ -140,14 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help=f"params file whose sample section gives the defaults (default: {DEFAULT_PARAMS} if it exists)",
     )
-    plain = {f.name: f.default for f in dataclasses.fields(Sampling)}  # outside a checkout
-    for field, meaning in _SAMPLING_FLAGS.items():
-        fallback = "random" if plain[field] is None else plain[field]
-        sampling.add_argument(
-            f"--{field.replace('_', '-')}",
-            type=_flag(field),
-            help=f"{meaning} (default: sample.{field}, else {fallback})",
-        )
+    for field in _SAMPLING_FLAGS:
+        if field != "seed":
+            _add_sampling_flag(sampling, field)
     sampling.add_argument(
         "--stop",
         action="append",
@@ -172,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: each line is the instruction)",
     )
     chat.set_defaults(run=cmd_chat)
+    _add_sampling_flag(chat, "seed")
 
     sample = commands.add_parser("sample", parents=[sampling], help="print completions of prompts")
     sample.add_argument(
@@ -183,10 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sample.add_argument(
         "--num-samples",
-        type=_typed(int, lambda v: v > 0, "an integer > 0"),
+        type=_positive_int,
         default=1,
         help="completions per prompt (default: %(default)s)",
     )
+    _add_sampling_flag(sample, "seed")
     sample.set_defaults(run=cmd_sample)
 
     info = commands.add_parser(
@@ -194,6 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     info.add_argument("--model", type=Path, help=f"model file (default: {MODEL_FILE} if it exists)")
     info.add_argument("--params", type=Path, help=f"params file (default: {DEFAULT_PARAMS} if it exists)")
+    info.add_argument(
+        "--measure",
+        action="store_true",
+        help="time the dtype/compile candidates now if this machine has no figures for them yet",
+    )
     info.set_defaults(run=cmd_info)
 
     classify_cmd = commands.add_parser("classify", help="the label and class probabilities of texts")
@@ -212,6 +229,41 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--model", type=Path, default=MODEL_FILE, help="model file (default: %(default)s)")
     export.add_argument("--out", type=Path, required=True, help="folder to write (replaced whole)")
     export.set_defaults(run=cmd_export)
+
+    serve = commands.add_parser(
+        "serve",
+        parents=[sampling],
+        help="an OpenAI-compatible HTTP API and a chat page; the sampling flags are the defaults of requests",
+    )
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine only)"
+    )
+    serve.add_argument(
+        "--port",
+        type=_typed(int, lambda v: 0 <= v < 65536, "a port number"),
+        default=8000,
+        help="(default: %(default)s)",
+    )
+    serve.add_argument(
+        "--name", default="gptcore", help="the model id clients ask for (default: %(default)s)"
+    )
+    serve.add_argument(
+        "--api-key",
+        help="require Authorization: Bearer KEY on every /v1 route (default: $GPTCORE_API_KEY, else none)",
+    )
+    for flag, default, what in (
+        ("--max-tokens-limit", 2048, "largest max_tokens a request may ask for"),
+        ("--max-batch", 16, "requests generated together, one forward pass per token for all; more wait"),
+        ("--max-body-bytes", 1 << 20, "largest request body accepted, in bytes"),
+    ):
+        serve.add_argument(flag, type=_positive_int, default=default, help=f"{what} (default: %(default)s)")
+    serve.add_argument(
+        "--threads",
+        type=_typed(int, lambda v: v >= 0, "an integer >= 0"),
+        default=0,
+        help="CPU threads for torch (0: torch's default, one per core)",
+    )
+    serve.set_defaults(run=cmd_serve)
     return parser
 
 
@@ -228,14 +280,8 @@ def resolve_sampling(args: argparse.Namespace) -> tuple[Sampling, SampleParams |
     section: SampleParams | None = load_section("sample", params_file) if params_file else None
 
     sampling = section.sampling() if section is not None else Sampling()
-    flags = {
-        "temperature": args.temperature,
-        "top_k": args.top_k,
-        "top_p": args.top_p,
-        "max_new_tokens": args.max_new_tokens,
-        "seed": args.seed,
-        "stop": tuple(args.stop) if args.stop else None,
-    }
+    flags = {field: getattr(args, field, None) for field in _SAMPLING_FLAGS}  # serve has no --seed
+    flags["stop"] = tuple(args.stop) if args.stop else None
     sampling = replace(sampling, **{k: v for k, v in flags.items() if v is not None})
     if sampling.seed is None:
         # a seed drawn here and reported, so that a run the user liked can be repeated
@@ -459,6 +505,28 @@ def cmd_classify(args: argparse.Namespace) -> None:
             print(f"  {label}: {p:.4f}")
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    # imported here: the web stack is needed by this command only
+    from gptcore.serve import ServeOptions, serve
+
+    sampling, _ = resolve_sampling(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not args.model.exists():
+        raise DataError(f"{args.model} not found: train a model first (dvc repro train) or pass --model")
+    options = ServeOptions(
+        model_path=args.model,
+        name=args.name,
+        defaults=replace(sampling, seed=None),  # each request has its own seed
+        device=str(resolve_device(args.device, key="--device")),
+        max_tokens_limit=args.max_tokens_limit,
+        max_batch=args.max_batch,
+        max_body_bytes=args.max_body_bytes,
+        api_key=args.api_key or os.environ.get("GPTCORE_API_KEY") or None,
+    )
+    serve(options, args.host, args.port)
+
+
 # ---------------------------------------------------------------------------------------------
 # info
 
@@ -546,8 +614,31 @@ def cmd_info(args: argparse.Namespace) -> None:
         )
         if train.preset:
             rows.append(("preset", train.preset))
+        first, *candidates = _precision_rows(train, config, args.measure)
+        rows.append(("precision (dtype, compile)", first))
+        rows += [("", line) for line in candidates]
         rows += memory_plan(train, config, resolve_device(train.device)).rows()
     print(_table(rows))
+
+
+def _precision_rows(train: TrainParams, config: GPTConfig, measure: bool) -> list[str]:
+    """What train.dtype / train.compile resolve to for this shape on this machine (auto: the
+    cached timings of gptcore.autotune; with --measure, timed now when there are none)."""
+    device = resolve_device(train.device)
+    threads = torch_threads(train, train.nproc_per_node)
+    if threads:  # the cache is keyed by the thread count a training process runs with
+        torch.set_num_threads(threads)
+    micro_batch = train.batch_size // train.world_size
+    if measure:
+        decision = decide(train, config, device, micro_batch)
+    else:
+        decision = cached_decision(train, config, device, micro_batch)
+    if decision is None:
+        return [
+            f"auto: not measured yet for this shape on this {device.type} (the first training run "
+            "times the candidates; `gptcore info --measure` does it now)"
+        ]
+    return decision.summary(train.max_iters * train.grad_accum_steps).splitlines()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -34,22 +34,6 @@ def resolve_device(name: str, key: str = "train.device") -> torch.device:
     return torch.device(name)
 
 
-def autocast_dtype(device: torch.device, dtype: str) -> torch.dtype | None:
-    """The autocast dtype for matmuls, or None for plain fp32. Master weights stay fp32.
-
-    `auto` means bf16 on CUDA GPUs that support it, fp32 elsewhere: on the CPUs we measured
-    bf16 autocast ran slower than fp32 (README, "Performance"), as casting costs more than the
-    matmuls save at these sizes.
-    """
-    if dtype == "float32":
-        return None
-    if dtype == "bfloat16":
-        return torch.bfloat16
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return None
-
-
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
     """Autocast to `dtype` on `device`, or nothing when `dtype` is None (plain fp32)."""
     if dtype is None:

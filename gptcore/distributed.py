@@ -212,12 +212,13 @@ def _shard_like(whole: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
 
 def load_full_state(
     model: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: Any,
     model_state: dict[str, Any],
     optimizer_state: dict[str, Any],
 ) -> None:
     """Load a consolidated checkpoint (`full_state`, or a one-process run's) into a sharded model
-    and its optimizer: each rank keeps its shard of every tensor."""
+    and its optimizer (a torch optimizer, or gptcore.optimizers.Optimizers, whose state is one
+    torch optimizer's per name): each rank keeps its shard of every tensor."""
     with torch.no_grad():
         for name, param in model.named_parameters():
             local = param.to_local() if isinstance(param, DTensor) else param
@@ -226,9 +227,20 @@ def load_full_state(
                 if isinstance(param, DTensor)
                 else model_state[name]
             )
+    parts = getattr(optimizer, "optimizers", None)
+    if parts is None:
+        optimizer.load_state_dict(_sharded_optimizer_state(optimizer, optimizer_state))
+    else:
+        optimizer.load_state_dict(
+            {name: _sharded_optimizer_state(part, optimizer_state[name]) for name, part in parts.items()}
+        )
+
+
+def _sharded_optimizer_state(optimizer: torch.optim.Optimizer, whole: dict[str, Any]) -> dict[str, Any]:
+    """One torch optimizer's consolidated state dict cut as its parameters are sharded."""
     # the optimizer's state is keyed by each parameter's position in its groups
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    sharded = dict(optimizer_state)
+    sharded = dict(whole)
     sharded["state"] = {
         index: {
             key: _shard_like(value, params[index])
@@ -236,9 +248,9 @@ def load_full_state(
             else value
             for key, value in per_param.items()
         }
-        for index, per_param in optimizer_state["state"].items()
+        for index, per_param in whole["state"].items()
     }
-    optimizer.load_state_dict(sharded)
+    return sharded
 
 
 def full_model(model: nn.Module, config: GPTConfig) -> GPT:

@@ -26,7 +26,7 @@ step, which gives the same tokens (tested), only slower.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 
@@ -213,12 +213,36 @@ def stream_completion(
     (which is not yielded; generation ends there).
 
     An empty prompt starts from <|endoftext|>, the token that precedes every document in training.
-    A piece that ends in U+FFFD is held back until the next token: with a byte-level tokenizer it
-    may be the first bytes of a character that the next token completes. Text that could be the
-    start of a stop string is held back too, until the next tokens tell.
+    See `decode_stream` and `cut_at_stop` for what is held back and why.
     """
-    stop = sampling.stop
-    pieces = _stable_pieces(model, tokenizer, prompt, sampling, generator)
+    idx = _prompt_rows(model, tokenizer, prompt, 1)
+    steps = generate_stream(model, idx, sampling, generator=generator, eot_id=tokenizer.eot_id)
+    yield from cut_at_stop(decode_stream(tokenizer, (int(step[0]) for step in steps)), sampling.stop)
+
+
+def decode_stream(tokenizer: Tokenizer, tokens: Iterable[int]) -> Iterator[str]:
+    """The text of new `tokens`, piece by piece, whole characters only, until <|endoftext|>.
+
+    A piece that ends in U+FFFD is held back until the next token: with a byte-level tokenizer it
+    may be the first bytes of a character that the next token completes.
+    """
+    pending: list[int] = []
+    for token in tokens:
+        if token == tokenizer.eot_id:
+            break
+        pending.append(token)
+        text = tokenizer.decode(pending)
+        if not text.endswith(REPLACEMENT_CHAR):
+            pending.clear()
+            yield text
+    if pending:
+        yield tokenizer.decode(pending)
+
+
+def cut_at_stop(pieces: Iterable[str], stop: Sequence[str]) -> Iterator[str]:
+    """The text of `pieces` up to just before the first of the `stop` strings, where it ends
+    (`pieces` is not read further). Text that could be the start of a stop string is held back
+    until the next pieces tell."""
     if not stop:
         yield from pieces
         return
@@ -240,29 +264,6 @@ def stream_completion(
         yield text[sent:]
 
 
-def _stable_pieces(
-    model: GPT,
-    tokenizer: Tokenizer,
-    prompt: str,
-    sampling: Sampling,
-    generator: torch.Generator | None,
-) -> Iterator[str]:
-    """The decoded text of each new token, whole characters only, until <|endoftext|>."""
-    idx = _prompt_rows(model, tokenizer, prompt, 1)
-    pending: list[int] = []
-    for step in generate_stream(model, idx, sampling, generator=generator, eot_id=tokenizer.eot_id):
-        token = int(step[0])
-        if token == tokenizer.eot_id:
-            break
-        pending.append(token)
-        text = tokenizer.decode(pending)
-        if not text.endswith(REPLACEMENT_CHAR):
-            pending.clear()
-            yield text
-    if pending:
-        yield tokenizer.decode(pending)
-
-
 def complete(
     model: GPT,
     tokenizer: Tokenizer,
@@ -275,12 +276,16 @@ def complete(
     return "".join(stream_completion(model, tokenizer, prompt, sampling, generator=generator))
 
 
+def prompt_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
+    """The ids a completion of `prompt` starts from; an empty prompt starts from <|endoftext|>,
+    the token that precedes every document in training."""
+    return tokenizer.encode(prompt) or [tokenizer.eot_id]
+
+
 def _prompt_rows(model: GPT, tokenizer: Tokenizer, prompt: str, rows: int) -> torch.Tensor:
-    """The prompt's ids as `rows` identical rows on the model's device; an empty prompt starts
-    from <|endoftext|>, the token that precedes every document in training."""
-    ids = tokenizer.encode(prompt) or [tokenizer.eot_id]
+    """The prompt's ids (`prompt_ids`) as `rows` identical rows on the model's device."""
     device = next(model.parameters()).device
-    return torch.tensor([ids] * rows, dtype=torch.long, device=device)
+    return torch.tensor([prompt_ids(tokenizer, prompt)] * rows, dtype=torch.long, device=device)
 
 
 def complete_batch(

@@ -20,7 +20,8 @@ head counted once) and W processes:
   two blocks (the one computing and the one prefetched);
 - gradients: fp32, 4N (DDP's buckets are views of them, `gradient_as_bucket_view`); under fsdp
   this process's shard plus one block's unsharded gradients before their reduce-scatter;
-- optimizer: AdamW's two fp32 moments, 8N, sharded like the weights under fsdp;
+- optimizer: AdamW's two fp32 moments, 8N, sharded like the weights under fsdp; with
+  train.optimizer: muon, Muon's one fp32 momentum (4 bytes) for the blocks' matrices it owns;
 - activations: what autograd keeps of one micro-batch (this process's rows) for the backward pass,
   and the loss's gradients as it starts, `peak_activation_bytes`.
 Not counted: the CUDA context, the allocator's cached and fragmented blocks, and temporaries that
@@ -36,6 +37,7 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -43,6 +45,7 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.checkpoint import checkpoint
 
 from gptcore.model import GPT, GPTConfig
+from gptcore.optimizers import hidden_matrices
 
 # the share of a device's memory a plan may fill: the rest is for what the plan leaves out
 HEADROOM = 0.9
@@ -164,6 +167,8 @@ class Sizes:
     # what bf16 autocast casts: the Linear layers' parameters (the head once, tied or not);
     # embeddings (gpt2's position table, an untied token embedding) and norms stay fp32
     cast: int
+    # (dim 0, numel) of the blocks' matrices, which train.optimizer: muon updates with Muon
+    hidden_rows: tuple[tuple[int, int], ...] = ()
 
     @classmethod
     def of(cls, config: GPTConfig) -> Sizes:
@@ -172,16 +177,19 @@ class Sizes:
             model = GPT(config)
         params = list(model.parameters())
         linear = {id(p): p for m in model.modules() if isinstance(m, nn.Linear) for p in m.parameters()}
+        named = dict(model.named_parameters())
         return cls(
             total=sum(p.numel() for p in params),
             block=max((sum(p.numel() for p in b.parameters()) for b in blocks(model)), default=0),
             rows=tuple((p.shape[0], p.numel()) for p in params),
             cast=sum(p.numel() for p in linear.values()),
+            hidden_rows=tuple((named[n].shape[0], named[n].numel()) for n in sorted(hidden_matrices(model))),
         )
 
-    def shard(self, processes: int) -> int:
-        """Parameters in the largest process's shard: ceil(rows / W) rows of each tensor."""
-        return sum(math.ceil(rows / processes) * (numel // rows) for rows, numel in self.rows)
+    def shard(self, processes: int, rows: tuple[tuple[int, int], ...] | None = None) -> int:
+        """Parameters in the largest process's shard: ceil(rows / W) rows of each tensor (of
+        `rows`, by default every parameter's)."""
+        return sum(math.ceil(r / processes) * (numel // r) for r, numel in (rows or self.rows))
 
 
 @dataclass(frozen=True)
@@ -203,6 +211,7 @@ class MemoryPlan:
     recomputed: int  # activations still held beside the whole gradients (checkpointing's)
     available: int | None  # device memory of one process; None when unknown
     where: str  # what `available` is
+    optimizer_name: str = "AdamW"  # "AdamW + Muon" with train.optimizer: muon
 
     @property
     def total(self) -> int:
@@ -244,7 +253,7 @@ class MemoryPlan:
             ("  weights (fp32 masters)", amount(self.weights)),
             ("  working copies", amount(self.working)),
             ("  gradients", amount(self.gradients)),
-            ("  optimizer (AdamW)", amount(self.optimizer)),
+            (f"  optimizer ({self.optimizer_name})", amount(self.optimizer)),
             ("  activations", amount(self.activations)),
             ("  peak", self.verdict()),
         ]
@@ -261,13 +270,20 @@ def plan_memory(
     available: int | None = None,
     where: str = "unknown",
     sizes: Sizes | None = None,
+    optimizer: str = "adamw",
 ) -> MemoryPlan:
     """The plan for `batch_size` sequences a micro-step, shared by `processes` (see the module doc)."""
     sizes = sizes or Sizes.of(config)
     n = sizes.total
+    # Muon keeps one fp32 moment (its momentum) for the blocks' matrices it owns; AdamW two for the rest
+    muon = 0
+    if optimizer == "muon":
+        muon = sum(numel for _, numel in sizes.hidden_rows)
     compute = 2 if bf16 else 4
     if parallel == "fsdp" and processes > 1:
         local = sizes.shard(processes)
+        if muon:
+            muon = sizes.shard(processes, sizes.hidden_rows)
         root = n - config.n_layer * sizes.block
         working = compute * (root + 2 * sizes.block)
         gradients = 4 * (local + sizes.block)
@@ -286,11 +302,12 @@ def plan_memory(
         weights=4 * local,
         working=working,
         gradients=gradients,
-        optimizer=8 * local,
+        optimizer=8 * (local - muon) + 4 * muon,
         activations=peak_activation_bytes(config, batch_size // processes, bf16, checkpointing),
         recomputed=recomputed_bytes(config, batch_size // processes, bf16) if checkpointing else 0,
         available=available,
         where=where,
+        optimizer_name="AdamW + Muon" if optimizer == "muon" else "AdamW",
     )
 
 
@@ -326,6 +343,7 @@ def what_would_fit(plan: MemoryPlan, sizes: Sizes | None = None) -> list[str]:
             available=plan.available,
             where=plan.where,
             sizes=sizes,
+            optimizer="muon" if plan.optimizer_name == "AdamW + Muon" else "adamw",
             **fields,  # type: ignore[arg-type]
         )
 
@@ -388,7 +406,7 @@ def checkpoint_blocks(model: nn.Module) -> None:
         block.forward = functools.partial(checkpoint, block.forward, use_reentrant=False)
 
 
-def held_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, int]:
+def held_bytes(model: nn.Module, optimizer: Any) -> tuple[int, int]:
     """(parameter bytes, optimizer-state bytes) this process holds, measured from its tensors: a
     sharded parameter or moment counts its local shard only."""
 
@@ -397,9 +415,12 @@ def held_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int,
         return t.numel() * t.element_size()
 
     params = sum(local(p) for p in model.parameters())
+    # gptcore.optimizers.Optimizers holds several torch optimizers (AdamW, and Muon)
+    parts = getattr(optimizer, "optimizers", {"": optimizer}).values()
     state = sum(
         local(v)
-        for per_param in optimizer.state.values()
+        for part in parts
+        for per_param in part.state.values()
         for v in per_param.values()
         if isinstance(v, torch.Tensor) and v.dim() > 0  # the step counters are scalars
     )

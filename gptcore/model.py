@@ -26,6 +26,7 @@ feed-forward and the position encoding once, at construction; forward passes do 
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import asdict, dataclass, fields
 
@@ -125,6 +126,16 @@ class KVCache:
     def reset(self) -> None:
         self.length = 0
 
+    def rows(self, start: int, stop: int) -> KVCache:
+        """A cache over rows start..stop-1 of this one, sharing its storage, empty (length 0).
+
+        A server keeps one cache for every request it serves and works on some rows at a time:
+        it fills one row with a new prompt, then steps the rows in use together."""
+        view = copy.copy(self)
+        view.k, view.v = self.k[:, start:stop], self.v[:, start:stop]
+        view.length = 0
+        return view
+
 
 class LayerNorm(nn.Module):
     """LayerNorm with an optional bias (torch's own only drops both weight and bias)."""
@@ -173,7 +184,11 @@ class Rotary(nn.Module):
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
 
-    def forward(self, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, start: int | torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The tables of positions start..start + length - 1 (length, hs); for a tensor `start`
+        (B,) of one position per row (length 1), each row's own, (B, 1, 1, hs)."""
+        if isinstance(start, torch.Tensor):
+            return self.cos[start][:, None, None], self.sin[start][:, None, None]
         return self.cos[start : start + length], self.sin[start : start + length]
 
 
@@ -229,12 +244,32 @@ class MultiHeadAttention(nn.Module):
         return self._merge(F.scaled_dot_product_attention(q, k, v, is_causal=True))
 
     def forward_cached(
-        self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start: int, rope: Rope | None = None
+        self,
+        x: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        start: int | torch.Tensor,
+        rope: Rope | None = None,
     ) -> torch.Tensor:
         """Attention for x's tokens at positions start.., over the cached keys and values
-        (B, nh, block_size, hs) of positions ..start - 1, which it extends with x's own."""
+        (B, nh, block_size, hs) of positions ..start - 1, which it extends with x's own.
+
+        `start` may be a tensor (B,) of positions, one per row, for one new token per row: rows
+        of a batch that are at different lengths (requests that arrived at different times)."""
         q, k, v = self._heads(x, rope)
         T = x.shape[1]
+        if isinstance(start, torch.Tensor):
+            rows = torch.arange(x.shape[0], device=x.device)
+            # (B, nh, 1, hs) -> (B, nh, hs) written at (row, :, start[row])
+            keys[rows, :, start] = k[:, :, 0]
+            values[rows, :, start] = v[:, :, 0]
+            seen = int(start.max()) + 1
+            # row b sees its own positions up to start[b]; a shorter row's tail is masked out
+            mask = torch.arange(seen, device=x.device)[None, :] <= start[:, None]  # (B, seen)
+            y = F.scaled_dot_product_attention(
+                q, keys[:, :, :seen], values[:, :, :seen], attn_mask=mask[:, None, None, :]
+            )
+            return self._merge(y)
         keys[:, :, start : start + T] = k
         values[:, :, start : start + T] = v
         k, v = keys[:, :, : start + T], values[:, :, : start + T]
@@ -310,7 +345,7 @@ class Block(nn.Module):
         self,
         x: torch.Tensor,
         explicit: bool = False,
-        kv: tuple[torch.Tensor, torch.Tensor, int] | None = None,
+        kv: tuple[torch.Tensor, torch.Tensor, int | torch.Tensor] | None = None,
         rope: Rope | None = None,
     ) -> torch.Tensor:
         h = self.ln_1(x)
@@ -363,12 +398,15 @@ class GPT(nn.Module):
         targets: torch.Tensor | None = None,
         explicit: bool = False,
         cache: KVCache | None = None,
+        positions: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (B, T, vocab) for token ids (B, T); mean cross-entropy when targets are given.
 
         With `cache`, idx continues the tokens cached so far (positions cache.length ..), and
-        their keys and values are added to it."""
-        logits = self.lm_head(self._trunk(idx, explicit, cache))
+        their keys and values are added to it. With `positions` (B,) as well, idx is one token
+        per row (B, 1) and row b's token sits at positions[b], after that row's cached tokens:
+        the rows may be at different lengths; cache.length is left as it is."""
+        logits = self.lm_head(self._trunk(idx, explicit, cache, positions))
         if targets is None:
             return logits, None
         loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
@@ -379,24 +417,32 @@ class GPT(nn.Module):
         and what a task head (a classifier) reads instead of it."""
         return self._trunk(idx, explicit=False, cache=None)
 
-    def _trunk(self, idx: torch.Tensor, explicit: bool, cache: KVCache | None) -> torch.Tensor:
+    def _trunk(
+        self, idx: torch.Tensor, explicit: bool, cache: KVCache | None, positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Embeddings, blocks and the final norm: (B, T) ids -> (B, T, n_embd)."""
         T = idx.shape[1]
-        start = cache.length if cache is not None else 0
-        if self.config.block_size < start + T:
-            raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
+        start: int | torch.Tensor = cache.length if cache is not None else 0
+        if positions is not None:
+            if cache is None or T != 1 or positions.shape != (idx.shape[0],):
+                raise ValueError("positions need a cache and idx of one token per row (B, 1)")
+            start, pos, end = positions, positions[:, None], int(positions.max()) + 1  # pos: (B, 1)
+        else:
+            pos, end = torch.arange(start, start + T, device=idx.device), start + T
+        if self.config.block_size < end:
+            raise ValueError(f"sequence of {end} tokens exceeds block_size {self.config.block_size}")
         if cache is not None and explicit:
             raise ValueError("the explicit attention path does not use a KV cache")
         x = self.wte(idx)
         if self.wpe is not None:
-            x = x + self.wpe(torch.arange(start, start + T, device=idx.device))
+            x = x + self.wpe(pos)
         rope = self.rotary(start, T) if self.rotary is not None else None
         x = self.drop(x)
         for i, block in enumerate(self.h):
             kv = (cache.k[i], cache.v[i], start) if cache is not None else None
             x = block(x, explicit=explicit, kv=kv, rope=rope)
-        if cache is not None:
-            cache.length = start + T
+        if cache is not None and positions is None:
+            cache.length = end
         return self.ln_f(x)
 
 

@@ -129,6 +129,10 @@ class TrainParams:
     beta1: float
     beta2: float
     grad_clip: float
+    optimizer: str
+    muon_learning_rate: float
+    muon_momentum: float
+    muon_weight_decay: float
     eval_interval: int
     eval_iters: int
     log_interval: int
@@ -136,7 +140,7 @@ class TrainParams:
     seed: int
     device: str
     dtype: str
-    compile: bool
+    compile: bool | str
     threads: int
     nproc_per_node: int
     nnodes: int
@@ -194,7 +198,7 @@ class TrainParams:
             _positive(f"train.{key}", getattr(self, key))
         for key in ("warmup_iters", "threads", "checkpoint_interval"):
             _non_negative(f"train.{key}", getattr(self, key))
-        for key in ("learning_rate", "min_lr", "weight_decay", "grad_clip"):
+        for key in ("learning_rate", "min_lr", "weight_decay", "grad_clip", "muon_weight_decay"):
             _non_negative(f"train.{key}", getattr(self, key))
         if self.n_embd % self.n_head:
             _fail("train.n_embd", self.n_embd, f"must be divisible by train.n_head ({self.n_head})")
@@ -211,7 +215,10 @@ class TrainParams:
             _fail("train.learning_rate", self.learning_rate, "must be > 0")
         if self.min_lr > self.learning_rate:
             _fail("train.min_lr", self.min_lr, f"must not exceed train.learning_rate ({self.learning_rate})")
-        for key in ("beta1", "beta2"):
+        if self.optimizer not in ("adamw", "muon"):
+            _fail("train.optimizer", self.optimizer, "allowed: adamw, muon")
+        _positive("train.muon_learning_rate", self.muon_learning_rate)
+        for key in ("beta1", "beta2", "muon_momentum"):
             if not 0.0 <= getattr(self, key) < 1.0:
                 _fail(f"train.{key}", getattr(self, key), "must lie in [0, 1)")
         problem = device_name_problem(self.device)
@@ -219,6 +226,8 @@ class TrainParams:
             _fail("train.device", self.device, problem)
         if self.dtype not in ("auto", "bfloat16", "float32"):
             _fail("train.dtype", self.dtype, "allowed: auto, bfloat16, float32")
+        if isinstance(self.compile, str) and self.compile != "auto":
+            _fail("train.compile", self.compile, "allowed: auto, true, false")
         if self.batch_size % self.world_size:
             _fail(
                 "train.batch_size",
@@ -227,6 +236,13 @@ class TrainParams:
             )
         if self.parallel not in ("ddp", "fsdp"):
             _fail("train.parallel", self.parallel, "allowed: ddp, fsdp")
+        if self.parallel == "fsdp" and self.optimizer == "muon" and self.world_size > 1:
+            # Muon orthogonalises each whole matrix; fsdp leaves every process a slice of it
+            _fail(
+                "train.optimizer",
+                self.optimizer,
+                "not with train.parallel: fsdp over several processes (use adamw, or ddp)",
+            )
         if self.nnodes > 1 and ":" not in self.rdzv_endpoint:
             _fail(
                 "train.rdzv_endpoint",

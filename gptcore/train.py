@@ -1,4 +1,4 @@
-"""The training loop: AdamW groups, LR schedule, evaluation, logging, checkpoints and exact resume.
+"""The training loop: LR schedule, evaluation, logging, checkpoints and exact resume.
 
 `train()` is the entry point; `_Run` is the one stateful object: it owns the model, the
 optimizer and every piece of the loop's bookkeeping (step, history, clock, throughput window,
@@ -29,6 +29,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from gptcore.autotune import Decision, bf16_supported, decide
 from gptcore.checkpoint import (
     device_rng_state,
     load_checkpoint,
@@ -38,7 +39,7 @@ from gptcore.checkpoint import (
     save_checkpoint,
     set_rng_states,
 )
-from gptcore.device import autocast, autocast_dtype, model_flops_utilization, peak_flops, resolve_device
+from gptcore.device import autocast, model_flops_utilization, peak_flops, resolve_device
 from gptcore.distributed import (
     Ranks,
     from_main,
@@ -62,6 +63,7 @@ from gptcore.memory import (
     what_would_fit,
 )
 from gptcore.model import GPT, GPTConfig, flops_per_token
+from gptcore.optimizers import configure_optimizer
 from gptcore.params import TrainParams
 from gptcore.tokens import TokenStore
 
@@ -100,15 +102,25 @@ def planned_config(params: TrainParams, vocab_size: int) -> GPTConfig:
     return model_config(params, vocab_size)
 
 
-def memory_plan(params: TrainParams, config: GPTConfig, device: torch.device) -> MemoryPlan:
-    """The memory plan of this run on `device` (see gptcore.memory)."""
+def memory_plan(
+    params: TrainParams, config: GPTConfig, device: torch.device, bf16: bool | None = None
+) -> MemoryPlan:
+    """The memory plan of this run on `device` (see gptcore.memory). `bf16` None: as train.dtype
+    says; for `auto`, the candidate precision that needs less (the check before the run stops only
+    what no precision fits; the loop plans again once autotune has chosen)."""
+    if bf16 is None:
+        if params.dtype == "auto":
+            options = [False, True] if bf16_supported(device) else [False]
+            return min((memory_plan(params, config, device, b) for b in options), key=lambda p: p.total)
+        bf16 = params.dtype == "bfloat16"
     available, where = device_memory(device, params.nproc_per_node)
     return plan_memory(
         config,
         params.batch_size,
         processes=params.world_size,
         parallel=params.parallel,
-        bf16=autocast_dtype(device, params.dtype) is torch.bfloat16,
+        bf16=bf16,
+        optimizer=params.optimizer,
         checkpointing=params.activation_checkpointing,
         accumulating=params.grad_accum_steps > 1,
         available=available,
@@ -125,28 +137,11 @@ def check_memory_plan(plan: MemoryPlan) -> None:
         )
 
 
-def configure_optimizer(
-    model: GPT, params: TrainParams, device: torch.device, fused: bool | None = None
-) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices (Linear weights, embeddings) and none on biases and gains.
-
-    The one place the training optimizer is built: the loop and benchmarks/train_speed.py call it.
-    `fused` None takes the fused kernel where torch has it (CUDA, CPU); False asks for foreach."""
-    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    decay = [p for p in named.values() if p.dim() >= 2]
-    no_decay = [p for p in named.values() if p.dim() < 2]
-    # every parameter in exactly one group: a silent miss here costs a whole run
-    assert len(decay) + len(no_decay) == len(named)
-    assert {id(p) for p in decay}.isdisjoint(id(p) for p in no_decay)
-    groups = [
-        {"params": decay, "weight_decay": params.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    # the fused kernel: one pass over each tensor for the whole update (README, "Performance")
-    if fused is None:
-        fused = device.type in ("cuda", "cpu")
-    extra = {"fused": True} if fused else {"foreach": True}
-    return torch.optim.AdamW(groups, lr=params.learning_rate, betas=(params.beta1, params.beta2), **extra)
+def torch_threads(params: TrainParams, local_world_size: int) -> int:
+    """The CPU threads a training process uses (0: torch's own choice, all cores)."""
+    if not params.threads and local_world_size > 1:  # the node's cores, shared among its processes
+        return max(1, (os.cpu_count() or 1) // local_world_size)
+    return params.threads
 
 
 def lr_at(step: int, params: TrainParams) -> float:
@@ -178,6 +173,7 @@ class TrainResult:
     mfu: float | None  # None where the device's peak is unknown (CPU, unlisted GPUs)
     peak_memory_bytes: int | None  # CUDA only
     resumed_from: int | None  # the step the run continued from, None when it started fresh
+    precision: Decision  # the dtype and compile choice the run trained with, and why
 
 
 # (step, metrics) at each evaluation: "train/loss", "val/loss", "lr", and from the second
@@ -205,12 +201,14 @@ class _Run:
         val_store: TokenStore,
         ranks: Ranks,
         device: torch.device,
+        precision: Decision,
     ) -> None:
         self.p = params
         self.train_store = train_store
         self.ranks = ranks
         self.device = device
-        self.dtype = autocast_dtype(self.device, params.dtype)
+        self.precision = precision
+        self.dtype = precision.choice.autocast_dtype
         torch.manual_seed(params.seed)
         initial = None
         if params.init_from:  # a Hugging Face folder: its config (checked against params), its weights
@@ -231,7 +229,7 @@ class _Run:
         if ranks.rank:
             torch.manual_seed(params.seed + ranks.rank)  # each rank its own dropout masks
         self.optimizer = configure_optimizer(self.model, params, self.device)
-        self.fwd = torch.compile(self.model) if params.compile else self.model
+        self.fwd = torch.compile(self.model) if precision.choice.compile else self.model
         # ddp training goes through DDP, which averages gradients over ranks; evaluation does not
         self.ddp: DistributedDataParallel | None = None
         if ranks.distributed and not self.sharded:
@@ -325,6 +323,7 @@ class _Run:
             "model": whole[0],
             "optimizer": whole[1],
             "rng": rng_states(self.batch_gen, per_rank_rng),
+            "precision": self.precision.to_dict(),
             "history": self.history,
             "train_seconds": self.train_seconds(),
             "wall_seconds": self.wall_seconds(),
@@ -342,25 +341,9 @@ class _Run:
         self.earlier_train_seconds = float(saved["train_seconds"])
         self.earlier_wall_seconds = float(saved["wall_seconds"])
 
-    def resume(self, path: Path) -> None:
-        """Continue from the checkpoint if it is this run's (rank 0 decides for all)."""
+    def resume(self, path: Path, saved: dict[str, Any]) -> None:
+        """Continue from `saved`, the checkpoint at `path` that `resumable` found to be this run's."""
         ranks = self.ranks
-        saved, why = None, None
-        if ranks.is_main and path.exists():
-            saved = load_checkpoint(path)
-            why = resume_mismatch(saved.get("run"), self.identity)
-            if why:
-                _say(f"not resuming {path}: it is from another run ({why}); starting fresh")
-        if not from_main(saved is not None and why is None, ranks):
-            return
-        if not ranks.is_main:
-            if not path.exists():
-                raise GptcoreError(
-                    f"rank {ranks.rank} cannot see {path}, which rank 0 resumes from: every node needs "
-                    "the same models/ folder (a shared filesystem), or delete the checkpoint to start fresh"
-                )
-            saved = load_checkpoint(path)
-        assert saved is not None
         self.restore(saved)
         self.resumed_from = self.step
         self.last_checkpoint = (path, self.step)
@@ -515,6 +498,7 @@ class _Run:
             if self.device.type == "cuda"
             else None,
             resumed_from=self.resumed_from,
+            precision=self.precision,
         )
 
 
@@ -538,9 +522,7 @@ def train(
     device = resolve_device(params.device)
     if device.type == "cuda" and ranks.distributed:
         device = torch.device("cuda", ranks.local_rank)
-    threads = params.threads
-    if not threads and ranks.local_world_size > 1:  # the node's cores, shared among its processes
-        threads = max(1, (os.cpu_count() or 1) // ranks.local_world_size)
+    threads = torch_threads(params, ranks.local_world_size)
     if threads:
         torch.set_num_threads(threads)
     if device.type == "cpu":
@@ -563,6 +545,39 @@ def train(
         return _train(plan, params, train_store, val_store, on_eval, progress, checkpoint, ranks, device)
 
 
+def resumable(path: Path, identity: dict[str, Any], ranks: Ranks) -> dict[str, Any] | None:
+    """The checkpoint at `path` if it is this run's (rank 0 decides for all), else None."""
+    saved, why = None, None
+    if ranks.is_main and path.exists():
+        saved = load_checkpoint(path)
+        why = resume_mismatch(saved.get("run"), identity)
+        if why:
+            _say(f"not resuming {path}: it is from another run ({why}); starting fresh")
+    if not from_main(saved is not None and why is None, ranks):
+        return None
+    if not ranks.is_main:
+        if not path.exists():
+            raise GptcoreError(
+                f"rank {ranks.rank} cannot see {path}, which rank 0 resumes from: every node needs "
+                "the same models/ folder (a shared filesystem), or delete the checkpoint to start fresh"
+            )
+        saved = load_checkpoint(path)
+    return saved
+
+
+def _precision(
+    params: TrainParams, config: GPTConfig, device: torch.device, ranks: Ranks, saved: dict[str, Any] | None
+) -> Decision:
+    """dtype and compile: the checkpoint's when resuming (a run never changes them midway), else
+    forced by params or measured (gptcore.autotune) on rank 0, the same on every rank."""
+    if saved is not None and "precision" in saved:
+        return Decision.from_dict(saved["precision"], "checkpoint")
+    decision = None
+    if ranks.is_main:
+        decision = decide(params, config, device, params.batch_size // ranks.world_size)
+    return from_main(decision, ranks)
+
+
 def _train(
     plan: MemoryPlan,
     params: TrainParams,
@@ -574,12 +589,26 @@ def _train(
     ranks: Ranks,
     device: torch.device,
 ) -> TrainResult:
-    run = _Run(params, train_store, val_store, ranks, device)
+    identity: dict[str, Any] = {}
+    saved = None
     if checkpoint:
-        run.identity = run_identity(
+        identity = run_identity(
             params, {str(store.path): store.sha256() for store in (train_store, val_store)}
         )
-        run.resume(checkpoint)
+        saved = resumable(checkpoint, identity, ranks)
+    precision = _precision(params, model_config(params, train_store.vocab_size), device, ranks, saved)
+    if ranks.is_main:
+        _say(f"precision: {precision.summary(params.max_iters * params.grad_accum_steps)}")
+    decided_bf16 = precision.choice.dtype == "bfloat16"
+    if decided_bf16 != plan.bf16:  # auto chose the other precision: its plan must fit too
+        plan = memory_plan(params, plan.config, device, bf16=decided_bf16)
+        if ranks.is_main:
+            _say(f"memory plan for the chosen precision: {plan.verdict()}")
+        check_memory_plan(plan)
+    run = _Run(params, train_store, val_store, ranks, device, precision)
+    run.identity = identity
+    if checkpoint and saved is not None:
+        run.resume(checkpoint, saved)
     if on_eval:
         for record in run.history:
             on_eval(int(record["step"]), {k: v for k, v in record.items() if k != "step"})

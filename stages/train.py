@@ -85,6 +85,8 @@ def main() -> None:
         "model_flops_per_second": round(result.flops_per_token * result.tokens_per_second),
         "final_train_loss": round(result.final_train_loss, 4),
         "final_val_loss": round(result.final_val_loss, 4),
+        # the dtype and compile choice, and with dtype/compile: auto the timings behind it
+        "precision": result.precision.to_dict(result.steps * params.grad_accum_steps),
     }
     if result.mfu is not None:
         report["mfu"] = round(result.mfu, 4)
@@ -93,7 +95,8 @@ def main() -> None:
     write_json(REPORT, report)
     CHECKPOINT.unlink(missing_ok=True)
     print(
-        f"train: {result.steps} steps, {result.tokens_per_second:,.0f} tokens/s, val loss {result.final_val_loss:.4f}"
+        f"train: {result.steps} steps, {result.tokens_per_second:,.0f} tokens/s, "
+        f"{result.precision.choice.describe()}, val loss {result.final_val_loss:.4f}"
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,19 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_autotune_cache(tmp_path_factory: pytest.TempPathFactory):
+    # train.dtype/compile: auto cache their timings per machine; tests (and the dvc runs they start,
+    # which inherit the environment) must neither read the user's cache nor write to it
+    before = os.environ.get("GPTCORE_CACHE_DIR")
+    os.environ["GPTCORE_CACHE_DIR"] = str(tmp_path_factory.mktemp("gptcore-cache"))
+    yield
+    if before is None:
+        os.environ.pop("GPTCORE_CACHE_DIR", None)
+    else:
+        os.environ["GPTCORE_CACHE_DIR"] = before
 
 
 @pytest.fixture(scope="module")

@@ -302,7 +302,9 @@ def test_info_plans_a_preset_sharded_over_many_processes_and_says_it_does_not_fi
     assert "does NOT fit" in out
     write_params(
         tmp_path,
-        train=_train_shape() | big | {"batch_size": 8, "nproc_per_node": 8, "parallel": "fsdp"},
+        train=_train_shape()
+        | big
+        | {"batch_size": 8, "nproc_per_node": 8, "parallel": "fsdp", "dtype": "float32"},
     )
     main(["info"])
     out = capsys.readouterr().out
@@ -452,3 +454,26 @@ def test_sample_stage_output_is_identical_across_runs_and_prompts_are_independen
     sample_stage.main()
     alone = report.read_text(encoding="utf-8")
     assert alone[alone.index("## Prompt 1") :].split("```")[1] == juliet
+
+
+def test_info_shows_what_auto_would_pick_once_measured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GPTCORE_CACHE_DIR", str(tmp_path / "cache"))
+    shape = _train_shape() | {"dtype": "auto", "compile": False, "threads": 1}
+
+    def info(*flags: str, **changes: object) -> str:
+        write_params(tmp_path, train={"batch_size": 4, "grad_accum_steps": 1} | shape | changes)
+        main(["info", *flags])
+        return capsys.readouterr().out
+
+    before = info()
+    assert "auto: not measured yet" in before and "gptcore info --measure" in before
+    measured = info("--measure")
+    row = re.search(r"precision \(dtype, compile\)\s+(eager (?:fp32|bf16 autocast)) \(measured\)", measured)
+    assert row, measured
+    assert measured.count("ms/step") == 2  # fp32 and bf16, both eager (compile: false)
+    # the next look reads the same figures from the cache, timing nothing
+    assert f"{row.group(1)} (cache)" in info()
+    assert re.search(r"precision \(dtype, compile\)\s+eager fp32 \(params\)", info(dtype="float32"))

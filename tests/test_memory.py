@@ -14,7 +14,7 @@ from conftest import counting_documents, write_counting_store
 from test_train import BASE
 
 from gptcore.errors import GptcoreError
-from gptcore.memory import Sizes, checkpoint_blocks, peak_allocated, plan_memory, what_would_fit
+from gptcore.memory import Sizes, checkpoint_blocks, held_bytes, peak_allocated, plan_memory, what_would_fit
 from gptcore.model import GPT, GPTConfig
 from gptcore.params import ParamsError, parse_section
 from gptcore.presets import PRESETS
@@ -281,3 +281,26 @@ def test_any_block_class_is_checkpointed() -> None:
     checkpoint_blocks(plain)
     kept = saved_by_forward(plain)  # each block: its input, nothing it computes
     assert len(kept) == 3 and all(t.shape == (2, 4) for t in kept)
+
+
+@pytest.mark.parametrize("family", [{}, {"arch": "llama", "tie_embeddings": False}])
+def test_the_plan_knows_muon_keeps_one_moment_for_the_matrices_it_owns(family: dict[str, object]) -> None:
+    config = GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32, **family)
+    model = GPT(config)
+    p = dataclasses.replace(BASE, optimizer="muon")
+    optimizer = configure_optimizer(model, p, torch.device("cpu"))
+    x = torch.randint(0, 64, (2, 16))
+    model(x, x)[1].backward()
+    optimizer.step()
+    _, state = held_bytes(model, optimizer)  # measured: the moments the optimizers hold
+    plan = plan_memory(config, 2, optimizer="muon")
+    assert plan.optimizer == state < plan_memory(config, 2).optimizer
+    assert any(label == "  optimizer (AdamW + Muon)" for label, _ in plan.rows())
+
+
+def test_muon_is_refused_with_fsdp_over_several_processes() -> None:
+    with pytest.raises(
+        ParamsError, match=r"train.optimizer = 'muon' is invalid: not with train.parallel: fsdp"
+    ):
+        parse_section("train", section(optimizer="muon", parallel="fsdp", nproc_per_node=2, batch_size=8))
+    assert parse_section("train", section(optimizer="muon", parallel="ddp", nproc_per_node=2, batch_size=8))

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 import torch
 
-from gptcore.model import GPT, GPTConfig, flops_per_token
+from gptcore.model import GPT, GPTConfig, KVCache, flops_per_token
 
 SMALL = GPTConfig(vocab_size=13, block_size=16, n_layer=2, n_head=4, n_embd=32)
 
@@ -151,6 +152,27 @@ def test_dropout_is_active_in_train_mode_and_off_in_eval_mode(explicit: bool) ->
     with torch.no_grad():
         e, _ = no_dropout(idx, explicit=explicit)
     torch.testing.assert_close(e, c, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "family", [{}, {"arch": "llama"}, {"arch": "llama", "qk_norm": True}], ids=["gpt2", "llama", "qk_norm"]
+)
+def test_rows_stepped_together_at_their_own_positions_equal_each_row_alone(family: dict) -> None:
+    # what the serving engine does: prompts of different lengths cached in rows of one cache, then
+    # one new token per row in one forward pass, each at its own position (learned or rotary)
+    config = dataclasses.replace(SMALL, **family)
+    model = make_model(config).eval()
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10], [11]]
+    new = torch.tensor([[12], [0], [5]])
+    cache = KVCache(config, len(prompts), torch.device("cpu"), torch.float32)
+    with torch.no_grad():
+        for i, prompt in enumerate(prompts):
+            model(torch.tensor([prompt]), cache=cache.rows(i, i + 1))
+        positions = torch.tensor([len(p) for p in prompts])
+        together, _ = model(new, cache=cache.rows(0, len(prompts)), positions=positions)
+        for i, prompt in enumerate(prompts):
+            alone, _ = model(torch.tensor([prompt + [int(new[i])]]))
+            torch.testing.assert_close(together[i, -1], alone[0, -1], rtol=1e-4, atol=1e-5)
 
 
 def test_sequence_longer_than_block_size_raises() -> None:

@@ -186,7 +186,29 @@ def test_unknown_dtype_is_refused(tmp_path: Path) -> None:
     assert "train.dtype = 'float16'" in message and "auto, bfloat16, float32" in message
 
 
-@pytest.mark.parametrize(("key", "value"), [("dropout", 1.0), ("beta1", 1.0), ("beta2", -0.1)])
+@pytest.mark.parametrize(
+    ("key", "value", "allowed"),
+    [
+        ("compile", "yes", "auto, true, false"),
+        ("optimizer", "sgd", "adamw, muon"),
+        ("muon_learning_rate", 0.0, "> 0"),
+    ],
+)
+def test_bad_compile_optimizer_and_muon_values_are_refused(
+    tmp_path: Path, key: str, value: object, allowed: str
+) -> None:
+    message = refused(tmp_path, "train", **{key: value})
+    assert f"train.{key} = {value!r}" in message and allowed in message
+
+
+@pytest.mark.parametrize("value", ["auto", True, False])
+def test_compile_takes_auto_or_a_boolean(tmp_path: Path, value: object) -> None:
+    assert load_section("train", write_params(tmp_path, "train", compile=value)).compile == value
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("dropout", 1.0), ("beta1", 1.0), ("beta2", -0.1), ("muon_momentum", 1.0)]
+)
 def test_probabilities_out_of_range_are_refused(tmp_path: Path, key: str, value: float) -> None:
     message = refused(tmp_path, "train", **{key: value})
     assert f"train.{key} = {value}" in message and "[0, 1)" in message

@@ -311,6 +311,14 @@ def test_train_report_counts_the_tiny_run(built: dict[str, Any]) -> None:
     assert report["steps"] == t["max_iters"]
     assert report["tokens_seen"] == t["max_iters"] * t["batch_size"] * t["block_size"]
     assert report["tokens_per_second"] > 0
+    # train.dtype: auto (the default) was decided by timing fp32 and bf16 (compile: false here)
+    precision = report["precision"]
+    assert precision["source"] in ("measured", "cache") and precision["compile"] is False
+    assert [(c["dtype"], c["compile"]) for c in precision["candidates"]] == [
+        ("float32", False),
+        ("bfloat16", False),
+    ]
+    assert precision["dtype"] in ("float32", "bfloat16")
     steps = (built["repo"].path / "dvclive/plots/metrics/val/loss.tsv").read_text().split("\n")[1:]
     assert [int(line.split("\t")[0]) for line in steps if line] == [0, 10, 20, 30]
 

@@ -411,6 +411,7 @@ STAGE_TRAIN = {
     "checkpoint_interval": 10,
     "warmup_iters": 5,
     "compile": False,
+    "dtype": "float32",  # runs compared with each other must not each time bf16 against fp32
     "threads": 1,
     "device": "cpu",
 }
@@ -536,3 +537,17 @@ def test_the_train_stage_killed_with_sigkill_resumes_to_identical_weights_and_cu
     assert (reports[0]["start_step"], reports[1]["start_step"]) == (0, second)
     # finished: the checkpoint is gone, and no temporary file was left by the kills
     assert sorted(p.name for p in (killed / "models").iterdir()) == ["model.pt"]
+
+
+def test_a_muon_run_resumes_bit_identically(stores, tmp_path: Path) -> None:
+    # Muon keeps its own momentum buffers beside AdamW's moments: both must come back
+    p = dataclasses.replace(P, optimizer="muon")
+    whole, whole_evals = run(p, stores)
+    assert whole is not None
+    ckpt = tmp_path / "checkpoint.pt"
+    run(p, stores, ckpt, stop_at=10)
+    assert set(load_checkpoint(ckpt)["optimizer"]) == {"adamw", "muon"}
+    result, evals = run(p, stores, ckpt)
+    assert result is not None and result.resumed_from == 10
+    assert_same_weights(result.model, whole.model)
+    assert curve(evals) == curve(whole_evals)

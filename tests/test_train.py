@@ -12,12 +12,13 @@ import torch
 from conftest import COUNTING_VOCAB as VOCAB
 from conftest import write_counting_store
 
-from gptcore.device import autocast_dtype, resolve_device
+from gptcore.device import resolve_device
 from gptcore.errors import GptcoreError
 from gptcore.model import GPT, GPTConfig, flops_per_token
+from gptcore.optimizers import configure_optimizer
 from gptcore.params import TrainParams
 from gptcore.tokens import TokenStore
-from gptcore.train import configure_optimizer, lr_at, train
+from gptcore.train import lr_at, train
 
 BASE = TrainParams(
     init_from=None,
@@ -40,6 +41,10 @@ BASE = TrainParams(
     beta1=0.9,
     beta2=0.99,
     grad_clip=1.0,
+    optimizer="adamw",
+    muon_learning_rate=2.0e-2,
+    muon_momentum=0.95,
+    muon_weight_decay=0.0,
     eval_interval=5,
     eval_iters=2,
     log_interval=5,
@@ -142,6 +147,31 @@ def test_configure_optimizer_puts_each_parameter_in_one_group_and_decays_only_ma
     assert all(g["fused"] for g in groups)  # the fused kernel on CPU too: the faster step
 
 
+def test_muon_takes_the_block_matrices_and_adamw_the_rest_each_at_its_own_rate() -> None:
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=VOCAB, block_size=8, n_layer=2, n_head=2, n_embd=16, bias=True))
+    p = params(optimizer="muon", learning_rate=3.0e-3, muon_learning_rate=0.05, weight_decay=0.25)
+    optimizer = configure_optimizer(model, p, torch.device("cpu"))
+    muon, adamw = optimizer.optimizers["muon"], optimizer.optimizers["adamw"]
+    assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
+    names = {id(t): n for n, t in model.named_parameters()}
+    in_muon = sorted(names[id(t)] for g in muon.param_groups for t in g["params"])
+    in_adamw = [names[id(t)] for g in adamw.param_groups for t in g["params"]]
+    assert in_muon == sorted(n for n, t in model.named_parameters() if n.startswith("h.") and t.dim() == 2)
+    assert len(in_muon) == 2 * 4  # c_attn, attn c_proj, c_fc, mlp c_proj in each of 2 blocks
+    assert {"wte.weight", "wpe.weight"} <= set(in_adamw)  # the head is tied to wte
+    assert sorted(in_muon + in_adamw) == sorted(names.values()), "every parameter in exactly one group"
+    optimizer.set_lr(1.5e-3)  # the schedule at half its peak: each group at half its own peak
+    assert [g["lr"] for g in muon.param_groups] == pytest.approx([0.025])
+    assert [g["lr"] for g in adamw.param_groups] == [1.5e-3, 1.5e-3]
+
+
+def test_muon_training_lowers_the_loss(stores) -> None:
+    result = run(params(optimizer="muon", max_iters=20), stores)
+    # uniform guessing scores log(VOCAB); the counting documents are learnable far below it
+    assert result.final_val_loss < math.log(VOCAB) - 0.5
+
+
 # --- device and precision -----------------------------------------------------------------------
 
 
@@ -167,18 +197,6 @@ def test_auto_device_prefers_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_explicit_missing_device_raises(name: str) -> None:
     with pytest.raises(GptcoreError, match=rf"train.device = '{name}'"):
         resolve_device(name)
-
-
-def test_autocast_dtype_choices(monkeypatch: pytest.MonkeyPatch) -> None:
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert autocast_dtype(cpu, "float32") is None
-    assert autocast_dtype(cuda, "float32") is None
-    assert autocast_dtype(cpu, "bfloat16") is torch.bfloat16
-    assert autocast_dtype(cpu, "auto") is None  # bf16 autocast is slower than fp32 on CPU
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert autocast_dtype(cuda, "auto") is torch.bfloat16
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    assert autocast_dtype(cuda, "auto") is None
 
 
 # --- the training loop --------------------------------------------------------------------------

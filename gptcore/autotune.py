@@ -1,0 +1,352 @@
+"""`train.dtype: auto` and `train.compile: auto`: decided by timing the candidates on this machine.
+
+CPUs differ more than tables admit: on one 2-core machine of ours bf16 matmuls ran at half the
+fp32 rate, on another (AMD Zen, avx512_bf16) at 2.5x it, and whether `torch.compile` pays depends
+on the model's shape as much as on the hardware. So `auto` is measured, never looked up:
+
+1. each candidate precision (fp32; bf16 autocast where the device has it) trains this run's model
+   shape and micro-batch eagerly for a few steps: warm-up steps, then timed ones (median);
+2. the faster precision is then timed compiled as well (when `compile: auto`); compiling does not
+   change which precision is faster often enough to pay for a second compile of the slower one;
+3. each candidate's cost for this run is its warm-up (the compile, for a compiled one) plus its
+   step time for the rest of the run's steps; the cheapest wins, and fp32 eager, then bf16, then
+   compiled, are preferred unless another candidate is more than `MARGIN` faster, so noise on a
+   shared machine does not flip the decision between equal choices.
+
+Bounded: each candidate times at most `TIMED_STEPS` steps and stops early after `PROBE_SECONDS`;
+on the default run (1,000 steps) the eager probes cost under 2% of it, the compiled one its compile.
+The figures (not the decision) are cached per machine, torch version, device, threads and model
+shape in `~/.cache/gptcore/autotune.json` (`$GPTCORE_CACHE_DIR` moves it), so a repeated run pays
+nothing and a run of another length re-decides from the same figures. A resumed run keeps the
+choice its checkpoint recorded (`train.py`): it never re-measures mid-run.
+
+Explicit `dtype: float32 | bfloat16` and `compile: true | false` are obeyed without measuring.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gptcore.atomic import atomic_file
+from gptcore.device import autocast
+from gptcore.model import GPT, GPTConfig
+from gptcore.optimizers import configure_optimizer
+from gptcore.params import TrainParams
+
+WARM_STEPS = 2  # the first steps allocate, autotune oneDNN kernels, and (compiled) compile
+TIMED_STEPS = 5
+PROBE_SECONDS = 10.0  # a candidate's timed steps stop after this much time (at least 2 are timed)
+MARGIN = 0.05  # a later candidate must be this much cheaper to win over an earlier one
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Choice:
+    dtype: str  # "float32" or "bfloat16" (autocast; master weights stay fp32)
+    compile: bool
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return torch.bfloat16 if self.dtype == "bfloat16" else None
+
+    def describe(self) -> str:
+        return f"{'compiled' if self.compile else 'eager'} {'bf16 autocast' if self.dtype == 'bfloat16' else 'fp32'}"
+
+
+@dataclass(frozen=True)
+class Timing:
+    """One candidate's probe: seconds of its warm-up steps and the median of its timed steps."""
+
+    dtype: str
+    compile: bool
+    warm_seconds: float
+    step_seconds: float | None  # None: the candidate failed (reason in `error`)
+    error: str | None = None
+
+    @property
+    def choice(self) -> Choice:
+        return Choice(self.dtype, self.compile)
+
+    def run_seconds(self, steps: int) -> float:
+        """What `steps` optimizer steps cost with this candidate, its compile included."""
+        assert self.step_seconds is not None
+        # the warm-up steps are steps of the run too; what they took beyond a step is overhead
+        return self.warm_seconds + max(0, steps - WARM_STEPS) * self.step_seconds
+
+
+@dataclass
+class Decision:
+    choice: Choice
+    source: str  # "params" (forced), "measured", "cache" or "checkpoint"
+    timings: list[Timing] = field(default_factory=list)
+
+    def to_dict(self, steps: int | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "dtype": self.choice.dtype,
+            "compile": self.choice.compile,
+            "source": self.source,
+        }
+        if self.timings:
+            out["candidates"] = [_timing_dict(t, steps) for t in self.timings]
+        return out
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str) -> Decision:
+        timings = [
+            Timing(t["dtype"], t["compile"], t["warm_seconds"], t["step_seconds"], t.get("error"))
+            for t in raw.get("candidates", [])
+        ]
+        return cls(Choice(raw["dtype"], bool(raw["compile"])), source, timings)
+
+    def summary(self, steps: int) -> str:
+        lines = [f"{self.choice.describe()} ({self.source})"]
+        for t in self.timings:
+            if t.step_seconds is None:
+                lines.append(f"  {t.choice.describe():22s} failed: {t.error}")
+            else:
+                lines.append(
+                    f"  {t.choice.describe():22s} {t.step_seconds * 1e3:8.1f} ms/step, warm-up "
+                    f"{t.warm_seconds:5.1f} s, {steps} steps ~{t.run_seconds(steps):7.1f} s"
+                )
+        return "\n".join(lines)
+
+
+def _timing_dict(t: Timing, steps: int | None) -> dict[str, Any]:
+    out = {k: (round(v, 5) if isinstance(v, float) else v) for k, v in asdict(t).items()}
+    if steps is not None and t.step_seconds is not None:
+        out["run_seconds_estimate"] = round(t.run_seconds(steps), 1)
+    return out
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether bf16 autocast runs on the device at all (whether it is fast is for timing to say)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "mps":
+        try:  # macOS 14 and later
+            torch.ones(1, dtype=torch.bfloat16, device=device)
+        except (RuntimeError, TypeError):
+            return False
+        return True
+    return True  # every CPU: where it lacks bf16 instructions, oneDNN emulates (and timing says so)
+
+
+def pick(timings: list[Timing], steps: int) -> Choice:
+    """The candidate whose run of `steps` steps costs least, preferring earlier candidates unless a
+    later one is more than MARGIN cheaper. Timings are in preference order."""
+    ok = [t for t in timings if t.step_seconds is not None]
+    if not ok:
+        raise RuntimeError("no precision/compile candidate ran: " + "; ".join(str(t.error) for t in timings))
+    best = ok[0]
+    for t in ok[1:]:
+        if t.run_seconds(steps) < (1.0 - MARGIN) * best.run_seconds(steps):
+            best = t
+    return best.choice
+
+
+Probe = Callable[[Choice], Timing]
+
+
+def search(params: TrainParams, device: torch.device, probe: Probe) -> list[Timing]:
+    """Time the candidates the params leave open, in preference order (see the module's doc)."""
+    dtypes = [params.dtype] if params.dtype != "auto" else ["float32"]
+    if params.dtype == "auto" and bf16_supported(device):
+        dtypes.append("bfloat16")
+    compile_auto = params.compile == "auto"
+    first = [probe(Choice(d, False if compile_auto else bool(params.compile))) for d in dtypes]
+    if not compile_auto:
+        return first
+    done = [t for t in first if t.step_seconds is not None]
+    if not done:
+        return first
+    fastest = min(done, key=lambda t: t.step_seconds)
+    return [*first, probe(Choice(fastest.dtype, True))]
+
+
+def machine_key(params: TrainParams, config: GPTConfig, device: torch.device, micro_batch: int) -> str:
+    """What the figures depend on: the hardware, the torch build, the threads and the model shape."""
+    if device.type == "cuda":
+        hardware = torch.cuda.get_device_name(device)
+    else:
+        hardware = f"{_cpu_name()} x{os.cpu_count()}"
+    key = {
+        "v": CACHE_VERSION,
+        "device": device.type,
+        "hardware": hardware,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "model": config.to_dict(),
+        "micro_batch": micro_batch,
+        "optimizer": params.optimizer,
+    }
+    return json.dumps(key, sort_keys=True)
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cache_path() -> Path:
+    root = os.environ.get("GPTCORE_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "gptcore"
+    )
+    return Path(root) / "autotune.json"
+
+
+def _read_cache(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}  # no cache, or a damaged one: measure again and rewrite it
+    return data if isinstance(data, dict) else {}
+
+
+def cached_timings(key: str, path: Path | None = None) -> list[Timing] | None:
+    raw = _read_cache(path or cache_path()).get(key)
+    if not isinstance(raw, list):
+        return None
+    try:
+        return [Timing(**t) for t in raw]
+    except TypeError:
+        return None
+
+
+def store_timings(key: str, timings: list[Timing], path: Path | None = None) -> None:
+    path = path or cache_path()
+    data = _read_cache(path)
+    data[key] = [asdict(t) for t in timings]
+    try:
+        with atomic_file(path) as tmp:
+            tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
+    except OSError:
+        pass  # a read-only home costs a re-measure next time, never the run
+
+
+def cached_decision(
+    params: TrainParams, config: GPTConfig, device: torch.device, micro_batch: int, cache: Path | None = None
+) -> Decision | None:
+    """The decision without timing anything: forced by params, or from the cache; None when the
+    cache lacks a candidate this run would time."""
+    if params.dtype != "auto" and params.compile != "auto":
+        return Decision(Choice(params.dtype, bool(params.compile)), "params")
+    cached = cached_timings(machine_key(params, config, device, micro_batch), cache) or []
+    try:  # the same search as a measurement, answered from the cache
+        timings = search(params, device, lambda c: _lookup(cached, c))
+    except LookupError:
+        return None
+    return Decision(pick(timings, params.max_iters * params.grad_accum_steps), "cache", timings)
+
+
+def decide(
+    params: TrainParams,
+    config: GPTConfig,
+    device: torch.device,
+    micro_batch: int,
+    probe: Probe | None = None,
+    cache: Path | None = None,
+) -> Decision:
+    """The precision and compile choice for this run: forced by params, else from the cache, else
+    measured now (and cached)."""
+    found = cached_decision(params, config, device, micro_batch, cache)
+    if found is not None:
+        return found
+    key = machine_key(params, config, device, micro_batch)
+    timings = search(params, device, probe or TrainingProbe(params, config, device, micro_batch))
+    store_timings(key, _merge(cached_timings(key, cache) or [], timings), cache)
+    return Decision(pick(timings, params.max_iters * params.grad_accum_steps), "measured", timings)
+
+
+def _lookup(timings: list[Timing], choice: Choice) -> Timing:
+    found = next((t for t in timings if t.choice == choice), None)
+    if found is None:
+        raise LookupError(choice)
+    return found
+
+
+def _merge(old: list[Timing], new: list[Timing]) -> list[Timing]:
+    fresh = {t.choice for t in new}
+    return [t for t in old if t.choice not in fresh] + new
+
+
+@dataclass
+class TrainingProbe:
+    """Times one candidate: a fresh model of the run's shape, its optimizer, and full training
+    steps (forward, backward, clip, step) on random tokens. The global RNG is left as it was, so a
+    run measured and a run read from the cache train identically."""
+
+    params: TrainParams
+    config: GPTConfig
+    device: torch.device
+    micro_batch: int
+    clock: Callable[[], float] = time.perf_counter
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return self.clock()
+
+    def __call__(self, choice: Choice) -> Timing:
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            try:
+                return self._time(choice)
+            # an optional lever that does not work here (an Inductor error, a dtype the device
+            # lacks) is a result: the candidate is out, the run goes on with the others
+            except Exception as exc:
+                if choice == Choice("float32", False):
+                    raise
+                first_line = (str(exc).strip().splitlines() or [""])[0][:200]
+                return Timing(choice.dtype, choice.compile, 0.0, None, f"{type(exc).__name__}: {first_line}")
+            finally:
+                if choice.compile:
+                    torch.compiler.reset()
+
+    def _time(self, choice: Choice) -> Timing:
+        torch.manual_seed(0)
+        model = GPT(self.config).to(self.device)
+        model.train()
+        optimizer = configure_optimizer(model, self.params, self.device)
+        forward = torch.compile(model) if choice.compile else model
+        gen = torch.Generator().manual_seed(0)
+        size = (self.micro_batch, self.config.block_size)
+        x, y = (
+            torch.randint(0, self.config.vocab_size, size, generator=gen).to(self.device) for _ in range(2)
+        )
+        dtype = choice.autocast_dtype
+
+        def step() -> None:
+            with autocast(self.device, dtype):
+                _, loss = forward(x, y)
+            loss.backward()
+            if self.params.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), self.params.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        start = self._now()
+        for _ in range(WARM_STEPS):
+            step()
+        warm = self._now() - start
+        times: list[float] = []
+        began = self._now()
+        while len(times) < TIMED_STEPS and (len(times) < 2 or self._now() - began < PROBE_SECONDS):
+            t0 = self._now()
+            step()
+            times.append(self._now() - t0)
+        return Timing(choice.dtype, choice.compile, warm, statistics.median(times))

@@ -1,0 +1,204 @@
+"""train.dtype/compile: auto: which candidates are timed, how the winner is picked, the cache,
+the bounded probe, and that a resumed run keeps its checkpoint's choice."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from test_train import BASE, VOCAB
+
+from gptcore import autotune
+from gptcore.autotune import Choice, Timing, TrainingProbe, decide, machine_key, pick, search
+from gptcore.model import GPTConfig
+from gptcore.train import model_config, train
+
+CPU = torch.device("cpu")
+AUTO = dataclasses.replace(BASE, dtype="auto", compile="auto")
+CONFIG = model_config(AUTO, VOCAB)
+FP32, BF16 = Choice("float32", False), Choice("bfloat16", False)
+FP32_C, BF16_C = Choice("float32", True), Choice("bfloat16", True)
+
+
+def timing(choice: Choice, step: float | None, warm: float = 0.0, error: str | None = None) -> Timing:
+    return Timing(choice.dtype, choice.compile, warm, step, error)
+
+
+class FakeProbe:
+    """Answers with fixed step times and records what it was asked to time."""
+
+    def __init__(self, steps: dict[Choice, float], warm: dict[Choice, float] | None = None) -> None:
+        self.steps, self.warm, self.asked = steps, warm or {}, []
+
+    def __call__(self, choice: Choice) -> Timing:
+        self.asked.append(choice)
+        return timing(choice, self.steps[choice], self.warm.get(choice, 2 * self.steps[choice]))
+
+
+# --- picking -------------------------------------------------------------------------------------
+
+
+def test_pick_takes_the_cheapest_run_but_keeps_fp32_eager_on_a_near_tie() -> None:
+    assert pick([timing(FP32, 1.0), timing(BF16, 0.6)], steps=1000) == BF16
+    # 3% faster is within MARGIN: noise on a shared machine must not flip the precision
+    assert pick([timing(FP32, 1.0), timing(BF16, 0.97)], steps=1000) == FP32
+
+
+def test_pick_counts_the_compile_time_against_the_run_length() -> None:
+    eager, compiled = timing(FP32, 0.10), timing(FP32_C, 0.08, warm=30.0)
+    # 20 ms a step saved over 100 steps is 2 s: not worth a 30 s compile; over 10,000 steps it is
+    assert pick([eager, compiled], steps=100) == FP32
+    assert pick([eager, compiled], steps=10_000) == FP32_C
+
+
+def test_pick_skips_failed_candidates_and_fails_when_none_ran() -> None:
+    assert pick([timing(FP32, 1.0), timing(BF16_C, None, error="InductorError: x")], 1000) == FP32
+    with pytest.raises(RuntimeError, match="InductorError"):
+        pick([timing(FP32, None, error="InductorError: x")], 1000)
+
+
+# --- which candidates are timed ------------------------------------------------------------------
+
+
+def test_search_times_both_precisions_eagerly_then_compiles_only_the_faster() -> None:
+    probe = FakeProbe({FP32: 1.0, BF16: 0.5, BF16_C: 0.4})
+    timings = search(AUTO, CPU, probe)
+    assert probe.asked == [FP32, BF16, BF16_C]
+    assert [t.choice for t in timings] == [FP32, BF16, BF16_C]
+
+
+def test_search_obeys_what_the_params_force() -> None:
+    probe = FakeProbe({FP32: 1.0, FP32_C: 0.9})
+    search(dataclasses.replace(AUTO, dtype="float32"), CPU, probe)
+    assert probe.asked == [FP32, FP32_C]
+    probe = FakeProbe({FP32: 1.0, BF16: 0.5})
+    search(dataclasses.replace(AUTO, compile=False), CPU, probe)
+    assert probe.asked == [FP32, BF16]
+
+
+def test_search_leaves_bf16_out_where_the_device_lacks_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    probe = FakeProbe({FP32: 1.0, FP32_C: 0.5})
+    search(AUTO, torch.device("cuda"), probe)
+    assert probe.asked == [FP32, FP32_C]
+
+
+# --- deciding, and the cache ---------------------------------------------------------------------
+
+
+def test_forced_dtype_and_compile_are_obeyed_without_timing(tmp_path: Path) -> None:
+    def probe(choice: Choice) -> Timing:
+        raise AssertionError("nothing may be timed")
+
+    forced = dataclasses.replace(BASE, dtype="bfloat16", compile=True)
+    decision = decide(forced, CONFIG, CPU, 4, probe=probe, cache=tmp_path / "c.json")
+    assert (decision.choice, decision.source) == (BF16_C, "params")
+    assert not (tmp_path / "c.json").exists()
+
+
+def test_decide_measures_once_then_reads_the_cache(tmp_path: Path) -> None:
+    cache = tmp_path / "autotune.json"
+    probe = FakeProbe({FP32: 1.0, BF16: 0.5, BF16_C: 0.49})
+    first = decide(AUTO, CONFIG, CPU, 4, probe=probe, cache=cache)
+    assert (first.choice, first.source) == (BF16, "measured")
+    assert len(probe.asked) == 3
+    again = decide(AUTO, CONFIG, CPU, 4, probe=probe, cache=cache)
+    assert (again.choice, again.source) == (BF16, "cache")
+    assert len(probe.asked) == 3, "a cached decision must not time anything again"
+    assert again.timings == first.timings
+    # another model shape is another key: timed afresh
+    wider = GPTConfig(**{**CONFIG.to_dict(), "n_embd": 32})
+    assert decide(AUTO, wider, CPU, 4, probe=probe, cache=cache).source == "measured"
+    assert len(json.loads(cache.read_text())) == 2
+
+
+def test_a_longer_run_redecides_from_the_cached_figures(tmp_path: Path) -> None:
+    cache = tmp_path / "autotune.json"
+    probe = FakeProbe({FP32: 0.10, BF16: 0.20, FP32_C: 0.08}, warm={FP32: 0.2, BF16: 0.4, FP32_C: 30.0})
+    assert decide(dataclasses.replace(AUTO, max_iters=100), CONFIG, CPU, 4, probe, cache).choice == FP32
+    long_run = decide(dataclasses.replace(AUTO, max_iters=10_000), CONFIG, CPU, 4, probe, cache)
+    assert (long_run.choice, long_run.source) == (FP32_C, "cache")
+
+
+def test_a_damaged_cache_is_measured_again_and_rewritten(tmp_path: Path) -> None:
+    cache = tmp_path / "autotune.json"
+    cache.write_text("{not json")
+    decision = decide(AUTO, CONFIG, CPU, 4, probe=FakeProbe({FP32: 1.0, BF16: 2.0, FP32_C: 3.0}), cache=cache)
+    assert (decision.choice, decision.source) == (FP32, "measured")
+    assert len(json.loads(cache.read_text())) == 1
+
+
+def test_the_cache_key_names_the_machine_torch_threads_and_shape() -> None:
+    key = json.loads(machine_key(AUTO, CONFIG, CPU, 4))
+    assert key["torch"] == torch.__version__ and key["threads"] == torch.get_num_threads()
+    assert key["model"] == CONFIG.to_dict() and key["micro_batch"] == 4 and key["hardware"]
+
+
+# --- the real probe ------------------------------------------------------------------------------
+
+
+def test_the_probe_times_real_steps_and_leaves_the_rng_alone() -> None:
+    before = torch.get_rng_state()
+    probe = TrainingProbe(AUTO, CONFIG, CPU, 4)
+    timings = [probe(FP32), probe(BF16)]
+    assert all(t.step_seconds is not None and t.step_seconds > 0 for t in timings)
+    assert all(t.warm_seconds > 0 for t in timings)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_the_probe_is_bounded_when_steps_are_slow() -> None:
+    ticks = itertools.count(step=100.0)  # every clock reading is 100 s later: each step "takes" ages
+    timed = TrainingProbe(AUTO, CONFIG, CPU, 4, clock=lambda: next(ticks))(FP32)
+    assert timed.step_seconds == 100.0
+    # two warm-up steps and two timed ones, then PROBE_SECONDS is spent: 4 steps, not 2 + TIMED_STEPS
+    assert next(ticks) / 100.0 < 2 * (autotune.WARM_STEPS + autotune.TIMED_STEPS)
+
+
+def test_a_candidate_that_fails_is_reported_and_left_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args, **kwargs):
+        raise RuntimeError("no C++ compiler\nsecond line")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    probe = TrainingProbe(AUTO, CONFIG, CPU, 4)
+    failed = probe(FP32_C)
+    assert failed.step_seconds is None and failed.error == "RuntimeError: no C++ compiler"
+    assert probe(FP32).step_seconds is not None
+
+
+# --- in training ---------------------------------------------------------------------------------
+
+
+def test_train_records_the_measured_choice_and_a_resume_keeps_the_checkpoints(
+    stores, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = dataclasses.replace(AUTO, compile=False, max_iters=12, checkpoint_interval=5, dropout=0.1)
+    monkeypatch.setattr(autotune, "cache_path", lambda: tmp_path / "cache.json")
+    monkeypatch.setattr(autotune, "TrainingProbe", lambda *a: FakeProbe({FP32: 1.0, BF16: 0.5}))
+    ckpt = tmp_path / "checkpoint.pt"
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_10(step: int, metrics: dict[str, float]) -> None:
+        if step == 10:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(p, *stores, on_eval=stop_at_10, progress=False, checkpoint=ckpt)
+    # the machine now favours fp32: a fresh run would switch, the resumed one must not
+    monkeypatch.setattr(autotune, "cache_path", lambda: tmp_path / "other-cache.json")
+    monkeypatch.setattr(autotune, "TrainingProbe", lambda *a: FakeProbe({FP32: 0.5, BF16: 1.0}))
+    resumed = train(p, *stores, progress=False, checkpoint=ckpt)
+    assert resumed.resumed_from == 10
+    assert (resumed.precision.choice, resumed.precision.source) == (BF16, "checkpoint")
+    assert resumed.precision.to_dict()["candidates"][1]["step_seconds"] == 0.5
+    forced = train(dataclasses.replace(p, dtype="bfloat16"), *stores, progress=False)
+    assert forced.precision.source == "params"
+    for key, value in forced.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+    fresh = train(p, *stores, progress=False)
+    assert (fresh.precision.choice, fresh.precision.source) == (FP32, "measured")
