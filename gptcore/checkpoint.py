@@ -268,9 +268,17 @@ def load_checkpoint(path: Path | str) -> dict[str, Any]:
 # --- what a checkpoint must match, and the random states it carries -----------------------------
 
 # train params a checkpoint written under other values of still continues: those that change no
-# output, and the process count (every rank draws from the same sampler, so the data stream is the
-# same for any number of processes; only dropout draws differ)
-RESUME_IGNORES = (*TRAIN_KEYS_WITHOUT_OUTPUT, "nproc_per_node", "nnodes")
+# output, the process count (every rank draws from the same sampler, so the data stream is the
+# same for any number of processes; only dropout draws differ), and how the processes hold the
+# model (checkpoints are whole tensors in every mode, and recomputed activations are the same
+# activations, so a run that ran out of memory may resume sharded or checkpointed)
+RESUME_IGNORES = (
+    *TRAIN_KEYS_WITHOUT_OUTPUT,
+    "nproc_per_node",
+    "nnodes",
+    "parallel",
+    "activation_checkpointing",
+)
 
 
 def run_identity(params: TrainParams, token_files: dict[str, str]) -> dict[str, Any]:

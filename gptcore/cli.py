@@ -29,11 +29,12 @@ from gptcore.errors import DataError, GptcoreError, run_main
 from gptcore.generate import complete_batch, seeded_generator, stream_completion
 from gptcore.hf import export_folder, load_any
 from gptcore.instruct import render_prompt, reply_stops, template_of
+from gptcore.memory import human_bytes
 from gptcore.model import GPT, GPTConfig, flops_per_token
 from gptcore.params import SampleParams, TrainParams, device_name_problem, load_section
 from gptcore.sampling import RULES, Sampling, SamplingError, check_setting
 from gptcore.tokenizer import Tokenizer, load_tokenizer
-from gptcore.train import model_config, torch_threads
+from gptcore.train import memory_plan, planned_config, torch_threads
 
 DEFAULT_CLASSIFIER = Path("models/classifier.pt")
 DEFAULT_PARAMS = Path("params.yaml")
@@ -530,37 +531,6 @@ def cmd_serve(args: argparse.Namespace) -> None:
 # info
 
 
-def activation_bytes(config: GPTConfig, batch_size: int) -> int:
-    """Estimated bytes of the activations that one training micro-batch keeps for its backward pass.
-
-    Counted per token from what autograd saves on the CPU in fp32 (4 bytes a value), following the
-    breakdown of Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer
-    Models", section 4.1); C = n_embd, H = n_head, V = vocab_size:
-    - each block: the inputs of ln_1, c_attn, c_proj (attention), ln_2, c_fc, c_proj (MLP, 4C),
-      q, k, v and the GELU input: 16C values = 64C bytes; the fused attention kernel's one
-      log-sum-exp per head (4H bytes), with or without dropout (it regenerates its dropout mask,
-      so no T x T weights are kept); with dropout, the masks of the two residual branches, which
-      the CPU keeps as fp32 (8C bytes);
-    - outside the blocks: the inputs of ln_f and the head (2C values), the embedding dropout mask
-      (C values, with dropout), the logits (alive until the loss is taken) and their log-softmax
-      (2V values).
-    tests/test_cli.py checks it against the tensors a real backward saves plus the logits: within
-    3% with and without dropout. On CUDA, bf16 autocast makes it an upper bound.
-    """
-    C, T, H, V, L = config.n_embd, config.block_size, config.n_head, config.vocab_size, config.n_layer
-    dropout = config.dropout > 0
-    per_block = 64 * C + 4 * H + (8 * C if dropout else 0)
-    outside = 8 * C + (4 * C if dropout else 0) + 8 * V
-    return batch_size * T * (L * per_block + outside)
-
-
-def _bytes(n: int) -> str:
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= size:
-            return f"{n / size:,.1f} {unit}"
-    return f"{n} B"
-
-
 def _flops(n: float) -> str:
     for unit, size in (("TFLOP", 1e12), ("GFLOP", 1e9), ("MFLOP", 1e6)):
         if n >= size:
@@ -613,7 +583,7 @@ def cmd_info(args: argparse.Namespace) -> None:
                 f"no model file ({MODEL_FILE} not found) and no {DEFAULT_PARAMS} to size a model from"
             )
         vocab_size, vocab_note = _vocab_from_folder()
-        config = model_config(train, vocab_size)
+        config = planned_config(train, vocab_size)
         # the meta device builds the modules without allocating their weights: exact counts, no memory
         with torch.device("meta"):
             model = GPT(config)
@@ -631,31 +601,23 @@ def cmd_info(args: argparse.Namespace) -> None:
     fpt_forward = flops_per_token(config, non_embedding, training=False)
     rows.append(("FLOPs per token (training)", f"{fpt_train:,} ({_flops(fpt_train)})"))
     rows.append(("FLOPs per token (forward)", f"{fpt_forward:,} ({_flops(fpt_forward)})"))
-    rows.append(("weights (fp32)", f"{4 * total:,} bytes ({_bytes(4 * total)})"))
+    rows.append(("weights (fp32)", f"{4 * total:,} bytes ({human_bytes(4 * total)})"))
     if train is None:
-        rows.append(("training memory", f"unknown: no {DEFAULT_PARAMS} to read train.batch_size from"))
+        rows.append(("memory plan", f"unknown: no {DEFAULT_PARAMS} to read train.batch_size from"))
     else:
-        B, T = train.batch_size, config.block_size
-        states = 16 * total  # fp32 weights, grads and AdamW's two moments: 4 values of 4 bytes
-        activations = activation_bytes(config, B)
-        tokens_per_step = B * T * train.grad_accum_steps
+        tokens_per_step = train.batch_size * config.block_size * train.grad_accum_steps
         rows.append(
             (
                 "FLOPs per optimizer step",
                 f"{_flops(fpt_train * tokens_per_step)} ({tokens_per_step:,} tokens)",
             )
         )
-        rows.append(("training: weights+grads+AdamW", f"{states:,} bytes ({_bytes(states)}, 16 bytes/param)"))
-        rows.append(
-            (
-                "training: activations",
-                f"~{_bytes(activations)} (batch_size {B} x block_size {T}, fp32 on CPU)",
-            )
-        )
-        rows.append(("training: total", f"~{_bytes(states + activations)}"))
+        if train.preset:
+            rows.append(("preset", train.preset))
         first, *candidates = _precision_rows(train, config, args.measure)
         rows.append(("precision (dtype, compile)", first))
         rows += [("", line) for line in candidates]
+        rows += memory_plan(train, config, resolve_device(train.device)).rows()
     print(_table(rows))
 
 

@@ -1,4 +1,4 @@
-"""Data-parallel training across processes: PyTorch DDP, launched by torchrun.
+"""Data-parallel training across processes: PyTorch DDP or FSDP2, launched by torchrun.
 
 `python -m stages.train` stays the stage's command. When params ask for more than one process
 (`train.nproc_per_node` x `train.nnodes`), the stage replaces itself with torchrun running the same
@@ -13,6 +13,15 @@ How ranks share the work (see `gptcore.train`):
 - DDP averages gradients, so a step equals one process's step on the global batch up to float
   rounding; all-reduce is skipped on all micro-batches but the last (`no_sync`);
 - rank 0 alone writes checkpoints, DVCLive logs, metrics and the model file.
+
+With `train.parallel: fsdp` (`shard_model`) each block, then the whole model, is wrapped with
+FSDP2's `fully_shard`: every process keeps 1/W of each weight, gradient and AdamW moment, gathers
+a block's weights just before computing it and frees them after, and reduce-scatters its
+gradients. The arithmetic of a step is DDP's (the same global batch, gradients averaged), so the
+loss curve is one process's up to float rounding. A checkpoint is consolidated (`full_state`):
+whole tensors in the layout of a one-process run, so a run of any process count, in either mode,
+resumes it, and `models/model.pt` is the same plain model file in every mode. The cost is that
+rank 0 holds a whole copy of weights and moments in host memory while it writes one.
 A failing rank exits non-zero, and torchrun then stops the others and fails the run.
 """
 
@@ -29,7 +38,13 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor, distribute_tensor
 
+from gptcore.memory import blocks
+from gptcore.model import GPT, GPTConfig
 from gptcore.params import TrainParams
 
 
@@ -144,3 +159,106 @@ def from_main(value: Any, ranks: Ranks) -> Any:
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+# --- FSDP2 ---------------------------------------------------------------------------------------
+
+
+def shard_model(model: nn.Module, device: torch.device, ranks: Ranks, bf16: bool) -> None:
+    """Shard `model` in place over all processes: each block is its own FSDP unit (gathered for its
+    compute only), the root holds the rest (embeddings, final norm, the tied head).
+
+    With bf16 the gathered weights are cast to bf16 for compute and gradients are reduced in
+    fp32, PyTorch's recommended mixed-precision policy; the masters and moments stay fp32."""
+    mesh = init_device_mesh(device.type, (ranks.world_size,))
+    policy = (
+        MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        if bf16
+        else MixedPrecisionPolicy()
+    )
+    for block in blocks(model):
+        fully_shard(block, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
+
+
+def _gathered(value: Any, keep: bool) -> Any:
+    """`value` with every DTensor in it gathered whole (a collective: every rank calls it, in the
+    same order), on the CPU where `keep`, else dropped as soon as it is gathered."""
+    if isinstance(value, DTensor):
+        whole = value.full_tensor()
+        return whole.cpu() if keep else None
+    if isinstance(value, dict):
+        return {k: _gathered(v, keep) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_gathered(v, keep) for v in value]
+    return value
+
+
+def full_state(
+    model: nn.Module, optimizer: torch.optim.Optimizer, ranks: Ranks
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The sharded model's and optimizer's state dicts with whole tensors, as one process would
+    have them; complete on rank 0 (the others gather and drop)."""
+    keep = ranks.is_main
+    return _gathered(model.state_dict(), keep), _gathered(optimizer.state_dict(), keep)
+
+
+def _shard_like(whole: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """`whole` cut as `param` is sharded: every rank holds `whole`, so no data moves."""
+    if not isinstance(param, DTensor):
+        return whole.to(param.device)
+    return distribute_tensor(whole.to(param.device), param.device_mesh, param.placements, src_data_rank=None)
+
+
+def load_full_state(
+    model: nn.Module,
+    optimizer: Any,
+    model_state: dict[str, Any],
+    optimizer_state: dict[str, Any],
+) -> None:
+    """Load a consolidated checkpoint (`full_state`, or a one-process run's) into a sharded model
+    and its optimizer (a torch optimizer, or gptcore.optimizers.Optimizers, whose state is one
+    torch optimizer's per name): each rank keeps its shard of every tensor."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            local = param.to_local() if isinstance(param, DTensor) else param
+            local.copy_(
+                _shard_like(model_state[name], param).to_local()
+                if isinstance(param, DTensor)
+                else model_state[name]
+            )
+    parts = getattr(optimizer, "optimizers", None)
+    if parts is None:
+        optimizer.load_state_dict(_sharded_optimizer_state(optimizer, optimizer_state))
+    else:
+        optimizer.load_state_dict(
+            {name: _sharded_optimizer_state(part, optimizer_state[name]) for name, part in parts.items()}
+        )
+
+
+def _sharded_optimizer_state(optimizer: torch.optim.Optimizer, whole: dict[str, Any]) -> dict[str, Any]:
+    """One torch optimizer's consolidated state dict cut as its parameters are sharded."""
+    # the optimizer's state is keyed by each parameter's position in its groups
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    sharded = dict(whole)
+    sharded["state"] = {
+        index: {
+            key: _shard_like(value, params[index])
+            if isinstance(value, torch.Tensor) and value.shape == params[index].shape
+            else value
+            for key, value in per_param.items()
+        }
+        for index, per_param in whole["state"].items()
+    }
+    return sharded
+
+
+def full_model(model: nn.Module, config: GPTConfig) -> GPT:
+    """A plain, unsharded copy of a sharded model, on the CPU, on every rank."""
+    gathered = {
+        name: t.full_tensor().cpu() if isinstance(t, DTensor) else t.cpu()
+        for name, t in model.state_dict().items()
+    }
+    plain = GPT(config)
+    plain.load_state_dict(gathered)
+    return plain

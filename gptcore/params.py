@@ -18,6 +18,7 @@ from typing import Any, Union
 import yaml
 
 from gptcore.errors import GptcoreError
+from gptcore.presets import PRESETS, SHAPE_KEYS
 from gptcore.sampling import Sampling, SamplingError
 
 PARAMS_FILE = Path("params.yaml")
@@ -144,10 +145,40 @@ class TrainParams:
     nproc_per_node: int
     nnodes: int
     rdzv_endpoint: str
+    parallel: str
+    activation_checkpointing: bool
+    preset: str | None
 
     @property
     def world_size(self) -> int:
         return self.nproc_per_node * self.nnodes
+
+    @staticmethod
+    def prepare(raw: dict[str, Any]) -> dict[str, Any]:
+        """The section with `preset`'s shape and family filled in: a key left null takes the
+        preset's value, one that gives the same value is fine, one that gives another is an error
+        naming both (a silent winner would train a model of a size nobody asked for)."""
+        name = raw.get("preset")
+        if name is None:
+            for key in SHAPE_KEYS:
+                if key in raw and raw[key] is None:
+                    what = "a family (gpt2, llama)" if key == "arch" else "a number"
+                    _fail(f"train.{key}", None, f"give {what}, or set train.preset to take it from a preset")
+            return raw
+        if name not in PRESETS:
+            _fail("train.preset", name, f"allowed: {', '.join(PRESETS)}, or null")
+        resolved = dict(raw)
+        for key, value in PRESETS[name].keys().items():
+            given = raw.get(key)
+            if given is None:
+                resolved[key] = value
+            elif given != value:
+                raise ParamsError(
+                    f"params.yaml: train.{key} = {given!r} contradicts train.preset = {name!r}, "
+                    f"which sets train.{key} = {value!r}: set train.{key} to null (or {value!r}) to "
+                    "use the preset, or train.preset to null to use your own shape"
+                )
+        return resolved
 
     def check(self) -> None:
         for key in (
@@ -202,6 +233,15 @@ class TrainParams:
                 "train.batch_size",
                 self.batch_size,
                 f"must be divisible by the number of processes, nproc_per_node x nnodes = {self.world_size}",
+            )
+        if self.parallel not in ("ddp", "fsdp"):
+            _fail("train.parallel", self.parallel, "allowed: ddp, fsdp")
+        if self.parallel == "fsdp" and self.optimizer == "muon" and self.world_size > 1:
+            # Muon orthogonalises each whole matrix; fsdp leaves every process a slice of it
+            _fail(
+                "train.optimizer",
+                self.optimizer,
+                "not with train.parallel: fsdp over several processes (use adamw, or ddp)",
             )
         if self.nnodes > 1 and ":" not in self.rdzv_endpoint:
             _fail(
@@ -471,6 +511,9 @@ def parse_section(name: str, raw: Any) -> Any:
     missing = [k for k in fields if k not in raw]
     if missing:
         raise ParamsError(f"params.yaml: missing key {name}.{missing[0]}")
+    prepare = getattr(cls, "prepare", None)
+    if prepare is not None:
+        raw = prepare(raw)
     values = {}
     for key, value in raw.items():
         tp = hints[key]

@@ -16,6 +16,7 @@ token data is never resumed; `resume_mismatch` says why.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import time
@@ -28,7 +29,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from gptcore.autotune import Decision, decide
+from gptcore.autotune import Decision, bf16_supported, decide
 from gptcore.checkpoint import (
     device_rng_state,
     load_checkpoint,
@@ -39,10 +40,28 @@ from gptcore.checkpoint import (
     set_rng_states,
 )
 from gptcore.device import autocast, model_flops_utilization, peak_flops, resolve_device
-from gptcore.distributed import Ranks, from_main, gather_to_all, mean_over_ranks, process_group
-from gptcore.errors import GptcoreError
+from gptcore.distributed import (
+    Ranks,
+    from_main,
+    full_model,
+    full_state,
+    gather_to_all,
+    load_full_state,
+    mean_over_ranks,
+    process_group,
+    shard_model,
+)
+from gptcore.errors import DataError, GptcoreError
 from gptcore.evaluate import score_batches, seeded_batches
-from gptcore.hf import initial_weights
+from gptcore.hf import initial_weights, read_config
+from gptcore.memory import (
+    MemoryPlan,
+    checkpoint_blocks,
+    device_memory,
+    held_bytes,
+    plan_memory,
+    what_would_fit,
+)
 from gptcore.model import GPT, GPTConfig, flops_per_token
 from gptcore.optimizers import configure_optimizer
 from gptcore.params import TrainParams
@@ -63,6 +82,59 @@ def model_config(params: TrainParams, vocab_size: int) -> GPTConfig:
         tie_embeddings=params.tie_embeddings,
         qk_norm=params.qk_norm,
     )
+
+
+def planned_config(params: TrainParams, vocab_size: int) -> GPTConfig:
+    """The model the run will build, read without building it: with train.init_from the folder's
+    config (its SwiGLU width, say, which the train params do not carry), else `model_config`. A
+    folder that cannot be read is planned from the params; the run then reports it."""
+    if params.init_from:
+        try:
+            config = read_config(params.init_from)
+        except DataError:
+            return model_config(params, vocab_size)
+        return dataclasses.replace(
+            config,
+            block_size=params.block_size,
+            dropout=params.dropout,
+            bias=config.bias or (params.bias and config.arch == "gpt2"),
+        )
+    return model_config(params, vocab_size)
+
+
+def memory_plan(
+    params: TrainParams, config: GPTConfig, device: torch.device, bf16: bool | None = None
+) -> MemoryPlan:
+    """The memory plan of this run on `device` (see gptcore.memory). `bf16` None: as train.dtype
+    says; for `auto`, the candidate precision that needs less (the check before the run stops only
+    what no precision fits; the loop plans again once autotune has chosen)."""
+    if bf16 is None:
+        if params.dtype == "auto":
+            options = [False, True] if bf16_supported(device) else [False]
+            return min((memory_plan(params, config, device, b) for b in options), key=lambda p: p.total)
+        bf16 = params.dtype == "bfloat16"
+    available, where = device_memory(device, params.nproc_per_node)
+    return plan_memory(
+        config,
+        params.batch_size,
+        processes=params.world_size,
+        parallel=params.parallel,
+        bf16=bf16,
+        optimizer=params.optimizer,
+        checkpointing=params.activation_checkpointing,
+        accumulating=params.grad_accum_steps > 1,
+        available=available,
+        where=where,
+    )
+
+
+def check_memory_plan(plan: MemoryPlan) -> None:
+    """Stop before training when the plan does not fit, with the numbers and what would fit."""
+    if plan.fits is False:
+        raise GptcoreError(
+            f"the memory plan does not fit: {plan.verdict()} with {plan.setting()}. "
+            f"Change: {'; or '.join(what_would_fit(plan))} (see `gptcore info`)"
+        )
 
 
 def torch_threads(params: TrainParams, local_world_size: int) -> int:
@@ -147,16 +219,23 @@ class _Run:
         if initial is not None:
             self.model.load_state_dict(initial)
         self.model.to(self.device)
+        self.flops_per_token = flops_per_token(self.config, self.model.num_params())
+        if params.activation_checkpointing:
+            checkpoint_blocks(self.model)
+        # fsdp shards the weights in place, before the optimizer sees them: its moments are sharded too
+        self.sharded = params.parallel == "fsdp" and ranks.distributed
+        if self.sharded:
+            shard_model(self.model, device, ranks, bf16=self.dtype is torch.bfloat16)
         if ranks.rank:
             torch.manual_seed(params.seed + ranks.rank)  # each rank its own dropout masks
         self.optimizer = configure_optimizer(self.model, params, self.device)
         self.fwd = torch.compile(self.model) if precision.choice.compile else self.model
-        # training goes through DDP, which averages gradients over ranks; evaluation does not
+        # ddp training goes through DDP, which averages gradients over ranks; evaluation does not
         self.ddp: DistributedDataParallel | None = None
-        if ranks.distributed:
+        if ranks.distributed and not self.sharded:
             ids = [device.index] if device.type == "cuda" else None
-            self.ddp = DistributedDataParallel(self.fwd, device_ids=ids)
-        self.flops_per_token = flops_per_token(self.config, self.model.num_params())
+            # gradients as views of the all-reduce buckets: one copy of them, not two
+            self.ddp = DistributedDataParallel(self.fwd, device_ids=ids, gradient_as_bucket_view=True)
         self.peak = peak_flops(self.device, self.dtype)
         self.batch_gen = torch.Generator().manual_seed(params.seed)
         self.rows = ranks.rows(params.batch_size)
@@ -225,13 +304,24 @@ class _Run:
 
     # checkpoints
 
-    def state(self, per_rank_rng: list[dict[str, Any]]) -> dict[str, Any]:
-        """Everything the next step depends on, and the run's totals so far, as of now."""
+    def whole_state(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The model's and optimizer's state dicts with whole tensors, whatever the parallel mode,
+        so that any number of processes in either mode resumes them. Under fsdp every rank takes
+        part in gathering the shards and rank 0 keeps the result (on the CPU)."""
+        if self.sharded:
+            return full_state(self.model, self.optimizer, self.ranks)
+        return self.model.state_dict(), self.optimizer.state_dict()
+
+    def state(
+        self, per_rank_rng: list[dict[str, Any]], whole: tuple[dict[str, Any], dict[str, Any]]
+    ) -> dict[str, Any]:
+        """Everything the next step depends on, and the run's totals so far, as of now; `whole`
+        is `whole_state()`, gathered by every rank for this write."""
         return {
             "run": self.identity,
             "step": self.step,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "model": whole[0],
+            "optimizer": whole[1],
             "rng": rng_states(self.batch_gen, per_rank_rng),
             "precision": self.precision.to_dict(),
             "history": self.history,
@@ -240,8 +330,11 @@ class _Run:
         }
 
     def restore(self, saved: dict[str, Any]) -> None:
-        self.model.load_state_dict(saved["model"])
-        self.optimizer.load_state_dict(saved["optimizer"])
+        if self.sharded:
+            load_full_state(self.model, self.optimizer, saved["model"], saved["optimizer"])
+        else:
+            self.model.load_state_dict(saved["model"])
+            self.optimizer.load_state_dict(saved["optimizer"])
         set_rng_states(saved["rng"], self.batch_gen, self.device, self.ranks.rank)
         self.step = int(saved["step"])
         self.history = [dict(record) for record in saved["history"]]
@@ -268,9 +361,29 @@ class _Run:
             self.check_pending()
             self.check_weights()
             per_rank_rng = gather_to_all(device_rng_state(self.device), self.ranks)
+            whole = self.whole_state()
             if self.ranks.is_main:
-                save_checkpoint(path, self.state(per_rank_rng))
+                save_checkpoint(path, self.state(per_rank_rng, whole))
             self.last_checkpoint = (path, self.step)
+
+    def report_memory(self, plan: MemoryPlan, first: bool) -> None:
+        """After the first step: the parameter and optimizer bytes this process holds, measured.
+        After the first few on CUDA: the plan beside what the allocator's peak was. Paused."""
+        with self._paused():
+            if first:
+                params, state = held_bytes(self.model, self.optimizer)
+                if self.ranks.is_main:
+                    _say(
+                        f"held by this process: {params:,} bytes of parameters, {state:,} of optimizer state"
+                    )
+                return
+            if self.device.type == "cuda" and self.ranks.is_main:
+                peak = torch.cuda.max_memory_allocated(self.device)
+                _say(
+                    f"memory plan {plan.total / 2**30:.2f} GiB, CUDA peak allocated {peak / 2**30:.2f} GiB "
+                    f"after {self.step} steps: the plan is off by {(plan.total - peak) / 2**30:+.2f} GiB "
+                    f"({(plan.total - peak) / peak:+.0%})"
+                )
 
     # numerics
 
@@ -298,8 +411,9 @@ class _Run:
         return losses.mean().item()
 
     def check_weights(self) -> None:
-        finite = torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all()
-        if not bool(finite):
+        local = [p.to_local() if self.sharded else p for p in self.model.parameters()]
+        finite = torch.stack([torch.isfinite(p).all() for p in local]).all().float()
+        if mean_over_ranks(finite, self.ranks).item() < 1:  # every rank checks its shards
             raise self.fail("the weights became non-finite", self.step)
 
     # the work
@@ -347,7 +461,9 @@ class _Run:
             x, y = self.train_store.random_windows(p.batch_size, p.block_size, self.batch_gen)
             x, y = x[self.rows], y[self.rows]
             last = micro == p.grad_accum_steps - 1
-            # gradients are all-reduced once per step, on the last micro-batch's backward
+            # ddp all-reduces gradients once per step, on the last micro-batch's backward. fsdp
+            # reduce-scatters on every micro-batch: skipping it would keep whole unsharded
+            # gradients until the last one, the 4 bytes a parameter fsdp is there to remove
             sync = self.ddp.no_sync() if self.ddp and not last else contextlib.nullcontext()
             with sync:
                 with autocast(self.device, self.dtype):
@@ -368,7 +484,7 @@ class _Run:
         tokens_seen = self.p.max_iters * self.tokens_per_step
         tokens_per_second = self.tokens_per_second(self.p.max_iters, self.train_seconds())
         return TrainResult(
-            model=self.model,
+            model=full_model(self.model, self.config) if self.sharded else self.model,
             steps=self.p.max_iters,
             tokens_seen=tokens_seen,
             wall_seconds=self.wall_seconds(),
@@ -418,8 +534,14 @@ def train(
                 f"the {name} split has {len(store)} tokens, fewer than train.block_size + 1 "
                 f"({params.block_size + 1}): use more data or a smaller block_size"
             )
+    # the plan comes before anything is allocated: a run that cannot fit stops here, not at step 0
+    plan = memory_plan(params, planned_config(params, train_store.vocab_size), device)
+    if ranks.is_main:
+        for label, value in plan.rows():
+            _say(f"{label.strip()}: {value}")
+    check_memory_plan(plan)
     with process_group(ranks, device):
-        return _train(params, train_store, val_store, on_eval, progress, checkpoint, ranks, device)
+        return _train(plan, params, train_store, val_store, on_eval, progress, checkpoint, ranks, device)
 
 
 def resumable(path: Path, identity: dict[str, Any], ranks: Ranks) -> dict[str, Any] | None:
@@ -456,6 +578,7 @@ def _precision(
 
 
 def _train(
+    plan: MemoryPlan,
     params: TrainParams,
     train_store: TokenStore,
     val_store: TokenStore,
@@ -475,6 +598,12 @@ def _train(
     precision = _precision(params, model_config(params, train_store.vocab_size), device, ranks, saved)
     if ranks.is_main:
         _say(f"precision: {precision.summary(params.max_iters * params.grad_accum_steps)}")
+    decided_bf16 = precision.choice.dtype == "bfloat16"
+    if decided_bf16 != plan.bf16:  # auto chose the other precision: its plan must fit too
+        plan = memory_plan(params, plan.config, device, bf16=decided_bf16)
+        if ranks.is_main:
+            _say(f"memory plan for the chosen precision: {plan.verdict()}")
+        check_memory_plan(plan)
     run = _Run(params, train_store, val_store, ranks, device, precision)
     run.identity = identity
     if checkpoint and saved is not None:
@@ -484,6 +613,7 @@ def _train(
             on_eval(int(record["step"]), {k: v for k, v in record.items() if k != "step"})
 
     run.start_clock()
+    resumed_at = run.step
     run.model.train()
     bar = tqdm(
         total=params.max_iters,
@@ -496,6 +626,8 @@ def _train(
         if run.step % params.eval_interval == 0:
             run.evaluate(on_eval)
         run.train_step()
+        if run.step == resumed_at + 1 or run.step == min(resumed_at + 3, params.max_iters):
+            run.report_memory(plan, first=run.step == resumed_at + 1)
         bar.update(1)
         if run.step % params.log_interval == 0:
             mean_loss = run.check_pending()  # the only host sync in the hot loop

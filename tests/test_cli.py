@@ -17,8 +17,9 @@ import torch
 import yaml
 
 from gptcore.checkpoint import load_model, save_model
-from gptcore.cli import activation_bytes, main
+from gptcore.cli import main
 from gptcore.generate import complete, seeded_generator
+from gptcore.memory import activation_bytes
 from gptcore.model import GPT, GPTConfig
 from gptcore.sampling import Sampling
 from gptcore.tokenizer import CharTokenizer
@@ -281,7 +282,33 @@ def test_info_reports_the_model_parameter_count(workdir: Path, capsys: pytest.Ca
     assert re.search(r"parameters \(non-embedding\)\s+([\d,]+)", out).group(1) == f"{model.num_params():,}"
     assert f"char, {tok.vocab_size} tokens" in out
     assert "steps" in out and "123" in out  # the model file's meta
-    assert f"{16 * model.num_params(False):,} bytes" in out  # weights, grads and two AdamW moments
+    # the memory plan of one fp32 process: weights and gradients 4 bytes a parameter, AdamW's moments 8
+    n = model.num_params(False)
+    assert re.search(rf"weights \(fp32 masters\)\s+{4 * n:,} bytes", out)
+    assert re.search(rf"gradients\s+{4 * n:,} bytes", out)
+    assert re.search(rf"optimizer \(AdamW\)\s+{8 * n:,} bytes", out)
+    assert re.search(r"peak\s+[\d.]+ \w+ per process fits in", out)
+
+
+def test_info_plans_a_preset_sharded_over_many_processes_and_says_it_does_not_fit_one_gpu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    big = {"preset": "gpt2-1.5b", "n_layer": None, "n_head": None, "n_embd": None, "block_size": None}
+    write_params(tmp_path, train=_train_shape() | big | {"batch_size": 4096, "device": "cpu"})
+    main(["info"])
+    out = capsys.readouterr().out
+    assert re.search(r"preset\s+gpt2-1.5b", out) and "n_layer=48" in out
+    assert "does NOT fit" in out
+    write_params(
+        tmp_path,
+        train=_train_shape()
+        | big
+        | {"batch_size": 8, "nproc_per_node": 8, "parallel": "fsdp", "dtype": "float32"},
+    )
+    main(["info"])
+    out = capsys.readouterr().out
+    assert "fsdp over 8, fp32, micro-batch 1 x 1024 tokens per process" in out
 
 
 def test_info_without_a_model_sizes_the_params_and_says_the_vocab_is_unknown(
@@ -313,7 +340,8 @@ def _saved_activation_bytes(config: GPTConfig, batch_size: int) -> int:
     logits, which stay alive until the loss is taken."""
     torch.manual_seed(0)
     model = GPT(config).train()
-    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    # the model's own tensors (weights, llama's rotary tables) are not activations
+    weights = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
     saved: dict[int, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
@@ -329,10 +357,29 @@ def _saved_activation_bytes(config: GPTConfig, batch_size: int) -> int:
     return sum(saved.values()) + logits.numel() * logits.element_size()
 
 
+FAMILIES = {
+    "gpt2": {},
+    "llama": {"arch": "llama", "tie_embeddings": False},
+    "llama, qk_norm": {"arch": "llama", "qk_norm": True},
+    "llama, wide SwiGLU": {"arch": "llama", "intermediate_size": 200},
+}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("dropout", [0.0, 0.1])
 @pytest.mark.parametrize("block_size", [32, 128])
-def test_activation_estimate_matches_what_a_real_backward_saves(dropout: float, block_size: int) -> None:
-    config = GPTConfig(vocab_size=64, block_size=block_size, n_layer=2, n_head=2, n_embd=32, dropout=dropout)
+def test_activation_estimate_matches_what_a_real_backward_saves(
+    dropout: float, block_size: int, family: str
+) -> None:
+    config = GPTConfig(
+        vocab_size=64,
+        block_size=block_size,
+        n_layer=2,
+        n_head=2,
+        n_embd=32,
+        dropout=dropout,
+        **FAMILIES[family],
+    )
     measured = _saved_activation_bytes(config, 4)
     assert activation_bytes(config, 4) == pytest.approx(measured, rel=0.03)
 

@@ -117,6 +117,9 @@ def ran(stdout: str, stage: str) -> bool:
 DVC_YAML = yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))
 # plumbing that shapes no output: params values are dependencies through `params:` instead
 PLUMBING = {"errors", "params", "atomic"}
+# modules a stage's output depends on through its params rather than its imports: params.py reads
+# presets.py for every stage, but only the train section's shape comes from a preset
+THROUGH_PARAMS = {"train": {"presets"}}
 
 
 def _gptcore_imports(path: Path) -> set[str]:
@@ -175,7 +178,16 @@ def test_stage_deps_list_exactly_the_gptcore_modules_its_script_uses_even_indire
     # many re-runs a stage for nothing (evaluate once listed train.py: a loop edit re-ran it)
     modules, _ = stage_imports(stage)
     listed = {d for d in DVC_YAML["stages"][stage]["deps"] if d.startswith("gptcore/")}
-    assert listed == {f"gptcore/{m}.py" for m in modules - PLUMBING}
+    expected = (modules - PLUMBING) | THROUGH_PARAMS.get(stage, set())
+    assert listed == {f"gptcore/{m}.py" for m in expected}
+
+
+def test_the_train_stage_depends_on_the_presets() -> None:
+    # a preset's shape is not in params.yaml: an edit of the table must re-run train
+    assert "gptcore/presets.py" in DVC_YAML["stages"]["train"]["deps"]
+    # and no other stage: none of them reads the train section
+    for stage in set(STAGES) - {"train"}:
+        assert "gptcore/presets.py" not in DVC_YAML["stages"][stage]["deps"], stage
 
 
 @pytest.mark.parametrize("stage", STAGES)

@@ -57,6 +57,9 @@ BASE = TrainParams(
     nproc_per_node=1,
     nnodes=1,
     rdzv_endpoint="localhost:29500",
+    parallel="ddp",
+    activation_checkpointing=False,
+    preset=None,
 )
 
 
