@@ -294,7 +294,14 @@ def test_info_plans_a_preset_sharded_over_many_processes_and_says_it_does_not_fi
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    big = {"preset": "gpt2-1.5b", "n_layer": None, "n_head": None, "n_embd": None, "block_size": None}
+    big = {
+        "preset": "gpt2-1.5b",
+        "arch": None,
+        "n_layer": None,
+        "n_head": None,
+        "n_embd": None,
+        "block_size": None,
+    }
     write_params(tmp_path, train=_train_shape() | big | {"batch_size": 4096, "device": "cpu"})
     main(["info"])
     out = capsys.readouterr().out
