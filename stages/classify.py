@@ -16,7 +16,7 @@ import torch
 
 from gptcore import classify
 from gptcore.atomic import write_json
-from gptcore.checkpoint import load_model
+from gptcore.checkpoint import MODEL_FILE, load_model
 from gptcore.device import resolve_device
 from gptcore.errors import run_main
 from gptcore.finetune import fine_tune, set_threads
@@ -26,7 +26,6 @@ from gptcore.params import load_section
 from gptcore.reports import live_logger, plot_confusion
 
 DATA_DIR = Path("data/finetune/classify")
-PRETRAINED = Path("models/model.pt")
 MODEL = Path("models/classifier.pt")
 LIVE_DIR = "dvclive/classify"
 REPORT = Path("reports/classify.json")
@@ -41,7 +40,7 @@ def main() -> None:
     rows = {split: read_jsonl(DATA_DIR / f"{split}.jsonl") for split in ("train", "val", "test")}
     labels = sorted({row["label"] for row in rows["train"]})
     index = {label: i for i, label in enumerate(labels)}
-    pretrained, tokenizer, _ = load_model(PRETRAINED, "cpu")
+    pretrained, tokenizer, _ = load_model(MODEL_FILE, "cpu")
     torch.manual_seed(params.seed)
     backbone = pretrained if params.init == "pretrained" else GPT(pretrained.config)
     model = classify.Classifier(backbone, len(labels)).to(device)
@@ -92,7 +91,7 @@ def main() -> None:
         model,
         tokenizer,
         labels,
-        meta={"init": params.init, "steps": result.steps, "source": str(PRETRAINED)},
+        meta={"init": params.init, "steps": result.steps, "source": str(MODEL_FILE)},
     )
     matrix = confusion.get("test", [[0] * len(labels) for _ in labels])
     write_json(

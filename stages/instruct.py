@@ -16,7 +16,7 @@ import torch
 
 from gptcore import instruct
 from gptcore.atomic import write_json, write_text
-from gptcore.checkpoint import load_model, save_model
+from gptcore.checkpoint import MODEL_FILE, load_model, save_model
 from gptcore.device import resolve_device
 from gptcore.errors import DataError, run_main
 from gptcore.finetune import fine_tune, set_threads
@@ -25,7 +25,6 @@ from gptcore.params import load_section
 from gptcore.reports import live_logger
 
 DATA_DIR = Path("data/finetune/instruct")
-PRETRAINED = Path("models/model.pt")
 MODEL = Path("models/instruct.pt")
 LIVE_DIR = "dvclive/instruct"
 REPORT = Path("reports/instruct.json")
@@ -57,7 +56,7 @@ def main() -> None:
         split: [InstructionRecord(**row) for row in read_jsonl(DATA_DIR / f"{split}.jsonl")]
         for split in ("train", "val", "test")
     }
-    model, tokenizer, _ = load_model(PRETRAINED, device)
+    model, tokenizer, _ = load_model(MODEL_FILE, device)
     block, pad = model.config.block_size, tokenizer.eot_id
     encoded = {
         split: instruct.encode_records(tokenizer, template, items, block, params.mask_prompt, params.overlong)
