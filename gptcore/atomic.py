@@ -23,8 +23,9 @@ DISK_FULL_BYTES = 1 << 20  # free space under which a failed write is blamed on 
 
 
 @contextlib.contextmanager
-def atomic_file(path: Path | str) -> Iterator[Path]:
-    """Yield a temporary path in `path`'s folder; on success rename it to `path`, else delete it."""
+def atomic_file(path: Path | str, expected_bytes: int | None = None) -> Iterator[Path]:
+    """Yield a temporary path in `path`'s folder; on success rename it to `path`, else delete it.
+    `expected_bytes`, the file's size if known, is what a full-disk error says it needs."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _sweep(path)
@@ -32,7 +33,7 @@ def atomic_file(path: Path | str) -> Iterator[Path]:
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        with _disk_full_as_error(path, tmp_path):
+        with _disk_full_as_error(path, tmp_path, expected_bytes):
             yield tmp_path
             os.chmod(tmp_path, 0o644)  # mkstemp makes it owner-only; outputs are ordinary files
             os.replace(tmp_path, path)
@@ -48,7 +49,7 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
     _sweep(path)
     tmp_path = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
     try:
-        with _disk_full_as_error(path, tmp_path):
+        with _disk_full_as_error(path, tmp_path, None):
             yield tmp_path
             os.chmod(tmp_path, 0o755)
             if path.exists():
@@ -60,20 +61,21 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def _disk_full_as_error(path: Path, tmp_path: Path) -> Iterator[None]:
+def _disk_full_as_error(path: Path, tmp_path: Path, expected_bytes: int | None) -> Iterator[None]:
     """Turn a write that failed for want of space into a DiskFullError naming `path`."""
     try:
         yield
     except DiskFullError as exc:  # from a writer inside this one's temporary folder: name the output
         if exc.path.is_relative_to(tmp_path):
-            raise DiskFullError(path / exc.path.relative_to(tmp_path), exc.written, exc.free) from None
+            inner = path / exc.path.relative_to(tmp_path)
+            raise DiskFullError(inner, exc.written, exc.free, exc.needed) from None
         raise
     except (OSError, RuntimeError) as exc:
         free = free_bytes(path.parent)
         full = isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS
         if not full and (free is None or free >= DISK_FULL_BYTES):
             raise
-        raise DiskFullError(path, _size(tmp_path), free) from None
+        raise DiskFullError(path, _size(tmp_path), free, expected_bytes) from None
 
 
 def free_bytes(folder: Path) -> int | None:

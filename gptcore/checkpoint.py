@@ -80,11 +80,23 @@ def _save(path: Path | str, payload: dict[str, Any], sync: bool = False) -> None
     payload = {**payload, DIGEST_KEY: contents_sha256(payload)}
     # saved through a file object: given a path, torch names the zip's records after the file, and
     # the temporary name would make every save of the same weights a different file
-    with atomic_file(path) as tmp, open(tmp, "wb") as fh:
+    with atomic_file(path, _tensor_bytes(payload)) as tmp, open(tmp, "wb") as fh:
         torch.save(payload, fh)
         if sync:
             fh.flush()
             os.fsync(fh.fileno())
+
+
+def _tensor_bytes(value: Any) -> int:
+    """Bytes of the tensors in a nested payload: what its file needs on disk, give or take the
+    pickled structure around them."""
+    if isinstance(value, torch.Tensor):
+        return value.nelement() * value.element_size()
+    if isinstance(value, dict):
+        return sum(_tensor_bytes(item) for item in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_tensor_bytes(item) for item in value)
+    return 0
 
 
 def _load(path: Path, fmt: str, version: int, what: str, missing_hint: str) -> dict[str, Any]:

@@ -17,14 +17,21 @@ class DataError(GptcoreError):
 
 
 class DiskFullError(GptcoreError):
-    """The filesystem filled up while an output was written; the output was not written at all."""
+    """The filesystem filled up while an output was written; the output was not written at all.
 
-    def __init__(self, path: Path | str, written: int, free: int | None) -> None:
-        self.path, self.written, self.free = Path(path), written, free
+    `needed` is the output's size when the writer knows it in advance; otherwise the message says
+    how much had been written when the disk filled, which the output needs at least."""
+
+    def __init__(self, path: Path | str, written: int, free: int | None, needed: int | None = None) -> None:
+        self.path, self.written, self.free, self.needed = Path(path), written, free, needed
+        need = (
+            f"need about {needed / 1e6:,.1f} MB"
+            if needed is not None
+            else f"need more than the {written / 1e6:,.1f} MB written when the disk filled"
+        )
         room = f", {free / 1e6:,.1f} MB free" if free is not None else ""
         super().__init__(
-            f"no space left on device while writing {self.path} (it needs more than the "
-            f"{written / 1e6:,.1f} MB written when the disk filled{room}); nothing was written: "
+            f"no space left on device while writing {self.path} ({need}{room}); nothing was written: "
             "free some space and re-run"
         )
 

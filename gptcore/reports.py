@@ -1,42 +1,63 @@
 """Reports kept in git: the train-vs-val loss chart and a confusion matrix (PNG), and the DVCLive
-logger of the fine-tuning stages. (Metric JSON files: atomic.write_json.)"""
+logger of the training and fine-tuning stages. (Metric JSON files: atomic.write_json.)
+
+matplotlib, pandas and DVCLive are imported by the functions that use them, so a stage that only
+logs does not pay for the plotting libraries, and one that only plots does not import DVCLive."""
 
 from __future__ import annotations
 
 import contextlib
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import matplotlib
+from gptcore.atomic import atomic_file
+from gptcore.errors import DataError
 
-matplotlib.use("Agg")  # headless: stages run without a display
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+if TYPE_CHECKING:
+    import pandas as pd
 
-from gptcore.atomic import atomic_file  # noqa: E402
-from gptcore.errors import DataError  # noqa: E402
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: stages run without a display
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 @contextlib.contextmanager
 def live_logger(folder: str) -> Iterator[Callable[[int, dict[str, float]], None]]:
     """A function logging (step, {name: value}) to DVCLive in `folder`: one TSV per name under
     folder/plots/metrics, and folder/metrics.json with the latest values. dvcyaml=False: the
-    dvc.yaml files are written by hand, and DVCLive must not edit them."""
-    from dvclive import Live  # here, not at the top: the stages that only write reports skip its import
+    dvc.yaml files are written by hand, and DVCLive must not edit them.
 
-    with Live(dir=folder, dvcyaml=False, save_dvc_exp=False) as live:
+    If the run fails (a full disk, a loss that became NaN), `folder` is removed: a stage leaves no
+    half-written output, and a resumed run re-logs the evaluations its checkpoint holds. An
+    interrupted run (Ctrl-C) keeps the curve so far."""
+    from dvclive import Live
 
-        def log(step: int, metrics: dict[str, float]) -> None:
-            live.step = step
-            for name, value in metrics.items():
-                live.log_metric(name, value)
-            live.make_summary()
+    try:
+        with Live(dir=folder, dvcyaml=False, save_dvc_exp=False) as live:
 
-        yield log
+            def log(step: int, metrics: dict[str, float]) -> None:
+                live.step = step
+                for name, value in metrics.items():
+                    live.log_metric(name, value)
+                live.make_summary()
+
+            yield log
+    except Exception:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
 
 
 def read_loss_log(path: Path | str) -> pd.DataFrame:
     """A DVCLive metric log (`step<TAB>loss` with a header), as a DataFrame."""
+    import pandas as pd
+
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path} not found: run the train stage first")
@@ -48,6 +69,7 @@ def read_loss_log(path: Path | str) -> pd.DataFrame:
 
 def plot_losses(curves: dict[str, pd.DataFrame], path: Path | str, title: str = "Train vs val loss") -> None:
     """Draw each named (step, loss) curve on one chart and save it as a PNG."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
     for name, frame in curves.items():
         ax.plot(frame["step"], frame["loss"], marker="o", markersize=2.5, linewidth=1.4, label=name)
@@ -66,6 +88,7 @@ def plot_losses(curves: dict[str, pd.DataFrame], path: Path | str, title: str = 
 def plot_confusion(matrix: list[list[int]], labels: list[str], path: Path | str, title: str) -> None:
     """A confusion matrix (rows: actual class, columns: predicted) as a PNG, counts in the cells."""
     k = len(labels)
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(1.2 * k + 2.5, 1.0 * k + 2), dpi=120)
     ax.imshow(matrix, cmap="Blues")
     ax.set_xticks(range(k), labels, rotation=45, ha="right")

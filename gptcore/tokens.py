@@ -161,7 +161,9 @@ class TokenWriter:
         raw, n = self._raw, self._tokens
         raw.flush()
         raw.seek(0)
-        with atomic_file(self.path) as tmp, h5py.File(tmp, "w") as f:
+        # the ids and a few KB of HDF5 structure: the size a full-disk error says the file needs
+        expected = n * self.dtype.itemsize + (1 << 12)
+        with atomic_file(self.path, expected) as tmp, h5py.File(tmp, "w") as f:
             # track_times=False: a creation timestamp would make identical inputs differ
             dset = f.create_dataset(DATASET, shape=(n,), dtype=self.dtype, track_times=False)
             digest = hashlib.sha256()

@@ -15,13 +15,13 @@ import os
 import sys
 from pathlib import Path
 
-from dvclive import Live
 from gptcore.atomic import write_json
 from gptcore.checkpoint import MODEL_FILE, save_model
 from gptcore.distributed import Ranks, die_with_parent, needs_torchrun, torchrun_argv
 from gptcore.errors import run_main
 from gptcore.hf import check_vocabulary
 from gptcore.params import load_section
+from gptcore.reports import live_logger
 from gptcore.tokenizer import load_tokenizer
 from gptcore.tokens import TokenStore
 from gptcore.train import train
@@ -52,15 +52,7 @@ def main() -> None:
         train(params, stores["train"], stores["val"], progress=False, checkpoint=CHECKPOINT, ranks=ranks)
         return
 
-    # dvcyaml=False: dvc.yaml is written by hand; DVCLive must not edit it (README, "Experiments")
-    with Live(dir=LIVE_DIR, dvcyaml=False, save_dvc_exp=False) as live:
-
-        def log(step: int, metrics: dict[str, float]) -> None:
-            live.step = step
-            for name, value in metrics.items():
-                live.log_metric(name, value)
-            live.make_summary()
-
+    with live_logger(LIVE_DIR) as log:
         result = train(
             params,
             stores["train"],
@@ -70,29 +62,36 @@ def main() -> None:
             ranks=ranks,
         )
 
-    save_model(
-        MODEL_FILE, result.model, tokenizer, meta={"steps": result.steps, "tokens_seen": result.tokens_seen}
-    )
-    report = {
-        "steps": result.steps,
-        "processes": ranks.world_size,
-        "start_step": result.resumed_from or 0,
-        "tokens_seen": result.tokens_seen,
-        "tokens_per_second": round(result.tokens_per_second, 1),
-        "wall_seconds": round(result.wall_seconds, 1),
-        "parameters": result.model.num_params(non_embedding=False),
-        "flops_per_token": result.flops_per_token,
-        "model_flops_per_second": round(result.flops_per_token * result.tokens_per_second),
-        "final_train_loss": round(result.final_train_loss, 4),
-        "final_val_loss": round(result.final_val_loss, 4),
-        # the dtype and compile choice, and with dtype/compile: auto the timings behind it
-        "precision": result.precision.to_dict(result.steps * params.grad_accum_steps),
-    }
-    if result.mfu is not None:
-        report["mfu"] = round(result.mfu, 4)
-    if result.peak_memory_bytes is not None:
-        report["peak_memory_gib"] = round(result.peak_memory_bytes / 2**30, 3)
-    write_json(REPORT, report)
+        save_model(
+            MODEL_FILE,
+            result.model,
+            tokenizer,
+            meta={"steps": result.steps, "tokens_seen": result.tokens_seen},
+        )
+        report = {
+            "steps": result.steps,
+            "processes": ranks.world_size,
+            "start_step": result.resumed_from or 0,
+            "tokens_seen": result.tokens_seen,
+            "tokens_per_second": round(result.tokens_per_second, 1),
+            "wall_seconds": round(result.wall_seconds, 1),
+            "parameters": result.model.num_params(non_embedding=False),
+            "flops_per_token": result.flops_per_token,
+            "model_flops_per_second": round(result.flops_per_token * result.tokens_per_second),
+            "final_train_loss": round(result.final_train_loss, 4),
+            "final_val_loss": round(result.final_val_loss, 4),
+            # the dtype and compile choice, and with dtype/compile: auto the timings behind it
+            "precision": result.precision.to_dict(result.steps * params.grad_accum_steps),
+        }
+        if result.mfu is not None:
+            report["mfu"] = round(result.mfu, 4)
+        if result.peak_memory_bytes is not None:
+            report["peak_memory_gib"] = round(result.peak_memory_bytes / 2**30, 3)
+        try:
+            write_json(REPORT, report)
+        except Exception:
+            MODEL_FILE.unlink(missing_ok=True)  # no model without its report: the stage did not finish
+            raise
     CHECKPOINT.unlink(missing_ok=True)
     print(
         f"train: {result.steps} steps, {result.tokens_per_second:,.0f} tokens/s, "
