@@ -64,6 +64,7 @@ from typing import BinaryIO
 import zstandard
 
 from gptcore.errors import DataError
+from gptcore.raw import MANIFEST_NAME
 from gptcore.split import Document
 from gptcore.streams import (
     OPENERS,
@@ -75,7 +76,6 @@ from gptcore.streams import (
     sniff,
 )
 
-MANIFEST_NAME = "manifest.json"
 UNMATCHED_SAMPLE = 20  # names listed when no document matches the include globs
 BINARY_SNIFF_BYTES = 8000  # how much of a file decides whether it is binary (git looks as far)
 BINARY_INVALID_SHARE = 0.25  # more of the head than this not UTF-8: binary, not text in Latin-1
@@ -309,6 +309,10 @@ class _Reader:
         """Turn a decompressor's or archive reader's exception into a DataError that names `name`."""
         try:
             yield
+        except GeneratorExit:
+            # a reader closed early, at the latest when the interpreter exits and has already
+            # cleared this module's names: the clauses below must not be evaluated then
+            raise
         except DataError:
             raise
         except _CORRUPT as exc:

@@ -39,10 +39,10 @@ from gptcore.errors import GptcoreError
 from gptcore.tokenizer import Tokenizer, tokenizer_from_dict
 from gptcore.tokens import TokenFileSummary, TokenWriter
 
-BLOCK_CHARS = 1 << 20  # characters per block: ~0.1-0.3 s of BPE work, enough to hide the hand-off
+BLOCK_CHARS = 1 << 20  # characters per block: enough BPE work per hand-off to hide its cost
 PIECE_CHARS = 1 << 20  # longer documents are encoded in pieces of at most this many characters
-# each worker process holds ~80-95 MB (interpreter, numpy, tiktoken, blocks in hand): measured by
-# benchmarks/data_memory.py, the whole stage is ~100 MB + ~95 MB per worker, so 8 keeps it under 1 GB
+# each worker process holds its own interpreter, numpy, tiktoken and the blocks in hand; 8 keeps
+# the whole stage under 1 GB (README, "Data stages"; measured by benchmarks/data_memory.py)
 MAX_DEFAULT_WORKERS = 8
 
 

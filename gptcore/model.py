@@ -387,6 +387,18 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
+    def zero_output_projections(self) -> None:
+        """Set each block's output projections (attention's and the feed-forward's) to zero, so
+        that every block starts as the identity and the residual stream as the embeddings (the
+        init of modded-nanogpt's speedrun). Their gradients are not zero, so they learn from the
+        first step; the matrices before them start learning from the second."""
+        with torch.no_grad():
+            for module in self.modules():
+                if isinstance(module, nn.Linear) and getattr(module, "residual_scale", False):
+                    module.weight.zero_()
+                    if module.bias is not None:
+                        module.bias.zero_()
+
     def num_params(self, non_embedding: bool = True) -> int:
         """Parameter count; the position table (gpt2) is left out by default, as in FLOP estimates."""
         n = sum(p.numel() for p in self.parameters())

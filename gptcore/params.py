@@ -43,6 +43,12 @@ def _fail(key: str, value: Any, allowed: str) -> None:
     raise ParamsError(f"params.yaml: {key} = {value!r} is invalid: {allowed}")
 
 
+def _check_device(key: str, name: str) -> None:
+    problem = device_name_problem(name)
+    if problem:
+        _fail(key, name, problem)
+
+
 @dataclass(frozen=True)
 class DataParams:
     source: str | list[str]
@@ -73,7 +79,7 @@ class DataParams:
             if value is not None and value <= 0:
                 _fail(f"data.{key}", value, "must be > 0, or null for no limit")
         if not 1 << 10 <= self.max_document_bytes <= 1 << 28:
-            # the upper bound keeps every data stage under 1 GB (README, "Memory"); the lower, sense
+            # the upper bound keeps every data stage under 1 GB (README, "Data stages"); the lower, sense
             _fail("data.max_document_bytes", self.max_document_bytes, "must lie between 1024 and 268435456")
         if self.newlines not in ("lf", "keep"):
             _fail("data.newlines", self.newlines, "allowed: lf (CRLF and CR become LF), keep")
@@ -148,6 +154,7 @@ class TrainParams:
     parallel: str
     activation_checkpointing: bool
     preset: str | None
+    zero_init_proj: bool = False
 
     @property
     def world_size(self) -> int:
@@ -203,6 +210,7 @@ class TrainParams:
         if self.n_embd % self.n_head:
             _fail("train.n_embd", self.n_embd, f"must be divisible by train.n_head ({self.n_head})")
         self._check_family()
+        self._check_init()
         if self.init_from is not None and not self.init_from.strip():
             _fail(
                 "train.init_from",
@@ -221,9 +229,7 @@ class TrainParams:
         for key in ("beta1", "beta2", "muon_momentum"):
             if not 0.0 <= getattr(self, key) < 1.0:
                 _fail(f"train.{key}", getattr(self, key), "must lie in [0, 1)")
-        problem = device_name_problem(self.device)
-        if problem:
-            _fail("train.device", self.device, problem)
+        _check_device("train.device", self.device)
         if self.dtype not in ("auto", "bfloat16", "float32"):
             _fail("train.dtype", self.dtype, "allowed: auto, bfloat16, float32")
         if isinstance(self.compile, str) and self.compile != "auto":
@@ -248,6 +254,14 @@ class TrainParams:
                 "train.rdzv_endpoint",
                 self.rdzv_endpoint,
                 "must be host:port of the first node when nnodes > 1",
+            )
+
+    def _check_init(self) -> None:
+        if self.zero_init_proj and self.init_from:
+            _fail(
+                "train.zero_init_proj",
+                self.zero_init_proj,
+                "it changes random initialisation only; set it to false with train.init_from",
             )
 
     def _check_family(self) -> None:
@@ -379,8 +393,7 @@ class FinetuneParams:
             _positive(f"{section}.{key}", getattr(self, key))
         for key in ("weight_decay", "grad_clip", "threads"):
             _non_negative(f"{section}.{key}", getattr(self, key))
-        if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):
-            _fail(f"{section}.device", self.device, "allowed: auto, cpu, cuda, cuda:N, mps")
+        _check_device(f"{section}.device", self.device)
 
 
 @dataclass(frozen=True)

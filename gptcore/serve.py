@@ -539,9 +539,8 @@ def serve(options: ServeOptions, host: str, port: int) -> None:
         flush=True,
     )
     # The engine thread hands each token to the thread of its stream and to the event loop; with
-    # Python's default 5 ms GIL switch interval every hand-off waited out the interval, and one
-    # stream got ~55 tokens/s where 0.5 ms gives ~580 (default model shape, one torch thread; see
-    # the README's Serve section)
+    # Python's default 5 ms GIL switch interval every hand-off waits out the interval, which
+    # costs a single stream most of its speed (measured: README, "Serve")
     sys.setswitchinterval(0.0005)
     torch.set_grad_enabled(False)
     server.run()

@@ -50,8 +50,8 @@ from tqdm import tqdm
 
 from gptcore.atomic import atomic_dir
 from gptcore.errors import DataError
+from gptcore.raw import MANIFEST_NAME
 
-MANIFEST_NAME = "manifest.json"
 PIP_PREFIX = "pip:"
 PARTIAL_SUFFIX = ".partial"  # data/raw -> data/raw.partial: downloads in progress, kept across runs
 CHUNK_BYTES = 1 << 20

@@ -218,6 +218,8 @@ class _Run:
         self.model = GPT(self.config)
         if initial is not None:
             self.model.load_state_dict(initial)
+        elif params.zero_init_proj:
+            self.model.zero_output_projections()
         self.model.to(self.device)
         self.flops_per_token = flops_per_token(self.config, self.model.num_params())
         if params.activation_checkpointing:
