@@ -149,16 +149,6 @@ def iter_assigned(
         yield (VAL if held[0] == TRAIN else TRAIN), held[1]
 
 
-def split_documents(
-    documents: Iterable[Document], seed: int, val_fraction: float
-) -> tuple[list[Document], list[Document]]:
-    """The (train, val) documents as lists: for small corpora and tests; `write_splits` streams."""
-    splits: dict[str, list[Document]] = {TRAIN: [], VAL: []}
-    for split, doc in iter_assigned(documents, seed, val_fraction):
-        splits[split].append(doc)
-    return splits[TRAIN], splits[VAL]
-
-
 def write_splits(
     documents: Iterable[Document],
     train_path: Path | str,

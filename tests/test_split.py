@@ -15,10 +15,19 @@ from gptcore.split import (
     iter_assigned,
     iter_split_file,
     position_cut,
-    split_documents,
     write_split_file,
     write_splits,
 )
+
+
+def split_documents(
+    documents: list[Document], seed: int, val_fraction: float
+) -> tuple[list[Document], list[Document]]:
+    """The (train, val) documents as lists, from the stream the stage writes."""
+    splits: dict[str, list[Document]] = {"train": [], "val": []}
+    for split, doc in iter_assigned(documents, seed, val_fraction):
+        splits[split].append(doc)
+    return splits["train"], splits["val"]
 
 
 def corpus(n: int, prefix: str = "doc") -> list[Document]:
