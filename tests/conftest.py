@@ -1,4 +1,6 @@
-"""Shared pytest fixtures and the helpers several test modules use (`from conftest import ...`)."""
+"""Shared pytest fixtures, and the repo path and data helpers that they and several test modules
+use (`from conftest import ...`). Other helpers that several test modules share live in the
+support_*.py modules beside this file: a test module never imports another."""
 
 from __future__ import annotations
 
@@ -17,6 +19,12 @@ from gptcore.tokens import TokenFileSummary, TokenIds, TokenStore, TokenWriter
 # the vocabulary of counting_documents: ids 0..10 are "text", 11 is the end-of-text id
 COUNTING_VOCAB = 12
 REPO = Path(__file__).resolve().parents[1]
+
+# the support modules' helpers assert as tests do: rewrite them as pytest rewrites test modules, so
+# that a failing helper shows the values it compared (registered before any test module imports one)
+pytest.register_assert_rewrite(
+    "support_cli", "support_models", "support_pipeline", "support_serve", "support_stage", "support_train"
+)
 
 
 def workspace(tmp_path: Path, **data: object) -> Path:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import BASE, VOCAB
+from conftest import COUNTING_VOCAB as VOCAB
+from support_train import BASE
 
 from gptcore import autotune
 from gptcore.autotune import Choice, Timing, TrainingProbe, decide, machine_key, pick, search

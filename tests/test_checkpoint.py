@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import torch
+from support_models import CreatesMarkerWhenUnpickled
 
 import gptcore.checkpoint as checkpoint
 from gptcore.checkpoint import (
@@ -62,16 +63,6 @@ class Opaque:
 
     def __init__(self) -> None:
         self.weights = [1.0, 2.0]
-
-
-class CreatesMarkerWhenUnpickled:
-    """An object whose unpickling would run code: opening (creating) a file."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (str(self.marker), "w"))
 
 
 def test_round_trip_gives_identical_logits_tokenizer_and_meta(

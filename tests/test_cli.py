@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from support_cli import CHILD_ENV, run_cli
+from support_models import TEXT, save_tiny_model
 
-from gptcore.checkpoint import load_model, save_model
+from gptcore.checkpoint import load_model
 from gptcore.cli import main
 from gptcore.generate import complete, seeded_generator
 from gptcore.memory import activation_bytes
@@ -26,9 +28,6 @@ from gptcore.tokenizer import CharTokenizer
 from stages import sample as sample_stage
 
 REPO = Path(__file__).resolve().parents[1]
-TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\nROMEO: JULIET:\n"
-# one thread: the model is tiny, and OpenMP threads spin-waiting on a busy machine cost seconds
-CHILD_ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 SAMPLE_SECTION = {
     "prompts": ["ROMEO:", "JULIET:"],
     "max_new_tokens": 20,
@@ -38,19 +37,6 @@ SAMPLE_SECTION = {
     "seed": 1337,
     "stop": [],
 }
-
-
-def save_tiny_model(path: Path, never_eot: bool = False) -> GPT:
-    tok = CharTokenizer.train([TEXT])
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=2, n_head=2, n_embd=32))
-    if never_eot:
-        # <|endoftext|>'s logit becomes 0 while the others spread to about +-30: it is never drawn
-        with torch.no_grad():
-            model.wte.weight.mul_(300.0)
-            model.wte.weight[tok.eot_id] = 0.0
-    save_model(path, model, tok, {"steps": 123})
-    return model
 
 
 @pytest.fixture
@@ -63,18 +49,6 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def write_params(folder: Path, **sections: dict) -> None:
     (folder / "params.yaml").write_text(yaml.safe_dump(sections), encoding="utf-8")
-
-
-def run_cli(args: list[str], cwd: Path, stdin: str = "") -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "gptcore.cli", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=CHILD_ENV,
-        timeout=60,
-    )
 
 
 def reference_completion(prompt: str, max_new_tokens: int, seed: int, **settings: float) -> str:

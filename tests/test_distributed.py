@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -18,26 +17,14 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
-import yaml
-from test_resume import REPO, finish, kill_after_checkpoints, logged, stage_workspace
-from test_train import BASE
+from support_stage import TWO, finish, kill_after_checkpoints, logged, stage_env, stage_workspace
+from support_train import BASE, train_section
 
 from gptcore.checkpoint import load_model
 from gptcore.distributed import Ranks, needs_torchrun, torchrun_argv
 from gptcore.params import ParamsError, parse_section
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch without distributed")
-
-TWO = {"nproc_per_node": 2, "grad_accum_steps": 2, "dropout": 0.0, "max_iters": 40}
-
-
-def workspace(path: Path, **train: object) -> Path:
-    ws = stage_workspace(path)
-    params = yaml.safe_load((ws / "params.yaml").read_text(encoding="utf-8"))
-    params["train"].update(train)
-    (ws / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
-    return ws
-
 
 # --- units ---------------------------------------------------------------------------------------
 
@@ -86,18 +73,14 @@ def test_torchrun_command_for_one_node_and_for_several() -> None:
     assert "--standalone" not in many and not any(a.startswith("--node_rank") for a in many)
 
 
-def _train_section(**changes: object) -> dict[str, object]:
-    return {**dataclasses.asdict(BASE), **changes}
-
-
 def test_a_batch_the_processes_cannot_share_evenly_is_refused() -> None:
     with pytest.raises(ParamsError, match=r"train.batch_size = 4 is invalid: must be divisible by .* = 3"):
-        parse_section("train", _train_section(batch_size=4, nproc_per_node=3))
+        parse_section("train", train_section(batch_size=4, nproc_per_node=3))
 
 
 def test_several_nodes_need_a_rendezvous_endpoint() -> None:
     with pytest.raises(ParamsError, match="train.rdzv_endpoint = 'somewhere' is invalid: must be host:port"):
-        parse_section("train", _train_section(nnodes=2, rdzv_endpoint="somewhere"))
+        parse_section("train", train_section(nnodes=2, rdzv_endpoint="somewhere"))
 
 
 # --- the stage under torchrun ----------------------------------------------------------------------
@@ -108,7 +91,7 @@ def one_and_two(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
     base = tmp_path_factory.mktemp("ddp")
     runs = {}
     for n in (1, 2):
-        ws = workspace(base / f"n{n}", **{**TWO, "nproc_per_node": n})
+        ws = stage_workspace(base / f"n{n}", **{**TWO, "nproc_per_node": n})
         out = finish(ws)
         if n == 2:
             assert "train: 2 processes: torch.distributed.run --nproc_per_node=2 --standalone" in out
@@ -129,7 +112,9 @@ def test_two_processes_give_the_loss_curve_of_one_on_the_same_global_batch(
 def test_muon_under_two_processes_ends_with_the_weights_of_one(tmp_path: Path) -> None:
     # every rank steps Muon on the same all-reduced gradients: its orthogonalised updates agree
     runs = {
-        n: workspace(tmp_path / f"n{n}", **{**TWO, "nproc_per_node": n, "optimizer": "muon", "max_iters": 10})
+        n: stage_workspace(
+            tmp_path / f"n{n}", **{**TWO, "nproc_per_node": n, "optimizer": "muon", "max_iters": 10}
+        )
         for n in (1, 2)
     }
     for ws in runs.values():
@@ -164,7 +149,7 @@ def test_only_rank_0_writes_and_the_report_counts_the_global_batch(one_and_two: 
 def test_two_processes_killed_then_resumed_end_identical_to_an_uninterrupted_pair(
     one_and_two: dict[int, Path], tmp_path: Path
 ) -> None:
-    ws = workspace(tmp_path / "killed", **TWO, checkpoint_interval=10)
+    ws = stage_workspace(tmp_path / "killed", **TWO, checkpoint_interval=10)
     kill_after_checkpoints(ws, writes=1, extra_seconds=0.2, group=True)
     out = finish(ws)
     assert "resuming from models/checkpoint.pt at step" in out
@@ -174,12 +159,11 @@ def test_two_processes_killed_then_resumed_end_identical_to_an_uninterrupted_pai
 
 
 def test_workers_die_with_a_sigkilled_torchrun_instead_of_training_on(tmp_path: Path) -> None:
-    ws = workspace(tmp_path / "ws", **{**TWO, "max_iters": 100000, "checkpoint_interval": 10})
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TQDM_DISABLE": "1"}
+    ws = stage_workspace(tmp_path / "ws", **{**TWO, "max_iters": 100000, "checkpoint_interval": 10})
     proc = subprocess.Popen(
         [sys.executable, "-m", "stages.train"],
         cwd=ws,
-        env=env,
+        env=stage_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -215,9 +199,8 @@ run_main(main)
 
 
 def test_a_failing_rank_fails_the_whole_run_with_its_error_and_never_hangs(tmp_path: Path) -> None:
-    ws = workspace(tmp_path / "ws", **TWO)
+    ws = stage_workspace(tmp_path / "ws", **TWO)
     (ws / "failing_rank.py").write_text(FAILING_RANK, encoding="utf-8")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TQDM_DISABLE": "1"}
     argv = [
         sys.executable,
         "-m",
@@ -227,7 +210,7 @@ def test_a_failing_rank_fails_the_whole_run_with_its_error_and_never_hangs(tmp_p
         "failing_rank.py",
     ]
     started = time.monotonic()
-    proc = subprocess.run(argv, cwd=ws, env=env, capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(argv, cwd=ws, env=stage_env(), capture_output=True, text=True, timeout=180)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, out
     assert "error: rank 1 could not read its batch" in out
@@ -239,7 +222,7 @@ def test_the_llama_family_trains_under_two_processes_like_under_one(tmp_path: Pa
     llama = {**TWO, "arch": "llama", "qk_norm": True, "tie_embeddings": False, "max_iters": 20}
     models = []
     for n in (1, 2):
-        ws = workspace(tmp_path / f"n{n}", **{**llama, "nproc_per_node": n})
+        ws = stage_workspace(tmp_path / f"n{n}", **{**llama, "nproc_per_node": n})
         finish(ws)
         models.append(load_model(ws / "models" / "model.pt")[0])
     one, two = models

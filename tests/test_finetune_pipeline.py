@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 from PIL import Image
-from test_pipeline import PLUMBING, STAGES, TINY_TRAIN, WORDS, Repo, environment, ran, stage_imports
+from support_pipeline import PLUMBING, STAGES, TINY_TRAIN, WORDS, Repo, environment, ran, stage_imports
 
 ROOT = Path(__file__).resolve().parents[1]
 FINETUNE_YAML = yaml.safe_load((ROOT / "finetune/dvc.yaml").read_text(encoding="utf-8"))
@@ -64,12 +64,7 @@ def finetuned(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     write_plays(corpus)
     repo = Repo(base / "repo", environment(base / "dvc-site"))
     repo.path.mkdir()
-    for name in ("dvc.yaml", "params.yaml", "stages", "gptcore", ".gitignore", ".dvcignore", "finetune"):
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, repo.path / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, repo.path / name)
+    repo.copy_in("dvc.yaml", "params.yaml", "stages", "gptcore", ".gitignore", ".dvcignore", "finetune")
     repo.edit_params("data", source=str(corpus), include=["**/*.md"], val_fraction=0.2)
     repo.edit_params("vocab", vocab_size=300)
     repo.edit_params("train", **{**TINY_TRAIN, "block_size": 192})  # the Alpaca prompt is long

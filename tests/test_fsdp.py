@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_distributed import TWO, workspace
-from test_resume import finish, kill_after_checkpoints, logged
+from support_stage import TWO, finish, kill_after_checkpoints, logged, stage_workspace
 
 from gptcore.checkpoint import load_checkpoint, load_model
 
@@ -40,7 +39,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, str]
         "fsdp": FSDP,
         "ddp": {**FSDP, "parallel": "ddp"},
     }
-    return {name: (ws := workspace(base / name, **train), finish(ws)) for name, train in layouts.items()}
+    return {
+        name: (ws := stage_workspace(base / name, **train), finish(ws)) for name, train in layouts.items()
+    }
 
 
 def test_an_fsdp_pair_gives_the_loss_curve_and_weights_of_one_process(runs) -> None:
@@ -69,7 +70,7 @@ def test_each_fsdp_process_holds_half_the_parameter_and_optimizer_bytes_of_ddp(r
 def test_an_fsdp_pair_killed_then_resumed_ends_identical_to_an_uninterrupted_pair(
     runs, tmp_path: Path
 ) -> None:
-    ws = workspace(tmp_path / "killed", **FSDP, checkpoint_interval=10)
+    ws = stage_workspace(tmp_path / "killed", **FSDP, checkpoint_interval=10)
     kill_after_checkpoints(ws, writes=1, extra_seconds=0.2, group=True)
     out = finish(ws)
     assert "resuming from models/checkpoint.pt at step" in out
@@ -80,14 +81,14 @@ def test_an_fsdp_pair_killed_then_resumed_ends_identical_to_an_uninterrupted_pai
 
 
 def test_an_fsdp_checkpoint_resumes_with_another_process_count(runs, tmp_path: Path) -> None:
-    ws = workspace(tmp_path / "pair", **FSDP, checkpoint_interval=10)
+    ws = stage_workspace(tmp_path / "pair", **FSDP, checkpoint_interval=10)
     kill_after_checkpoints(ws, writes=2, extra_seconds=0.0, group=True)
     saved = load_checkpoint(ws / "models" / "checkpoint.pt")
     # consolidated: whole tensors, the layout of a one-process run's checkpoint
     one, _, _ = load_model(runs["one"][0] / "models" / "model.pt")
     for name, tensor in one.state_dict().items():
         assert saved["model"][name].shape == tensor.shape, name
-    alone = workspace(tmp_path / "alone", **{**FSDP, "nproc_per_node": 1, "checkpoint_interval": 10})
+    alone = stage_workspace(tmp_path / "alone", **{**FSDP, "nproc_per_node": 1, "checkpoint_interval": 10})
     (alone / "models").mkdir(exist_ok=True)
     shutil.copy(ws / "models" / "checkpoint.pt", alone / "models" / "checkpoint.pt")
     out = finish(alone)

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from test_model_families import VARIANTS, perturb_gains_and_biases
-from test_train import BASE
+from support_models import VARIANTS, CreatesMarkerWhenUnpickled, perturb_gains_and_biases
+from support_train import BASE
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -295,20 +295,12 @@ def test_a_pickled_state_dict_imports_through_weights_only(tmp_path: Path) -> No
     assert torch.equal(loaded["wte.weight"], hf.transformer.wte.weight.detach())
 
 
-class _Payload:
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (Path.touch, (self.marker,))
-
-
 def test_a_pickle_that_runs_code_is_refused_without_running_it(tmp_path: Path) -> None:
     saved_by_transformers("gpt2", tmp_path / "hf")
     (tmp_path / "hf" / "model.safetensors").unlink()
     marker = tmp_path / "pwned"
     with open(tmp_path / "hf" / "pytorch_model.bin", "wb") as fh:
-        pickle.dump({"wte.weight": _Payload(marker)}, fh)
+        pickle.dump({"wte.weight": CreatesMarkerWhenUnpickled(marker)}, fh)
     with pytest.raises(DataError, match=r"pytorch_model\.bin is refused: it is not plain tensors"):
         read_folder(tmp_path / "hf")
     assert not marker.exists()

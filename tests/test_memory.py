@@ -11,7 +11,7 @@ import dataclasses
 import pytest
 import torch
 from conftest import counting_documents, write_counting_store
-from test_train import BASE
+from support_train import BASE, train_section
 
 from gptcore.errors import GptcoreError
 from gptcore.memory import Sizes, checkpoint_blocks, held_bytes, peak_allocated, plan_memory, what_would_fit
@@ -25,19 +25,15 @@ GPT2_VOCAB = 50257
 NULL_SHAPE = {"n_layer": None, "n_head": None, "n_embd": None, "block_size": None}
 
 
-def section(**changes: object) -> dict[str, object]:
-    return {**dataclasses.asdict(BASE), **changes}
-
-
 # --- presets -------------------------------------------------------------------------------------
 
 
 def test_a_preset_sets_the_shape_its_keys_leave_open() -> None:
-    params = parse_section("train", section(preset="gpt2-350m", **NULL_SHAPE))
+    params = parse_section("train", train_section(preset="gpt2-350m", **NULL_SHAPE))
     assert (params.n_layer, params.n_head, params.n_embd, params.block_size) == (24, 16, 1024, 1024)
     assert params.preset == "gpt2-350m"
     # a key that repeats the preset's value is no contradiction
-    same = parse_section("train", section(preset="gpt2-350m", **{**NULL_SHAPE, "n_layer": 24}))
+    same = parse_section("train", train_section(preset="gpt2-350m", **{**NULL_SHAPE, "n_layer": 24}))
     assert same == params
 
 
@@ -46,30 +42,30 @@ def test_a_key_that_contradicts_the_preset_is_an_error_naming_both() -> None:
         ParamsError,
         match=r"train.n_embd = 256 contradicts train.preset = 'gpt2-124m', which sets train.n_embd = 768",
     ):
-        parse_section("train", section(preset="gpt2-124m", **{**NULL_SHAPE, "n_embd": 256}))
+        parse_section("train", train_section(preset="gpt2-124m", **{**NULL_SHAPE, "n_embd": 256}))
 
 
 def test_a_preset_sets_the_family_and_a_family_that_contradicts_it_is_an_error() -> None:
-    params = parse_section("train", section(preset="gpt2-124m", arch=None, **NULL_SHAPE))
+    params = parse_section("train", train_section(preset="gpt2-124m", arch=None, **NULL_SHAPE))
     assert params.arch == "gpt2"
     with pytest.raises(
         ParamsError,
         match=r"train.arch = 'llama' contradicts train.preset = 'gpt2-124m', which sets train.arch = 'gpt2'",
     ):
-        parse_section("train", section(preset="gpt2-124m", arch="llama", **NULL_SHAPE))
+        parse_section("train", train_section(preset="gpt2-124m", arch="llama", **NULL_SHAPE))
     with pytest.raises(ParamsError, match=r"train.arch = None is invalid: give a family \(gpt2, llama\)"):
-        parse_section("train", section(arch=None))
+        parse_section("train", train_section(arch=None))
 
 
 def test_an_unknown_preset_and_a_shape_left_open_without_one_are_errors() -> None:
     with pytest.raises(
         ParamsError, match=r"train.preset = 'gpt2-xxl' is invalid: allowed: seed-13m, gpt2-124m"
     ):
-        parse_section("train", section(preset="gpt2-xxl", **NULL_SHAPE))
+        parse_section("train", train_section(preset="gpt2-xxl", **NULL_SHAPE))
     with pytest.raises(
         ParamsError, match=r"train.n_layer = None is invalid: give a number, or set train.preset"
     ):
-        parse_section("train", section(n_layer=None))
+        parse_section("train", train_section(n_layer=None))
 
 
 @pytest.mark.parametrize(
@@ -302,5 +298,9 @@ def test_muon_is_refused_with_fsdp_over_several_processes() -> None:
     with pytest.raises(
         ParamsError, match=r"train.optimizer = 'muon' is invalid: not with train.parallel: fsdp"
     ):
-        parse_section("train", section(optimizer="muon", parallel="fsdp", nproc_per_node=2, batch_size=8))
-    assert parse_section("train", section(optimizer="muon", parallel="ddp", nproc_per_node=2, batch_size=8))
+        parse_section(
+            "train", train_section(optimizer="muon", parallel="fsdp", nproc_per_node=2, batch_size=8)
+        )
+    assert parse_section(
+        "train", train_section(optimizer="muon", parallel="ddp", nproc_per_node=2, batch_size=8)
+    )

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_resume import assert_same_weights, curve, run
-from test_train import BASE
+from support_models import VARIANTS, perturb_gains_and_biases
+from support_train import BASE, assert_same_weights, curve, run
 
 from gptcore.checkpoint import load_model, save_model
 from gptcore.errors import DataError
@@ -24,28 +24,12 @@ from gptcore.train import model_config
 
 V, T, L, H, C = 13, 16, 2, 4, 32
 GREEDY_20 = Sampling(max_new_tokens=20, temperature=0.0)
-VARIANTS = {
-    "gpt2": {"arch": "gpt2"},
-    "gpt2-untied": {"arch": "gpt2", "tie_embeddings": False},
-    "llama": {"arch": "llama"},
-    "llama-untied": {"arch": "llama", "tie_embeddings": False},
-    "llama-qknorm": {"arch": "llama", "qk_norm": True},
-}
 
 
 def config(variant: str, **changes: object) -> GPTConfig:
     return GPTConfig(
         vocab_size=V, block_size=T, n_layer=L, n_head=H, n_embd=C, **{**VARIANTS[variant], **changes}
     )
-
-
-def perturb_gains_and_biases(net: torch.nn.Module) -> None:
-    """Move norm gains off 1 and biases off 0 (their initial values), which would hide a gain or
-    bias applied to the wrong tensor, in gptcore's models and transformers' alike."""
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if name.endswith("bias") or "ln_" in name or "norm" in name:
-                p.add_(0.2 * torch.randn_like(p))
 
 
 def model(variant: str, seed: int = 0, **changes: object) -> GPT:

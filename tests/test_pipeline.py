@@ -6,16 +6,12 @@ one round of experiments on top of it; each test reads what those runs printed a
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import json
 import math
-import os
 import random
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,34 +19,15 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from support_pipeline import PLUMBING, STAGES, TINY_TRAIN, WORDS, Repo, environment, ran, stage_imports
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from gptcore.checkpoint import load_model
 from gptcore.params import TRAIN_KEYS_WITHOUT_OUTPUT, TrainParams
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ["download", "extract_split", "build_vocab", "tokenize", "train", "evaluate", "sample"]
 DATA_STAGES = STAGES[:4]
 TRAINED_STAGES = STAGES[4:]
-TINY_TRAIN = {
-    "n_layer": 1,
-    "n_head": 2,
-    "n_embd": 32,
-    "block_size": 32,
-    "batch_size": 8,
-    "max_iters": 30,
-    "compile": False,  # compiling costs more than 30 tiny steps
-    "eval_interval": 10,
-    "eval_iters": 2,
-    "log_interval": 5,
-    "warmup_iters": 5,
-}
-# the words the generated corpus is made of
-WORDS = re.findall(
-    r"\w+",
-    "the a king queen lord lady night day sword crown love death speak hear see know come go will "
-    "shall not with my your his her our their and but for of to in upon good sweet fair noble",
-)
 
 
 def write_corpus(folder: Path, files: int = 12, lines: int = 60) -> None:
@@ -65,92 +42,12 @@ def write_corpus(folder: Path, files: int = 12, lines: int = 60) -> None:
         (folder / f"play{i:02d}.txt").write_text("\n".join(sentences) + "\n", encoding="utf-8")
 
 
-def environment(site_cache: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    # stages run `python -m ...`: the venv's python must come first on PATH
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    env["DVC_NO_ANALYTICS"] = "1"
-    env["DVC_SITE_CACHE_DIR"] = str(site_cache)  # else /var/tmp/dvc/repo/<hash> per temp repo
-    env["OMP_NUM_THREADS"] = "1"  # tiny models on a shared 2-core machine: threads only contend
-    return env
-
-
-class Repo:
-    """A temporary git + DVC repository holding a copy of the pipeline."""
-
-    def __init__(self, path: Path, env: dict[str, str]) -> None:
-        self.path = path
-        self.env = env
-
-    def run(self, *cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(cmd, cwd=self.path, env=self.env, capture_output=True, text=True)
-        if check and proc.returncode != 0:
-            raise AssertionError(
-                f"{' '.join(cmd)} exited with {proc.returncode}\n"
-                f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr[-3000:]}"
-            )
-        return proc
-
-    def dvc(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return self.run(sys.executable, "-m", "dvc", *args, check=check)
-
-    def commit(self, message: str) -> None:
-        self.run("git", "add", "-A")
-        self.run("git", "-c", "user.name=t", "-c", "user.email=t@e", "commit", "-qm", message)
-
-    def read_json(self, rel: str) -> Any:
-        return json.loads((self.path / rel).read_text(encoding="utf-8"))
-
-    def edit_params(self, section: str, **changes: Any) -> None:
-        path = self.path / "params.yaml"
-        params = yaml.safe_load(path.read_text(encoding="utf-8"))
-        params[section].update(changes)
-        path.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
-
-
-def ran(stdout: str, stage: str) -> bool:
-    return f"Running stage '{stage}'" in stdout
-
-
 # --- dvc.yaml wiring (static) -------------------------------------------------------------------
 
 DVC_YAML = yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))
-# plumbing that shapes no output: params values are dependencies through `params:` instead
-PLUMBING = {"errors", "params", "atomic"}
 # modules a stage's output depends on through its params rather than its imports: params.py reads
 # presets.py for every stage, but only the train section's shape comes from a preset
 THROUGH_PARAMS = {"train": {"presets"}}
-
-
-def _gptcore_imports(path: Path) -> set[str]:
-    modules = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.ImportFrom) and node.module == "gptcore":
-            modules |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("gptcore."):
-            modules.add(node.module.split(".")[1])
-        elif isinstance(node, ast.Import):
-            modules |= {a.name.split(".")[1] for a in node.names if a.name.startswith("gptcore.")}
-    return modules
-
-
-def stage_imports(stage: str) -> tuple[set[str], set[str]]:
-    """(gptcore modules that stages/<stage>.py uses, directly or through other gptcore modules,
-    params sections it loads)."""
-    script = ROOT / "stages" / f"{stage}.py"
-    modules: set[str] = set()
-    todo = _gptcore_imports(script)
-    while todo:
-        module = todo.pop()
-        if module not in modules:
-            modules.add(module)
-            if module not in PLUMBING:  # what plumbing imports only checks params (sampling rules)
-                todo |= _gptcore_imports(ROOT / "gptcore" / f"{module}.py")
-    sections = set()
-    for node in ast.walk(ast.parse(script.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "load_section":
-            sections.add(node.args[0].value)
-    return modules, sections
 
 
 def test_dvc_yaml_has_the_seven_stages_run_as_modules() -> None:
@@ -215,12 +112,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     write_corpus(corpus)
     repo = Repo(base / "repo", environment(base / "dvc-site"))
     repo.path.mkdir()
-    for name in ("dvc.yaml", "params.yaml", "stages", "gptcore", ".gitignore"):
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, repo.path / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, repo.path / name)
+    repo.copy_in("dvc.yaml", "params.yaml", "stages", "gptcore", ".gitignore")
     repo.edit_params("data", source=str(corpus), include=["**/*.txt"])
     repo.edit_params("train", **TINY_TRAIN)
     repo.edit_params("evaluate", train_tokens=2048)

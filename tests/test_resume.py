@@ -5,25 +5,20 @@ checkpoints load safely."""
 
 from __future__ import annotations
 
-import contextlib
-import csv
 import dataclasses
 import json
-import os
 import pickle
 import re
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 import yaml
-from conftest import counting_documents, write_counting_store, write_token_file
-from test_train import BASE
+from conftest import counting_documents, write_counting_store
+from support_models import CreatesMarkerWhenUnpickled
+from support_stage import STAGE_TRAIN, finish, kill_after_checkpoints, logged, stage_workspace, start_stage
+from support_train import BASE, assert_same_weights, curve, run
 
 import gptcore.train as train_module
 from gptcore.checkpoint import (
@@ -36,57 +31,11 @@ from gptcore.checkpoint import (
 from gptcore.device import model_flops_utilization, peak_flops
 from gptcore.errors import DataError
 from gptcore.model import GPT
-from gptcore.params import TrainParams
-from gptcore.tokenizer import CharTokenizer
 from gptcore.tokens import TokenStore
-from gptcore.train import (
-    NonFiniteLossError,
-    TrainResult,
-    train,
-)
-
-REPO = Path(__file__).resolve().parents[1]
+from gptcore.train import NonFiniteLossError, TrainResult
 
 # dropout and two micro-batches a step: both draw random numbers, so a resume must restore them
 P = dataclasses.replace(BASE, max_iters=24, dropout=0.1, grad_accum_steps=2, checkpoint_interval=5)
-
-
-class Interrupted(Exception):
-    """Stands in for a kill: raised from the evaluation callback at a chosen step."""
-
-
-def run(
-    p: TrainParams | None = None,
-    stores: tuple[TokenStore, TokenStore] | None = None,
-    ckpt: Path | None = None,
-    stop_at: int | None = None,
-) -> tuple[TrainResult | None, list[tuple[int, dict[str, float]]]]:
-    """Train, recording every evaluation; stop with Interrupted at evaluation step `stop_at`."""
-    assert stores is not None
-    evals: list[tuple[int, dict[str, float]]] = []
-
-    def on_eval(step: int, metrics: dict[str, float]) -> None:
-        if step == stop_at:
-            raise Interrupted
-        evals.append((step, metrics))
-
-    try:
-        result = train(p or P, stores[0], stores[1], on_eval=on_eval, progress=False, checkpoint=ckpt)
-    except Interrupted:
-        return None, evals
-    return result, evals
-
-
-def curve(evals: list[tuple[int, dict[str, float]]]) -> list[tuple[int, float, float, float]]:
-    """The logged losses and learning rates: what must not change when a run is resumed."""
-    return [(s, m["train/loss"], m["val/loss"], m["lr"]) for s, m in evals]
-
-
-def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
-    sa, sb = a.state_dict(), b.state_dict()
-    assert sa.keys() == sb.keys()
-    for key in sa:
-        assert torch.equal(sa[key], sb[key]), key
 
 
 @pytest.fixture(scope="module")
@@ -334,14 +283,6 @@ def test_a_file_that_is_not_a_checkpoint_is_refused_naming_it(tmp_path: Path, st
         run(P, stores, ckpt)
 
 
-class CreatesMarkerWhenUnpickled:
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (str(self.marker), "w"))
-
-
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_a_checkpoint_carrying_code_is_refused_without_running_it(tmp_path: Path, stores) -> None:
     ckpt = tmp_path / "checkpoint.pt"
@@ -397,85 +338,6 @@ def test_evaluations_log_throughput_and_learning_rate_but_no_cuda_figures_on_cpu
 
 # --- the stage, killed for real ----------------------------------------------------------------------
 
-STAGE_TRAIN = {
-    "n_layer": 2,
-    "n_head": 2,
-    "n_embd": 64,
-    "block_size": 64,
-    "batch_size": 16,
-    "dropout": 0.1,
-    "max_iters": 60,
-    "eval_interval": 10,
-    "eval_iters": 2,
-    "log_interval": 5,
-    "checkpoint_interval": 10,
-    "warmup_iters": 5,
-    "compile": False,
-    "dtype": "float32",  # runs compared with each other must not each time bf16 against fp32
-    "threads": 1,
-    "device": "cpu",
-}
-TEXT = "".join(
-    f"Line {i}: the quick brown fox jumps over the lazy dog, {i * 7 % 13} times.\n" for i in range(800)
-)
-
-
-def stage_workspace(path: Path) -> Path:
-    """A folder laid out like the repo after tokenize: params.yaml, data/vocab, data/tokens."""
-    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
-    params["train"].update(STAGE_TRAIN)
-    path.mkdir(parents=True)
-    (path / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
-    tokenizer = CharTokenizer.train([TEXT])
-    tokenizer.save(path / "data" / "vocab")
-    lines = TEXT.splitlines(keepends=True)
-    for split, docs in (("train", lines[:700]), ("val", lines[700:])):
-        write_token_file(
-            path / "data" / "tokens" / f"{split}.h5",
-            [tokenizer.encode(d) for d in docs],
-            vocab_size=tokenizer.vocab_size,
-            eot_id=tokenizer.eot_id,
-            tokenizer_identity=tokenizer.identity,
-        )
-    return path
-
-
-def start_stage(ws: Path) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TQDM_DISABLE": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "stages.train"],
-        cwd=ws,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # its own process group, as a terminal job would be
-    )
-
-
-def kill_after_checkpoints(ws: Path, writes: int, extra_seconds: float, group: bool = False) -> str:
-    """Run the stage, SIGKILL it `extra_seconds` after its `writes`-th checkpoint write: the
-    stage's process, or with `group` its whole process group (torchrun and its workers)."""
-    ckpt = ws / "models" / "checkpoint.pt"
-    proc = start_stage(ws)
-    seen: set[tuple[int, int]] = set()
-    deadline = time.monotonic() + 120
-    while len(seen) < writes:
-        assert proc.poll() is None, f"the stage ended before it could be killed:\n{proc.communicate()[0]}"
-        assert time.monotonic() < deadline, "no checkpoint appeared"
-        with contextlib.suppress(FileNotFoundError):
-            stat = ckpt.stat()
-            seen.add((stat.st_ino, stat.st_mtime_ns))  # each atomic write is a new file
-        time.sleep(0.005)
-    time.sleep(extra_seconds)
-    if group:
-        os.killpg(proc.pid, signal.SIGKILL)
-    else:
-        proc.send_signal(signal.SIGKILL)
-    out, _ = proc.communicate(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, out
-    return out
-
 
 def test_the_train_stage_stops_on_a_non_finite_loss_with_no_model_and_the_checkpoint_kept(
     tmp_path: Path,
@@ -501,19 +363,6 @@ def test_the_train_stage_stops_on_a_non_finite_loss_with_no_model_and_the_checkp
     assert not (ws / "models" / "model.pt").exists()
     assert not (ws / "reports" / "train.json").exists()
     assert load_checkpoint(ws / "models" / "checkpoint.pt")["step"] >= 1
-
-
-def finish(ws: Path) -> str:
-    proc = start_stage(ws)
-    out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, out
-    return out
-
-
-def logged(ws: Path, name: str) -> list[tuple[str, str]]:
-    """(step, value) rows of a DVCLive metric, as the text DVC plots read."""
-    with open(ws / "dvclive" / "plots" / "metrics" / f"{name}.tsv", encoding="utf-8") as fh:
-        return [(row["step"], row[name.rsplit("/", 1)[-1]]) for row in csv.DictReader(fh, delimiter="\t")]
 
 
 def test_the_train_stage_killed_with_sigkill_resumes_to_identical_weights_and_curves(tmp_path: Path) -> None:

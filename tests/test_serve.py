@@ -3,7 +3,6 @@ loopback port, the batching engine behind it, errors, API keys, concurrency and 
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
 import random
@@ -12,87 +11,24 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import openai
 import pytest
 import torch
 import uvicorn
-from test_cli import CHILD_ENV, run_cli, save_tiny_model
+from support_cli import CHILD_ENV, run_cli
+from support_models import TEXT
+from support_serve import DEFAULTS, NAME, endless_model, get, greedy, request, running, wait_for
 
 import gptcore.serve as serve_module
 from gptcore.checkpoint import load_model
 from gptcore.engine import Engine
-from gptcore.generate import complete, generate
+from gptcore.generate import generate
 from gptcore.model import GPT, GPTConfig
 from gptcore.sampling import Sampling
 from gptcore.serve import ServeOptions, build_app, render_chat
-
-NAME = "tiny"
-DEFAULTS = Sampling(max_new_tokens=20)
-
-
-def wait_for(condition, what: str, timeout: float = 20.0) -> None:
-    """Poll until `condition()` holds; fail naming `what` if it never does (a guard, not a timing)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
-def get(url: str, path: str, headers: dict | None = None) -> tuple[int, dict]:
-    return request(url, "GET", path, None, headers)
-
-
-def request(
-    url: str, method: str, path: str, body: bytes | dict | None, headers: dict | None = None
-) -> tuple[int, dict]:
-    host, port = url.removeprefix("http://").split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=30)
-    data = json.dumps(body).encode() if isinstance(body, dict) else body
-    conn.request(method, path, body=data, headers={"Content-Type": "application/json", **(headers or {})})
-    response = conn.getresponse()
-    status, payload = response.status, json.loads(response.read())
-    conn.close()
-    return status, payload
-
-
-@contextlib.contextmanager
-def running(model_path: Path, **overrides) -> Iterator[str]:
-    """A live server on a free loopback port, the model loaded; yields its base URL."""
-    options = ServeOptions(
-        model_path=model_path,
-        name=NAME,
-        defaults=DEFAULTS,
-        device="cpu",
-        max_tokens_limit=100_000,
-        max_batch=4,
-        max_body_bytes=64 * 1024,
-        api_key=None,
-    )
-    options = replace(options, **overrides)
-    server = uvicorn.Server(uvicorn.Config(build_app(options), host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for(lambda: server.started, "the server to start")
-    url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    wait_for(lambda: get(url, "/health")[0] == 200, "the model to load")
-    try:
-        yield url
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-
-
-def endless_model(folder: Path) -> Path:
-    """A tiny model that never draws <|endoftext|>: replies run to max_tokens unless a stop
-    string (or the client) ends them."""
-    save_tiny_model(folder / "model.pt", never_eot=True)
-    return folder / "model.pt"
 
 
 @pytest.fixture(scope="module")
@@ -109,11 +45,6 @@ def server(model_path: Path) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def client(server: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=server + "/v1", api_key="unused", max_retries=0, timeout=60)
-
-
-def greedy(model_path: Path, prompt: str, max_tokens: int, stop: tuple[str, ...] = ()) -> str:
-    model, tokenizer, _ = load_model(model_path)
-    return complete(model, tokenizer, prompt, Sampling(temperature=0.0, max_new_tokens=max_tokens, stop=stop))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -501,8 +432,6 @@ def test_serve_command_answers_on_loopback(model_path: Path, tmp_path: Path) -> 
 def test_an_instruction_tuned_model_answers_chat_in_its_template(tmp_path: Path) -> None:
     # an instruction-tuned model's file carries its template: a chat request is rendered in it,
     # as `gptcore chat --model <it>` does, and the reply ends where the template opens a section
-    from test_cli import TEXT
-
     from gptcore.checkpoint import save_model
     from gptcore.instruct import TEMPLATES, render_prompt
     from gptcore.tokenizer import CharTokenizer

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_serve import endless_model, get, greedy, running, wait_for
+from support_serve import endless_model, get, greedy, running, wait_for
 
 from gptcore.serve import render_chat
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import COUNTING_VOCAB as VOCAB
 from conftest import write_counting_store
+from support_train import BASE, assert_same_weights
 
 from gptcore.device import resolve_device
 from gptcore.errors import GptcoreError
@@ -19,48 +20,6 @@ from gptcore.optimizers import configure_optimizer
 from gptcore.params import TrainParams
 from gptcore.tokens import TokenStore
 from gptcore.train import lr_at, train
-
-BASE = TrainParams(
-    init_from=None,
-    arch="gpt2",
-    tie_embeddings=True,
-    qk_norm=False,
-    n_layer=1,
-    n_head=2,
-    n_embd=16,
-    block_size=8,
-    dropout=0.0,
-    bias=False,
-    batch_size=4,
-    grad_accum_steps=1,
-    max_iters=20,
-    learning_rate=1.0e-2,
-    min_lr=1.0e-3,
-    warmup_iters=5,
-    weight_decay=0.1,
-    beta1=0.9,
-    beta2=0.99,
-    grad_clip=1.0,
-    optimizer="adamw",
-    muon_learning_rate=2.0e-2,
-    muon_momentum=0.95,
-    muon_weight_decay=0.0,
-    eval_interval=5,
-    eval_iters=2,
-    log_interval=5,
-    checkpoint_interval=0,
-    seed=7,
-    device="cpu",
-    dtype="float32",
-    compile=False,
-    threads=1,
-    nproc_per_node=1,
-    nnodes=1,
-    rdzv_endpoint="localhost:29500",
-    parallel="ddp",
-    activation_checkpointing=False,
-    preset=None,
-)
 
 
 def params(**changes: object) -> TrainParams:
@@ -78,13 +37,6 @@ def restore_torch_threads():
 
 def run(p: TrainParams, stores: tuple[TokenStore, TokenStore], **kw: object):
     return train(p, stores[0], stores[1], progress=False, **kw)
-
-
-def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
-    sa, sb = a.state_dict(), b.state_dict()
-    assert sa.keys() == sb.keys()
-    for key in sa:
-        assert torch.equal(sa[key], sb[key]), key
 
 
 # --- learning-rate schedule ---------------------------------------------------------------------
