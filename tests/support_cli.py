@@ -9,8 +9,12 @@ from pathlib import Path
 
 from conftest import REPO
 
+
 # one thread: the model is tiny, and OpenMP threads spin-waiting on a busy machine cost seconds
-CHILD_ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+def child_env() -> dict[str, str]:
+    """The environment of a gptcore child process: built when called, so that it carries what the
+    session's fixtures set (GPTCORE_CACHE_DIR: never the user's own autotune cache)."""
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
 
 def run_cli(args: list[str], cwd: Path, stdin: str = "") -> subprocess.CompletedProcess:
@@ -20,6 +24,6 @@ def run_cli(args: list[str], cwd: Path, stdin: str = "") -> subprocess.Completed
         capture_output=True,
         text=True,
         cwd=cwd,
-        env=CHILD_ENV,
+        env=child_env(),
         timeout=60,
     )

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from support_cli import CHILD_ENV, run_cli
+from support_cli import child_env, run_cli
 from support_models import TEXT, save_tiny_model
 
 from gptcore.checkpoint import load_model
@@ -122,7 +122,7 @@ def start_chat(folder: Path) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
         cwd=folder,
-        env=CHILD_ENV,
+        env=child_env(),
     )
 
 
@@ -162,7 +162,7 @@ def test_ctrl_c_at_an_idle_terminal_prompt_clears_the_line_and_ctrl_d_quits(work
     args = ["chat", "--max-new-tokens", "3", "--temperature", "0", "--device", "cpu"]
     pid, fd = pty.fork()
     if pid == 0:  # the child: a chat on a terminal, as a user starts it
-        os.execve(sys.executable, [sys.executable, "-m", "gptcore.cli", *args], CHILD_ENV)
+        os.execve(sys.executable, [sys.executable, "-m", "gptcore.cli", *args], child_env())
     seen = b""
 
     def read_until(text: bytes) -> None:

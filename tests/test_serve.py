@@ -18,7 +18,7 @@ import openai
 import pytest
 import torch
 import uvicorn
-from support_cli import CHILD_ENV, run_cli
+from support_cli import child_env, run_cli
 from support_models import TEXT
 from support_serve import DEFAULTS, NAME, endless_model, get, greedy, request, running, wait_for
 
@@ -406,7 +406,7 @@ def test_serve_command_answers_on_loopback(model_path: Path, tmp_path: Path) -> 
     proc = subprocess.Popen(
         [sys.executable, "-m", "gptcore.cli", *args],
         cwd=tmp_path,
-        env=CHILD_ENV,
+        env=child_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
