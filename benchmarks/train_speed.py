@@ -4,7 +4,8 @@ Four configs, timed with the same settings a user would set in params.yaml:
 
   tiny   n_layer=4  n_head=4  n_embd=128 block_size=64   batch_size=12 dropout=0.0  vocab 86 (char)
   default  the default run's model and batch, read from params.yaml (train: and vocab.vocab_size);
-         today n_layer=4 n_head=4 n_embd=256 block_size=128 batch_size=32 dropout=0.1 vocab 1024
+         today the llama family, n_layer=4 n_head=4 n_embd=256 block_size=128 batch_size=32
+         dropout=0.0 vocab 1024
   small  n_layer=6  n_head=6  n_embd=384 block_size=256  batch_size=64 dropout=0.2  vocab 86 (char)
   gpt2   n_layer=12 n_head=12 n_embd=768 block_size=1024 batch_size=16 dropout=0.0  vocab 50304
          (GPT-2 124M, vocabulary padded to a multiple of 64; meant for `--device cuda`)
@@ -133,6 +134,8 @@ CONFIGS = {
 # gptcore's default model and batch, as params.yaml sets them (see default_config)
 DEFAULT_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "batch_size")
 SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "dropout")
+# the model family; the named configs are nanoGPT's model (gpt2), the default config is params.yaml's
+FAMILY_KEYS = ("arch", "tie_embeddings", "qk_norm")
 
 
 class Variant(NamedTuple):
@@ -180,6 +183,10 @@ def shape(cfg: dict) -> dict:
     return {k: cfg[k] for k in SHAPE_KEYS}
 
 
+def gptcore_config(cfg: dict) -> GPTConfig:
+    return GPTConfig(**shape(cfg), **{k: cfg[k] for k in FAMILY_KEYS if k in cfg})
+
+
 def random_batch(cfg: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     size = (cfg["batch_size"], cfg["block_size"])
     return tuple(torch.randint(0, cfg["vocab_size"], size, device=device) for _ in range(2))
@@ -187,7 +194,7 @@ def random_batch(cfg: dict, device: torch.device) -> tuple[torch.Tensor, torch.T
 
 def gptcore_step(cfg: dict, variant: Variant, device: torch.device) -> tuple[Step, int]:
     torch.manual_seed(0)
-    config = GPTConfig(**shape(cfg))
+    config = gptcore_config(cfg)
     model = GPT(config).to(device)
     # the optimizer the training loop builds (groups, betas, weight decay, Muon's rates from
     # params.yaml's train section); only fused/foreach AdamW and Muon or not are the variant's
@@ -310,7 +317,10 @@ def device_name(device: torch.device) -> str:
 def default_config() -> dict:
     """The default run's model and batch from params.yaml (vocabulary: vocab.vocab_size)."""
     vocab = load_section("vocab", ROOT / "params.yaml")
-    return {k: getattr(TRAIN_PARAMS, k) for k in DEFAULT_KEYS} | {"vocab_size": vocab.vocab_size, "steps": 20}
+    return {k: getattr(TRAIN_PARAMS, k) for k in (*DEFAULT_KEYS, *FAMILY_KEYS)} | {
+        "vocab_size": vocab.vocab_size,
+        "steps": 20,
+    }
 
 
 def auto_variant(cfg: dict, device: torch.device) -> tuple[str, Variant]:
@@ -326,7 +336,7 @@ def auto_variant(cfg: dict, device: torch.device) -> tuple[str, Variant]:
         nproc_per_node=1,
         nnodes=1,
     )
-    decision = decide(params, GPTConfig(**shape(cfg)), device, cfg["batch_size"])
+    decision = decide(params, gptcore_config(cfg), device, cfg["batch_size"])
     print(f"auto for this config ({params.max_iters} steps): {decision.summary(params.max_iters)}")
     choice = decision.choice
     name = f"auto: {choice.describe()}"
