@@ -28,7 +28,7 @@ from gptcore.model import GPT, GPTConfig
 from gptcore.sampling import Sampling
 
 CONFIGS = {
-    "default": GPTConfig(vocab_size=1024, block_size=128, n_layer=4, n_head=4, n_embd=256),
+    "default": GPTConfig(vocab_size=1024, block_size=128, n_layer=4, n_head=4, n_embd=256, arch="llama"),
     "small": GPTConfig(vocab_size=86, block_size=256, n_layer=6, n_head=6, n_embd=384),
 }
 
