@@ -36,10 +36,14 @@ Variants (numbers are what --variants takes; --list prints them):
   8 eager bf16 autocast, Muon            3 with gptcore's optimizer under train.optimizer: muon
                                          (torch.optim.Muon for the blocks' matrices, fused AdamW
                                          for the rest): what Muon's Newton-Schulz steps cost
-  9 auto                                 what train.dtype: auto and train.compile: auto pick for the
-                                         config on this machine (gptcore.autotune: its cached
-                                         timings, or timed now as a training run would, for
-                                         params.yaml's max_iters); the row names the pick
+  9 eager bf16, explicit attention       3 with train.attention: explicit (GPT.attention): q k^T,
+                                         masked softmax in fp32, weights v, written out instead
+                                         of the fused scaled_dot_product_attention kernel
+ 10 compiled bf16, explicit attention    5 with train.attention: explicit
+ 11 auto                                 what train.dtype, train.compile and train.attention: auto
+                                         pick for the config on this machine (gptcore.autotune:
+                                         its cached timings, or timed now as a training run
+                                         would, for params.yaml's max_iters); the row names the pick
 
   reference: nanoGPT (eager fp32)        with --reference, the first row: karpathy/nanoGPT's
                                          model.py from that checkout, stepped the way its train.py
@@ -144,6 +148,7 @@ class Variant(NamedTuple):
     fused: bool  # fused AdamW, else foreach
     compile_opt: bool = False  # also torch.compile the optimizer step
     muon: bool = False  # gptcore's Muon + AdamW (train.optimizer: muon, params.yaml's rates)
+    attention: str = "sdpa"  # GPT.attention: the fused kernel or the explicit one
 
 
 VARIANTS = {
@@ -156,8 +161,10 @@ VARIANTS = {
     "compiled fp32 + compiled AdamW step": Variant("default", None, False, compile_opt=True),
     "compiled fp32 max-autotune": Variant("max-autotune", None, True),
     "eager bf16 autocast, Muon": Variant(None, torch.bfloat16, True, muon=True),
+    "eager bf16, explicit attention": Variant(None, torch.bfloat16, True, attention="explicit"),
+    "compiled bf16, explicit attention": Variant("default", torch.bfloat16, True, attention="explicit"),
 }
-AUTO = "auto"  # what train.dtype/compile: auto pick for the config here (gptcore.autotune)
+AUTO = "auto"  # what train.dtype/compile/attention: auto pick for the config here (gptcore.autotune)
 GPU_RECIPE = "compiled bf16 autocast"
 REFERENCE = "reference: nanoGPT (eager fp32)"
 
@@ -196,6 +203,7 @@ def gptcore_step(cfg: dict, variant: Variant, device: torch.device) -> tuple[Ste
     torch.manual_seed(0)
     config = gptcore_config(cfg)
     model = GPT(config).to(device)
+    model.attention = variant.attention
     # the optimizer the training loop builds (groups, betas, weight decay, Muon's rates from
     # params.yaml's train section); only fused/foreach AdamW and Muon or not are the variant's
     train = dataclasses.replace(TRAIN_PARAMS, optimizer="muon" if variant.muon else "adamw")
@@ -324,13 +332,14 @@ def default_config() -> dict:
 
 
 def auto_variant(cfg: dict, device: torch.device) -> tuple[str, Variant]:
-    """What `train.dtype: auto` and `train.compile: auto` pick for this config on this machine: read
-    from gptcore's cache, or timed now (and cached) as a training run would."""
+    """What `train.dtype`, `train.compile` and `train.attention: auto` pick for this config on this
+    machine: read from gptcore's cache, or timed now (and cached) as a training run would."""
     params = dataclasses.replace(
         TRAIN_PARAMS,
         **{k: cfg[k] for k in DEFAULT_KEYS},
         dtype="auto",
         compile="auto",
+        attention="auto",
         optimizer="adamw",
         grad_accum_steps=1,
         nproc_per_node=1,
@@ -340,7 +349,9 @@ def auto_variant(cfg: dict, device: torch.device) -> tuple[str, Variant]:
     print(f"auto for this config ({params.max_iters} steps): {decision.summary(params.max_iters)}")
     choice = decision.choice
     name = f"auto: {choice.describe()}"
-    return name, Variant("default" if choice.compile else None, choice.autocast_dtype, True)
+    return name, Variant(
+        "default" if choice.compile else None, choice.autocast_dtype, True, attention=choice.attention
+    )
 
 
 def selected_variants(spec: str | None, cname: str, device: torch.device) -> list[str]:

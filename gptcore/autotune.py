@@ -1,17 +1,21 @@
-"""`train.dtype: auto` and `train.compile: auto`: decided by timing the candidates on this machine.
+"""`train.dtype`, `train.compile` and `train.attention: auto`: decided by timing the candidates on
+this machine.
 
 CPUs differ more than tables admit: on one 2-core machine of ours bf16 matmuls ran at half the
-fp32 rate, on another (AMD Zen, avx512_bf16) at 2.5x it, and whether `torch.compile` pays depends
-on the model's shape as much as on the hardware. So `auto` is measured, never looked up:
+fp32 rate, on another (AMD Zen, avx512_bf16) at 2.5x it; on that one the fused attention kernel's
+bf16 backward was slower than the written-out one, and whether `torch.compile` pays depends on the
+model's shape as much as on the hardware. So `auto` is measured, never looked up:
 
-1. each candidate precision (fp32; bf16 autocast where the device has it) trains this run's model
-   shape and micro-batch eagerly for a few steps: warm-up steps, then timed ones (median);
-2. the faster precision is then timed compiled as well (when `compile: auto`); compiling does not
-   change which precision is faster often enough to pay for a second compile of the slower one;
+1. each candidate precision (fp32; bf16 autocast where the device has it) with each attention
+   kernel (fused `sdpa`, `explicit`; gptcore.model) trains this run's model shape and micro-batch
+   eagerly for a few steps: warm-up steps, then timed ones (median);
+2. the fastest of those is then timed compiled as well (when `compile: auto`); compiling does not
+   change which eager candidate is fastest often enough to pay for a second compile;
 3. each candidate's cost for this run is its warm-up (the compile, for a compiled one) plus its
-   step time for the rest of the run's steps; the cheapest wins, and fp32 eager, then bf16, then
-   compiled, are preferred unless another candidate is more than `MARGIN` faster, so noise on a
-   shared machine does not flip the decision between equal choices.
+   step time for the rest of the run's steps; the cheapest wins, and fp32 eager, then bf16, the
+   fused kernel before the explicit one, then compiled, are preferred unless another candidate is
+   more than `MARGIN` faster, so noise on a shared machine does not flip the decision between
+   equal choices.
 
 Bounded: each candidate times at most `TIMED_STEPS` steps and stops early after `PROBE_SECONDS`;
 on the default run (1,000 steps) the eager probes cost under 2% of it, the compiled one its compile.
@@ -20,7 +24,10 @@ shape in `~/.cache/gptcore/autotune.json` (`$GPTCORE_CACHE_DIR` moves it), so a 
 nothing and a run of another length re-decides from the same figures. A resumed run keeps the
 choice its checkpoint recorded (`train.py`): it never re-measures mid-run.
 
-Explicit `dtype: float32 | bfloat16` and `compile: true | false` are obeyed without measuring.
+Explicit `dtype: float32 | bfloat16`, `compile: true | false` and `attention: sdpa | explicit` are
+obeyed without measuring; the others are still measured. The explicit kernel keeps each head's
+T x T attention weights for the backward pass: a run whose memory plan fits only without them
+(gptcore.memory) does not try it.
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ import torch
 
 from gptcore.atomic import atomic_file
 from gptcore.device import autocast
-from gptcore.model import GPT, GPTConfig
+from gptcore.model import ATTENTION_KERNELS, GPT, GPTConfig
 from gptcore.optimizers import configure_optimizer
 from gptcore.params import TrainParams
 
@@ -47,20 +54,22 @@ WARM_STEPS = 2  # the first steps allocate, autotune oneDNN kernels, and (compil
 TIMED_STEPS = 5
 PROBE_SECONDS = 10.0  # a candidate's timed steps stop after this much time (at least 2 are timed)
 MARGIN = 0.05  # a later candidate must be this much cheaper to win over an earlier one
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: candidates name their attention kernel
 
 
 @dataclass(frozen=True)
 class Choice:
     dtype: str  # "float32" or "bfloat16" (autocast; master weights stay fp32)
     compile: bool
+    attention: str = "sdpa"  # GPT.attention: "sdpa" or "explicit"
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
         return torch.bfloat16 if self.dtype == "bfloat16" else None
 
     def describe(self) -> str:
-        return f"{'compiled' if self.compile else 'eager'} {'bf16 autocast' if self.dtype == 'bfloat16' else 'fp32'}"
+        precision = "bf16 autocast" if self.dtype == "bfloat16" else "fp32"
+        return f"{'compiled' if self.compile else 'eager'} {precision}, {self.attention} attention"
 
 
 @dataclass(frozen=True)
@@ -72,10 +81,11 @@ class Timing:
     warm_seconds: float
     step_seconds: float | None  # None: the candidate failed (reason in `error`)
     error: str | None = None
+    attention: str = "sdpa"
 
     @property
     def choice(self) -> Choice:
-        return Choice(self.dtype, self.compile)
+        return Choice(self.dtype, self.compile, self.attention)
 
     def run_seconds(self, steps: int) -> float:
         """What `steps` optimizer steps cost with this candidate, its compile included."""
@@ -94,6 +104,7 @@ class Decision:
         out: dict[str, Any] = {
             "dtype": self.choice.dtype,
             "compile": self.choice.compile,
+            "attention": self.choice.attention,
             "source": self.source,
         }
         if self.timings:
@@ -102,20 +113,29 @@ class Decision:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str) -> Decision:
+        # a checkpoint written before the attention kernel was a choice trained with the fused one
         timings = [
-            Timing(t["dtype"], t["compile"], t["warm_seconds"], t["step_seconds"], t.get("error"))
+            Timing(
+                t["dtype"],
+                t["compile"],
+                t["warm_seconds"],
+                t["step_seconds"],
+                t.get("error"),
+                t.get("attention", "sdpa"),
+            )
             for t in raw.get("candidates", [])
         ]
-        return cls(Choice(raw["dtype"], bool(raw["compile"])), source, timings)
+        choice = Choice(raw["dtype"], bool(raw["compile"]), raw.get("attention", "sdpa"))
+        return cls(choice, source, timings)
 
     def summary(self, steps: int) -> str:
         lines = [f"{self.choice.describe()} ({self.source})"]
         for t in self.timings:
             if t.step_seconds is None:
-                lines.append(f"  {t.choice.describe():22s} failed: {t.error}")
+                lines.append(f"  {t.choice.describe():40s} failed: {t.error}")
             else:
                 lines.append(
-                    f"  {t.choice.describe():22s} {t.step_seconds * 1e3:8.1f} ms/step, warm-up "
+                    f"  {t.choice.describe():40s} {t.step_seconds * 1e3:8.1f} ms/step, warm-up "
                     f"{t.warm_seconds:5.1f} s, {steps} steps ~{t.run_seconds(steps):7.1f} s"
                 )
         return "\n".join(lines)
@@ -146,7 +166,9 @@ def pick(timings: list[Timing], steps: int) -> Choice:
     later one is more than MARGIN cheaper. Timings are in preference order."""
     ok = [t for t in timings if t.step_seconds is not None]
     if not ok:
-        raise RuntimeError("no precision/compile candidate ran: " + "; ".join(str(t.error) for t in timings))
+        raise RuntimeError(
+            "no precision/compile/attention candidate ran: " + "; ".join(str(t.error) for t in timings)
+        )
     best = ok[0]
     for t in ok[1:]:
         if t.run_seconds(steps) < (1.0 - MARGIN) * best.run_seconds(steps):
@@ -157,20 +179,27 @@ def pick(timings: list[Timing], steps: int) -> Choice:
 Probe = Callable[[Choice], Timing]
 
 
-def search(params: TrainParams, device: torch.device, probe: Probe) -> list[Timing]:
-    """Time the candidates the params leave open, in preference order (see the module's doc)."""
+def search(
+    params: TrainParams, device: torch.device, probe: Probe, kernels: tuple[str, ...] = ATTENTION_KERNELS
+) -> list[Timing]:
+    """Time the candidates the params leave open, in preference order (see the module's doc).
+    `kernels`: the attention kernels `attention: auto` may try (those the memory plan fits)."""
     dtypes = [params.dtype] if params.dtype != "auto" else ["float32"]
     if params.dtype == "auto" and bf16_supported(device):
         dtypes.append("bfloat16")
+    attentions = (
+        [params.attention] if params.attention != "auto" else [k for k in ATTENTION_KERNELS if k in kernels]
+    )
     compile_auto = params.compile == "auto"
-    first = [probe(Choice(d, False if compile_auto else bool(params.compile))) for d in dtypes]
+    compiled = False if compile_auto else bool(params.compile)
+    first = [probe(Choice(d, compiled, a)) for d in dtypes for a in attentions]
     if not compile_auto:
         return first
     done = [t for t in first if t.step_seconds is not None]
     if not done:
         return first
     fastest = min(done, key=lambda t: t.step_seconds)
-    return [*first, probe(Choice(fastest.dtype, True))]
+    return [*first, probe(Choice(fastest.dtype, True, fastest.attention))]
 
 
 def machine_key(params: TrainParams, config: GPTConfig, device: torch.device, micro_batch: int) -> str:
@@ -239,15 +268,20 @@ def store_timings(key: str, timings: list[Timing], path: Path | None = None) -> 
 
 
 def cached_decision(
-    params: TrainParams, config: GPTConfig, device: torch.device, micro_batch: int, cache: Path | None = None
+    params: TrainParams,
+    config: GPTConfig,
+    device: torch.device,
+    micro_batch: int,
+    cache: Path | None = None,
+    kernels: tuple[str, ...] = ATTENTION_KERNELS,
 ) -> Decision | None:
     """The decision without timing anything: forced by params, or from the cache; None when the
     cache lacks a candidate this run would time."""
-    if params.dtype != "auto" and params.compile != "auto":
-        return Decision(Choice(params.dtype, bool(params.compile)), "params")
+    if "auto" not in (params.dtype, params.compile, params.attention):
+        return Decision(Choice(params.dtype, bool(params.compile), params.attention), "params")
     cached = cached_timings(machine_key(params, config, device, micro_batch), cache) or []
     try:  # the same search as a measurement, answered from the cache
-        timings = search(params, device, lambda c: _lookup(cached, c))
+        timings = search(params, device, lambda c: _lookup(cached, c), kernels)
     except LookupError:
         return None
     return Decision(pick(timings, params.max_iters * params.grad_accum_steps), "cache", timings)
@@ -260,14 +294,15 @@ def decide(
     micro_batch: int,
     probe: Probe | None = None,
     cache: Path | None = None,
+    kernels: tuple[str, ...] = ATTENTION_KERNELS,
 ) -> Decision:
-    """The precision and compile choice for this run: forced by params, else from the cache, else
-    measured now (and cached)."""
-    found = cached_decision(params, config, device, micro_batch, cache)
+    """The precision, compile and attention choice for this run: forced by params, else from the
+    cache, else measured now (and cached). `kernels`: see `search`."""
+    found = cached_decision(params, config, device, micro_batch, cache, kernels)
     if found is not None:
         return found
     key = machine_key(params, config, device, micro_batch)
-    timings = search(params, device, probe or TrainingProbe(params, config, device, micro_batch))
+    timings = search(params, device, probe or TrainingProbe(params, config, device, micro_batch), kernels)
     store_timings(key, _merge(cached_timings(key, cache) or [], timings), cache)
     return Decision(pick(timings, params.max_iters * params.grad_accum_steps), "measured", timings)
 
@@ -312,7 +347,8 @@ class TrainingProbe:
                 if choice == Choice("float32", False):
                     raise
                 first_line = (str(exc).strip().splitlines() or [""])[0][:200]
-                return Timing(choice.dtype, choice.compile, 0.0, None, f"{type(exc).__name__}: {first_line}")
+                error = f"{type(exc).__name__}: {first_line}"
+                return Timing(choice.dtype, choice.compile, 0.0, None, error, choice.attention)
             finally:
                 if choice.compile:
                     torch.compiler.reset()
@@ -320,6 +356,7 @@ class TrainingProbe:
     def _time(self, choice: Choice) -> Timing:
         torch.manual_seed(0)
         model = GPT(self.config).to(self.device)
+        model.attention = choice.attention
         model.train()
         optimizer = configure_optimizer(model, self.params, self.device)
         forward = torch.compile(model) if choice.compile else model
@@ -349,4 +386,4 @@ class TrainingProbe:
             t0 = self._now()
             step()
             times.append(self._now() - t0)
-        return Timing(choice.dtype, choice.compile, warm, statistics.median(times))
+        return Timing(choice.dtype, choice.compile, warm, statistics.median(times), None, choice.attention)

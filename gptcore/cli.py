@@ -615,7 +615,7 @@ def cmd_info(args: argparse.Namespace) -> None:
         if train.preset:
             rows.append(("preset", train.preset))
         first, *candidates = _precision_rows(train, config, args.measure)
-        rows.append(("precision (dtype, compile)", first))
+        rows.append(("precision (dtype, compile, attention)", first))
         rows += [("", line) for line in candidates]
         rows += memory_plan(train, config, resolve_device(train.device)).rows()
     print(_table(rows))

@@ -62,7 +62,7 @@ class PerToken:
     logits: int  # the logits the forward pass returns, which the loop holds until the step ends
 
 
-def per_token(config: GPTConfig, bf16: bool = False) -> PerToken:
+def per_token(config: GPTConfig, bf16: bool = False, explicit: bool = False) -> PerToken:
     """What autograd keeps per token, counted for each family from the tensors it saves.
 
     Follows the breakdown of Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large
@@ -78,8 +78,11 @@ def per_token(config: GPTConfig, bf16: bool = False) -> PerToken:
       and the product (F); one inverse RMS a norm. With qk_norm, 3C + 2H more (each head's
       normalised queries and keys, measured);
     - both: `scaled_dot_product_attention`'s fused kernel keeps one log-sum-exp per head (H),
-      never the T x T weights (the model drops no attention weights); with dropout, the masks of
-      the two residual branches, which the CPU keeps as fp32 (2C);
+      never the T x T weights (the model drops no attention weights); the explicit kernel
+      (`explicit`, GPT.attention) keeps instead each head's row of softmax weights (H x T), in
+      fp32, and under bf16 autocast their bf16 copy too (and a T x T mask per block, T / batch
+      bytes a token, left out); with dropout, the masks of the two
+      residual branches, which the CPU keeps as fp32 (2C);
     - outside the blocks: the final norm's saved values and the head's input (2C, llama's RMSNorm
       3C), the embedding dropout mask (C, with dropout), the logits (alive until the loss is
       taken) and their log-softmax (2V); as the backward pass starts, with every activation still
@@ -97,6 +100,16 @@ def per_token(config: GPTConfig, bf16: bool = False) -> PerToken:
     C, F, H, V = config.n_embd, config.ffn_hidden, config.n_head, config.vocab_size
     llama = config.arch == "llama"
     dropout = config.dropout > 0
+    # per block: the fused kernel's fp32 log-sum-exp per head, or the explicit one's weights. In
+    # fp32 the fused kernel keeps llama's values as a view of the q/k/v projection, holding all
+    # 3C of it; the explicit one's matmul keeps a C copy, so 2C fewer (gpt2's q and k are views
+    # too, which the explicit kernel copies: no difference there)
+    T = config.block_size
+    attention = 4 * H
+    if explicit:
+        attention = (6 if bf16 else 4) * H * T
+        if llama and not config.qk_norm and not bf16:
+            attention -= 8 * C
     if bf16:
         if llama:  # 2 fp32 norm inputs; bf16 matmul inputs, q, k, v, rotated q and k, SwiGLU's 4F
             block = 8 * C + 2 * (8 * C + 4 * F)
@@ -105,7 +118,7 @@ def per_token(config: GPTConfig, bf16: bool = False) -> PerToken:
         else:  # 2 fp32 norm inputs; bf16 c_attn and c_proj inputs, q, k, v, c_fc's input, GELU's 2F
             block = 8 * C + 2 * (6 * C + 2 * F)
         return PerToken(
-            block=block + 4 * H + (2 * C if dropout else 0),
+            block=block + attention + (2 * C if dropout else 0),
             block_input=4 * C,
             outside=6 * C + (C if dropout else 0) + 10 * V,
             loss_gradients=8 * V,
@@ -116,7 +129,7 @@ def per_token(config: GPTConfig, bf16: bool = False) -> PerToken:
     else:
         block = 4 * (8 * C + 2 * F + 4)
     return PerToken(
-        block=block + 4 * H + (8 * C if dropout else 0),
+        block=block + attention + (8 * C if dropout else 0),
         block_input=4 * C,
         outside=4 * ((3 if llama else 2) * C + 2 * V) + (4 * C if dropout else 0),
         loss_gradients=8 * V,
@@ -125,35 +138,43 @@ def per_token(config: GPTConfig, bf16: bool = False) -> PerToken:
 
 
 def activation_bytes(
-    config: GPTConfig, batch_size: int, bf16: bool = False, checkpointing: bool = False
+    config: GPTConfig,
+    batch_size: int,
+    bf16: bool = False,
+    checkpointing: bool = False,
+    explicit: bool = False,
 ) -> int:
     """Estimated bytes of the activations that one training micro-batch's forward pass keeps for
     its backward pass (`per_token`): the blocks' saved tensors, or with activation checkpointing
     only their inputs, and what is saved outside them, the logits included."""
-    t = per_token(config, bf16)
+    t = per_token(config, bf16, explicit)
     block = t.block_input if checkpointing else t.block
     return batch_size * config.block_size * (config.n_layer * block + t.outside)
 
 
 def peak_activation_bytes(
-    config: GPTConfig, batch_size: int, bf16: bool = False, checkpointing: bool = False
+    config: GPTConfig,
+    batch_size: int,
+    bf16: bool = False,
+    checkpointing: bool = False,
+    explicit: bool = False,
 ) -> int:
     """The most activation bytes one micro-batch holds at once: what its forward pass kept, and
     the loss's gradients as the backward pass starts. With activation checkpointing, during the
     backward pass one block's activations are recomputed at a time, once the loss's values outside
     the blocks are freed: the larger of the two counts."""
-    t = per_token(config, bf16)
+    t = per_token(config, bf16, explicit)
     tokens = batch_size * config.block_size
     if checkpointing:
         return tokens * (config.n_layer * t.block_input + max(t.block, t.outside + t.loss_gradients))
     return tokens * (config.n_layer * t.block + t.outside + t.loss_gradients)
 
 
-def recomputed_bytes(config: GPTConfig, batch_size: int, bf16: bool = False) -> int:
+def recomputed_bytes(config: GPTConfig, batch_size: int, bf16: bool = False, explicit: bool = False) -> int:
     """With activation checkpointing, the activations held when the gradients are nearly all made:
     the blocks' saved inputs, the first block's recomputed activations, and the logits, which the
     training loop holds (`_, loss = model(x, y)`) until the step ends."""
-    t = per_token(config, bf16)
+    t = per_token(config, bf16, explicit)
     return batch_size * config.block_size * (config.n_layer * t.block_input + t.block + t.logits)
 
 
@@ -212,6 +233,7 @@ class MemoryPlan:
     available: int | None  # device memory of one process; None when unknown
     where: str  # what `available` is
     optimizer_name: str = "AdamW"  # "AdamW + Muon" with train.optimizer: muon
+    explicit: bool = False  # the explicit attention kernel, which keeps the attention weights
 
     @property
     def total(self) -> int:
@@ -233,6 +255,7 @@ class MemoryPlan:
             f"{mode}, {'bf16' if self.bf16 else 'fp32'}, micro-batch {self.batch_size // self.processes} "
             f"x {self.config.block_size} tokens per process{', accumulated' if self.accumulating else ''}, "
             f"activation checkpointing {'on' if self.checkpointing else 'off'}"
+            f"{', explicit attention' if self.explicit else ''}"
         )
 
     def verdict(self) -> str:
@@ -271,6 +294,7 @@ def plan_memory(
     where: str = "unknown",
     sizes: Sizes | None = None,
     optimizer: str = "adamw",
+    explicit: bool = False,
 ) -> MemoryPlan:
     """The plan for `batch_size` sequences a micro-step, shared by `processes` (see the module doc)."""
     sizes = sizes or Sizes.of(config)
@@ -303,11 +327,12 @@ def plan_memory(
         working=working,
         gradients=gradients,
         optimizer=8 * (local - muon) + 4 * muon,
-        activations=peak_activation_bytes(config, batch_size // processes, bf16, checkpointing),
-        recomputed=recomputed_bytes(config, batch_size // processes, bf16) if checkpointing else 0,
+        activations=peak_activation_bytes(config, batch_size // processes, bf16, checkpointing, explicit),
+        recomputed=recomputed_bytes(config, batch_size // processes, bf16, explicit) if checkpointing else 0,
         available=available,
         where=where,
         optimizer_name="AdamW + Muon" if optimizer == "muon" else "AdamW",
+        explicit=explicit,
     )
 
 
@@ -335,6 +360,7 @@ def what_would_fit(plan: MemoryPlan, sizes: Sizes | None = None) -> list[str]:
             "parallel": plan.parallel,
             "checkpointing": plan.checkpointing,
             "accumulating": plan.accumulating,
+            "explicit": plan.explicit,
             **changes,
         }
         return plan_memory(
@@ -348,6 +374,8 @@ def what_would_fit(plan: MemoryPlan, sizes: Sizes | None = None) -> list[str]:
         )
 
     options: list[tuple[str, MemoryPlan]] = []
+    if plan.explicit:
+        options.append(("train.attention: sdpa", again(explicit=False)))
     if plan.parallel != "fsdp" and plan.processes > 1:
         options.append(("train.parallel: fsdp", again(parallel="fsdp")))
     if not plan.checkpointing:

@@ -10,9 +10,15 @@ Two families, each the same network as one that `transformers` loads, so weights
   queries and keys are RMS-normalised before the rotation (Qwen3ForCausalLM).
 
 Both: n_layer blocks x + attn(norm(x)), then x + mlp(norm(x)); multi-head causal self-attention
-with one fused q/k/v projection and `scaled_dot_product_attention` (an explicit masked-softmax path
-gives the same result and returns the attention weights, for tests and inspection); the output
-head tied to the token embedding unless `tie_embeddings` is false. The family picks the norm, the
+with one fused q/k/v projection and `scaled_dot_product_attention`, or an explicit masked-softmax
+path that gives the same result (and returns the attention weights, for tests and inspection);
+the output head tied to the token embedding unless `tie_embeddings` is false.
+
+`GPT.attention` picks the kernel a forward pass uses when the call does not: "sdpa" (the default)
+or "explicit". Which trains faster is the machine's to say (on one AMD EPYC CPU, in bf16 at the
+default run's shape, the fused kernel's forward and backward took 3.7x as long as the written-out
+product and softmax; README, "Performance"), so `train.attention: auto` times both
+(gptcore.autotune). The family picks the norm, the
 feed-forward and the position encoding once, at construction; forward passes do not branch on it.
 
 - dropout on the embeddings and on each residual branch, not on the attention weights: dropping
@@ -35,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 ARCHS = ("gpt2", "llama")
+ATTENTION_KERNELS = ("sdpa", "explicit")  # GPT.attention: fused scaled_dot_product_attention, or written out
 ACTIVATIONS = ("gelu", "gelu_tanh")
 
 
@@ -290,7 +297,9 @@ class MultiHeadAttention(nn.Module):
         T = x.shape[1]
         scores = (q @ k.transpose(-2, -1)) / math.sqrt(k.shape[-1])
         mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-        weights = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+        # the softmax in fp32 whatever the autocast dtype (as the fused kernels compute it); its
+        # weights then meet the values in their dtype, bf16 under autocast
+        weights = scores.masked_fill(~mask, float("-inf")).float().softmax(dim=-1).to(v.dtype)
         return self._merge(weights @ v), weights
 
 
@@ -370,6 +379,9 @@ class GPT(nn.Module):
         if config.tie_embeddings:
             self.lm_head.weight = self.wte.weight  # weight tying (Press & Wolf 2017)
         self.rotary = Rotary(config) if config.arch == "llama" else None
+        # the attention kernel of a forward pass that does not name one (ATTENTION_KERNELS); a KV
+        # cache's passes always use the fused kernel
+        self.attention = "sdpa"
         self.apply(self._init_weights)
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -408,11 +420,14 @@ class GPT(nn.Module):
         self,
         idx: torch.Tensor,
         targets: torch.Tensor | None = None,
-        explicit: bool = False,
+        explicit: bool | None = None,
         cache: KVCache | None = None,
         positions: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (B, T, vocab) for token ids (B, T); mean cross-entropy when targets are given.
+
+        `explicit` forces the attention path (True: written out, False: fused); None: the one
+        `self.attention` names, or the fused one with a cache.
 
         With `cache`, idx continues the tokens cached so far (positions cache.length ..), and
         their keys and values are added to it. With `positions` (B,) as well, idx is one token
@@ -427,12 +442,18 @@ class GPT(nn.Module):
     def hidden_states(self, idx: torch.Tensor) -> torch.Tensor:
         """The final norm's output (B, T, n_embd) for token ids (B, T): what lm_head reads,
         and what a task head (a classifier) reads instead of it."""
-        return self._trunk(idx, explicit=False, cache=None)
+        return self._trunk(idx, explicit=None, cache=None)
 
     def _trunk(
-        self, idx: torch.Tensor, explicit: bool, cache: KVCache | None, positions: torch.Tensor | None = None
+        self,
+        idx: torch.Tensor,
+        explicit: bool | None,
+        cache: KVCache | None,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Embeddings, blocks and the final norm: (B, T) ids -> (B, T, n_embd)."""
+        if explicit is None:
+            explicit = cache is None and self.attention == "explicit"
         T = idx.shape[1]
         start: int | torch.Tensor = cache.length if cache is not None else 0
         if positions is not None:

@@ -155,6 +155,7 @@ class TrainParams:
     activation_checkpointing: bool
     preset: str | None
     zero_init_proj: bool = False
+    attention: str = "auto"
 
     @property
     def world_size(self) -> int:
@@ -234,6 +235,8 @@ class TrainParams:
             _fail("train.dtype", self.dtype, "allowed: auto, bfloat16, float32")
         if isinstance(self.compile, str) and self.compile != "auto":
             _fail("train.compile", self.compile, "allowed: auto, true, false")
+        if self.attention not in ("auto", "sdpa", "explicit"):  # gptcore.model.ATTENTION_KERNELS
+            _fail("train.attention", self.attention, "allowed: auto, sdpa, explicit")
         if self.batch_size % self.world_size:
             _fail(
                 "train.batch_size",

@@ -62,7 +62,7 @@ from gptcore.memory import (
     plan_memory,
     what_would_fit,
 )
-from gptcore.model import GPT, GPTConfig, flops_per_token
+from gptcore.model import ATTENTION_KERNELS, GPT, GPTConfig, flops_per_token
 from gptcore.optimizers import configure_optimizer
 from gptcore.params import TrainParams
 from gptcore.tokens import TokenStore
@@ -103,15 +103,24 @@ def planned_config(params: TrainParams, vocab_size: int) -> GPTConfig:
 
 
 def memory_plan(
-    params: TrainParams, config: GPTConfig, device: torch.device, bf16: bool | None = None
+    params: TrainParams,
+    config: GPTConfig,
+    device: torch.device,
+    bf16: bool | None = None,
+    explicit: bool | None = None,
 ) -> MemoryPlan:
-    """The memory plan of this run on `device` (see gptcore.memory). `bf16` None: as train.dtype
-    says; for `auto`, the candidate precision that needs less (the check before the run stops only
-    what no precision fits; the loop plans again once autotune has chosen)."""
+    """The memory plan of this run on `device` (see gptcore.memory). `bf16` and `explicit` (the
+    attention kernel) None: as train.dtype and train.attention say; for `auto`, the candidate that
+    needs less (the check before the run stops only what no candidate fits; the loop plans again
+    once autotune has chosen)."""
+    if explicit is None:
+        explicit = params.attention == "explicit"  # auto: sdpa, which keeps less
     if bf16 is None:
         if params.dtype == "auto":
             options = [False, True] if bf16_supported(device) else [False]
-            return min((memory_plan(params, config, device, b) for b in options), key=lambda p: p.total)
+            return min(
+                (memory_plan(params, config, device, b, explicit) for b in options), key=lambda p: p.total
+            )
         bf16 = params.dtype == "bfloat16"
     available, where = device_memory(device, params.nproc_per_node)
     return plan_memory(
@@ -125,6 +134,7 @@ def memory_plan(
         accumulating=params.grad_accum_steps > 1,
         available=available,
         where=where,
+        explicit=explicit,
     )
 
 
@@ -173,7 +183,7 @@ class TrainResult:
     mfu: float | None  # None where the device's peak is unknown (CPU, unlisted GPUs)
     peak_memory_bytes: int | None  # CUDA only
     resumed_from: int | None  # the step the run continued from, None when it started fresh
-    precision: Decision  # the dtype and compile choice the run trained with, and why
+    precision: Decision  # the dtype, compile and attention choice the run trained with, and why
 
 
 # (step, metrics) at each evaluation: "train/loss", "val/loss", "lr", and from the second
@@ -216,6 +226,7 @@ class _Run:
         else:
             self.config = model_config(params, train_store.vocab_size)
         self.model = GPT(self.config)
+        self.model.attention = precision.choice.attention
         if initial is not None:
             self.model.load_state_dict(initial)
         elif params.zero_init_proj:
@@ -569,13 +580,17 @@ def resumable(path: Path, identity: dict[str, Any], ranks: Ranks) -> dict[str, A
 def _precision(
     params: TrainParams, config: GPTConfig, device: torch.device, ranks: Ranks, saved: dict[str, Any] | None
 ) -> Decision:
-    """dtype and compile: the checkpoint's when resuming (a run never changes them midway), else
-    forced by params or measured (gptcore.autotune) on rank 0, the same on every rank."""
+    """dtype, compile and the attention kernel: the checkpoint's when resuming (a run never
+    changes them midway), else forced by params or measured (gptcore.autotune) on rank 0, the same
+    on every rank. `attention: auto` tries the explicit kernel only where its memory plan fits."""
     if saved is not None and "precision" in saved:
         return Decision.from_dict(saved["precision"], "checkpoint")
     decision = None
     if ranks.is_main:
-        decision = decide(params, config, device, params.batch_size // ranks.world_size)
+        kernels = ATTENTION_KERNELS
+        if params.attention == "auto" and memory_plan(params, config, device, explicit=True).fits is False:
+            kernels = ("sdpa",)
+        decision = decide(params, config, device, params.batch_size // ranks.world_size, kernels=kernels)
     return from_main(decision, ranks)
 
 
@@ -601,10 +616,12 @@ def _train(
     if ranks.is_main:
         _say(f"precision: {precision.summary(params.max_iters * params.grad_accum_steps)}")
     decided_bf16 = precision.choice.dtype == "bfloat16"
-    if decided_bf16 != plan.bf16:  # auto chose the other precision: its plan must fit too
-        plan = memory_plan(params, plan.config, device, bf16=decided_bf16)
+    decided_explicit = precision.choice.attention == "explicit"
+    # auto chose the other precision or the explicit kernel: that plan must fit too
+    if (decided_bf16, decided_explicit) != (plan.bf16, plan.explicit):
+        plan = memory_plan(params, plan.config, device, bf16=decided_bf16, explicit=decided_explicit)
         if ranks.is_main:
-            _say(f"memory plan for the chosen precision: {plan.verdict()}")
+            _say(f"memory plan for the chosen precision and attention: {plan.verdict()}")
         check_memory_plan(plan)
     run = _Run(params, train_store, val_store, ranks, device, precision)
     run.identity = identity

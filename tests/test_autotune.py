@@ -1,5 +1,5 @@
-"""train.dtype/compile: auto: which candidates are timed, how the winner is picked, the cache,
-the bounded probe, and that a resumed run keeps its checkpoint's choice."""
+"""train.dtype/compile/attention: auto: which candidates are timed, how the winner is picked, the
+cache, the bounded probe, and that a resumed run keeps its checkpoint's choice."""
 
 from __future__ import annotations
 
@@ -19,14 +19,18 @@ from gptcore.model import GPTConfig
 from gptcore.train import model_config, train
 
 CPU = torch.device("cpu")
-AUTO = dataclasses.replace(BASE, dtype="auto", compile="auto")
+# dtype and compile left to measurement; the attention kernel too where a test says so
+AUTO = dataclasses.replace(BASE, dtype="auto", compile="auto", attention="sdpa")
+ALL_AUTO = dataclasses.replace(AUTO, attention="auto")
 CONFIG = model_config(AUTO, VOCAB)
 FP32, BF16 = Choice("float32", False), Choice("bfloat16", False)
 FP32_C, BF16_C = Choice("float32", True), Choice("bfloat16", True)
+FP32_X, BF16_X = Choice("float32", False, "explicit"), Choice("bfloat16", False, "explicit")
+BF16_XC = Choice("bfloat16", True, "explicit")
 
 
 def timing(choice: Choice, step: float | None, warm: float = 0.0, error: str | None = None) -> Timing:
-    return Timing(choice.dtype, choice.compile, warm, step, error)
+    return Timing(choice.dtype, choice.compile, warm, step, error, choice.attention)
 
 
 class FakeProbe:
@@ -72,6 +76,22 @@ def test_search_times_both_precisions_eagerly_then_compiles_only_the_faster() ->
     assert [t.choice for t in timings] == [FP32, BF16, BF16_C]
 
 
+def test_search_times_both_attention_kernels_in_each_precision_then_compiles_the_fastest() -> None:
+    probe = FakeProbe({FP32: 1.0, FP32_X: 1.1, BF16: 0.8, BF16_X: 0.5, BF16_XC: 0.3})
+    timings = search(ALL_AUTO, CPU, probe)
+    assert probe.asked == [FP32, FP32_X, BF16, BF16_X, BF16_XC]
+    assert pick(timings, steps=1000) == BF16_XC
+    # a kernel the memory plan rules out is not tried
+    probe = FakeProbe({FP32: 1.0, BF16: 0.8, BF16_C: 0.7})
+    search(ALL_AUTO, CPU, probe, kernels=("sdpa",))
+    assert probe.asked == [FP32, BF16, BF16_C]
+
+
+def test_the_fused_kernel_is_kept_unless_the_explicit_one_is_clearly_faster() -> None:
+    assert pick([timing(FP32, 1.0), timing(FP32_X, 0.97)], steps=1000) == FP32
+    assert pick([timing(FP32, 1.0), timing(FP32_X, 0.9)], steps=1000) == FP32_X
+
+
 def test_search_obeys_what_the_params_force() -> None:
     probe = FakeProbe({FP32: 1.0, FP32_C: 0.9})
     search(dataclasses.replace(AUTO, dtype="float32"), CPU, probe)
@@ -79,6 +99,11 @@ def test_search_obeys_what_the_params_force() -> None:
     probe = FakeProbe({FP32: 1.0, BF16: 0.5})
     search(dataclasses.replace(AUTO, compile=False), CPU, probe)
     assert probe.asked == [FP32, BF16]
+    # forced dtype and compile, the kernel left open: both kernels, compiled as forced
+    probe = FakeProbe({BF16_C: 1.0, BF16_XC: 0.5})
+    forced = dataclasses.replace(ALL_AUTO, dtype="bfloat16", compile=True)
+    assert pick(search(forced, CPU, probe), 1000) == BF16_XC
+    assert probe.asked == [BF16_C, BF16_XC]
 
 
 def test_search_leaves_bf16_out_where_the_device_lacks_it(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -95,9 +120,9 @@ def test_forced_dtype_and_compile_are_obeyed_without_timing(tmp_path: Path) -> N
     def probe(choice: Choice) -> Timing:
         raise AssertionError("nothing may be timed")
 
-    forced = dataclasses.replace(BASE, dtype="bfloat16", compile=True)
+    forced = dataclasses.replace(BASE, dtype="bfloat16", compile=True, attention="explicit")
     decision = decide(forced, CONFIG, CPU, 4, probe=probe, cache=tmp_path / "c.json")
-    assert (decision.choice, decision.source) == (BF16_C, "params")
+    assert (decision.choice, decision.source) == (Choice("bfloat16", True, "explicit"), "params")
     assert not (tmp_path / "c.json").exists()
 
 
@@ -203,3 +228,36 @@ def test_train_records_the_measured_choice_and_a_resume_keeps_the_checkpoints(
         assert torch.equal(value, resumed.model.state_dict()[key]), key
     fresh = train(p, *stores, progress=False)
     assert (fresh.precision.choice, fresh.precision.source) == (FP32, "measured")
+
+
+def test_train_trains_with_the_attention_kernel_auto_picks_and_records_it(
+    stores, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = dataclasses.replace(ALL_AUTO, compile=False, max_iters=12)
+    monkeypatch.setattr(autotune, "cache_path", lambda: tmp_path / "cache.json")
+    monkeypatch.setattr(
+        autotune, "TrainingProbe", lambda *a: FakeProbe({FP32: 1.0, FP32_X: 0.5, BF16: 2.0, BF16_X: 2.0})
+    )
+    picked = train(p, *stores, progress=False)
+    assert (picked.precision.choice, picked.model.attention) == (FP32_X, "explicit")
+    assert picked.precision.to_dict()["attention"] == "explicit"
+    assert "eager fp32, explicit attention" in picked.precision.summary(12)
+    # the same run forced to the explicit kernel trains the same model; forced to the fused one,
+    # a model equal to rounding but not to the bit: the kernel really was the explicit one
+    forced = train(dataclasses.replace(p, dtype="float32", attention="explicit"), *stores, progress=False)
+    fused = train(dataclasses.replace(p, dtype="float32", attention="sdpa"), *stores, progress=False)
+    assert forced.precision.source == "params" and fused.model.attention == "sdpa"
+    state, forced_state, fused_state = (r.model.state_dict() for r in (picked, forced, fused))
+    assert all(torch.equal(state[k], forced_state[k]) for k in state)
+    assert not all(torch.equal(state[k], fused_state[k]) for k in state)
+    for k in state:
+        torch.testing.assert_close(state[k], fused_state[k], rtol=1e-3, atol=1e-4)
+
+
+def test_a_checkpoint_from_before_the_attention_choice_resumes_with_the_fused_kernel() -> None:
+    saved = {"dtype": "bfloat16", "compile": True, "source": "measured"}
+    saved["candidates"] = [
+        {"dtype": "bfloat16", "compile": True, "warm_seconds": 20.0, "step_seconds": 0.2, "error": None}
+    ]
+    decision = autotune.Decision.from_dict(saved, "checkpoint")
+    assert decision.choice == BF16_C and decision.timings[0].choice == BF16_C

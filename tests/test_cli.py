@@ -316,11 +316,12 @@ def test_info_without_a_model_sizes_the_params_and_says_the_vocab_is_unknown(
     assert "placeholder" not in out and f"vocab_size={tok.vocab_size}" in out
 
 
-def _saved_activation_bytes(config: GPTConfig, batch_size: int) -> int:
+def _saved_activation_bytes(config: GPTConfig, batch_size: int, attention: str = "sdpa") -> int:
     """Bytes of the tensors autograd saves in one training forward (weights left out), plus the
     logits, which stay alive until the loss is taken."""
     torch.manual_seed(0)
     model = GPT(config).train()
+    model.attention = attention
     # the model's own tensors (weights, llama's rotary tables) are not activations
     weights = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
     saved: dict[int, int] = {}
@@ -346,11 +347,12 @@ FAMILIES = {
 }
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "explicit"])
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("dropout", [0.0, 0.1])
 @pytest.mark.parametrize("block_size", [32, 128])
 def test_activation_estimate_matches_what_a_real_backward_saves(
-    dropout: float, block_size: int, family: str
+    dropout: float, block_size: int, family: str, attention: str
 ) -> None:
     config = GPTConfig(
         vocab_size=64,
@@ -361,8 +363,12 @@ def test_activation_estimate_matches_what_a_real_backward_saves(
         dropout=dropout,
         **FAMILIES[family],
     )
-    measured = _saved_activation_bytes(config, 4)
-    assert activation_bytes(config, 4) == pytest.approx(measured, rel=0.03)
+    measured = _saved_activation_bytes(config, 4, attention)
+    explicit = attention == "explicit"
+    assert activation_bytes(config, 4, explicit=explicit) == pytest.approx(measured, rel=0.03)
+    if explicit and block_size == 128:  # the T x T weights (4 bytes each) the explicit kernel adds
+        weights = 4 * config.n_layer * 4 * config.n_head * block_size**2
+        assert measured - _saved_activation_bytes(config, 4) > 0.7 * weights
 
 
 def test_activation_estimate_grows_linearly_with_batch() -> None:
@@ -456,9 +462,17 @@ def test_info_shows_what_auto_would_pick_once_measured(
     before = info()
     assert "auto: not measured yet" in before and "gptcore info --measure" in before
     measured = info("--measure")
-    row = re.search(r"precision \(dtype, compile\)\s+(eager (?:fp32|bf16 autocast)) \(measured\)", measured)
+    row = re.search(
+        r"precision \(dtype, compile, attention\)\s+(eager (?:fp32|bf16 autocast), (?:sdpa|explicit) attention) "
+        r"\(measured\)",
+        measured,
+    )
     assert row, measured
-    assert measured.count("ms/step") == 2  # fp32 and bf16, both eager (compile: false)
+    # fp32 and bf16, each with the fused and the explicit attention kernel, all eager (compile: false)
+    assert measured.count("ms/step") == 4
     # the next look reads the same figures from the cache, timing nothing
     assert f"{row.group(1)} (cache)" in info()
-    assert re.search(r"precision \(dtype, compile\)\s+eager fp32 \(params\)", info(dtype="float32"))
+    forced = info(dtype="float32", attention="sdpa")
+    assert re.search(
+        r"precision \(dtype, compile, attention\)\s+eager fp32, sdpa attention \(params\)", forced
+    )

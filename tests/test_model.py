@@ -65,6 +65,54 @@ def test_sdpa_path_equals_explicit_path() -> None:
     assert torch.allclose(fused, explicit, rtol=1e-5, atol=1e-5)
 
 
+FAMILIES = {
+    "gpt2": SMALL,
+    "llama, qk_norm, untied": dataclasses.replace(SMALL, arch="llama", qk_norm=True, tie_embeddings=False),
+}
+
+
+@pytest.mark.parametrize("config", FAMILIES.values(), ids=FAMILIES)
+def test_model_attention_explicit_trains_like_the_fused_kernel(config: GPTConfig) -> None:
+    """`model.attention = "explicit"` (what train.attention picks) gives the fused kernel's loss and
+    gradients: in fp32 to rounding, under bf16 autocast to bf16's precision."""
+    idx, targets = tokens(4, SMALL.block_size), tokens(4, SMALL.block_size, seed=2)
+
+    def loss_and_grads(attention: str, dtype: torch.dtype | None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        model = make_model(config)
+        model.attention = attention
+        with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+            _, loss = model(idx, targets)
+        loss.backward()
+        return loss.detach(), [p.grad for p in model.parameters()]
+
+    for dtype, tol in ((None, 1e-5), (torch.bfloat16, 3e-2)):
+        fused_loss, fused_grads = loss_and_grads("sdpa", dtype)
+        loss, grads = loss_and_grads("explicit", dtype)
+        torch.testing.assert_close(loss, fused_loss, rtol=tol, atol=tol)
+        for g, f in zip(grads, fused_grads, strict=True):
+            # gradients as a whole: bf16 rounds single entries of near-zero gradients freely
+            assert (g - f).norm() <= tol * f.norm() + 1e-6
+    # the explicit kernel is really in use: its forward differs from the fused one in the last bits
+    model = make_model(config).eval()
+    with torch.no_grad():
+        fused, _ = model(idx)
+        model.attention = "explicit"
+        written_out, _ = model(idx)
+        assert torch.equal(written_out, model(idx, explicit=True)[0])
+    assert not torch.equal(fused, written_out)
+
+
+def test_a_kv_cache_uses_the_fused_kernel_whatever_model_attention_says() -> None:
+    model = make_model().eval()
+    idx = tokens(1, 8)
+    with torch.no_grad():
+        whole, _ = model(idx)
+        model.attention = "explicit"
+        cache = KVCache(SMALL, 1, torch.device("cpu"), torch.float32)
+        cached, _ = model(idx, cache=cache)
+    torch.testing.assert_close(cached, whole, rtol=1e-5, atol=1e-5)
+
+
 def test_explicit_attention_weights_are_lower_triangular_and_rows_sum_to_one() -> None:
     model = make_model().eval()
     attn = model.h[0].attn

@@ -190,11 +190,12 @@ def test_unknown_dtype_is_refused(tmp_path: Path) -> None:
     ("key", "value", "allowed"),
     [
         ("compile", "yes", "auto, true, false"),
+        ("attention", "flash", "auto, sdpa, explicit"),
         ("optimizer", "sgd", "adamw, muon"),
         ("muon_learning_rate", 0.0, "> 0"),
     ],
 )
-def test_bad_compile_optimizer_and_muon_values_are_refused(
+def test_bad_compile_attention_optimizer_and_muon_values_are_refused(
     tmp_path: Path, key: str, value: object, allowed: str
 ) -> None:
     message = refused(tmp_path, "train", **{key: value})
