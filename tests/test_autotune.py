@@ -261,3 +261,33 @@ def test_a_checkpoint_from_before_the_attention_choice_resumes_with_the_fused_ke
     ]
     decision = autotune.Decision.from_dict(saved, "checkpoint")
     assert decision.choice == BF16_C and decision.timings[0].choice == BF16_C
+
+
+def test_auto_does_not_try_the_explicit_kernel_where_its_memory_plan_would_not_fit(
+    stores, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gptcore import train as train_module
+    from gptcore.memory import HEADROOM
+
+    # block 64: each head's 64 x 64 weights make the explicit kernel's plan clearly the larger
+    p = dataclasses.replace(
+        ALL_AUTO, compile=False, max_iters=2, dtype="float32", block_size=64, batch_size=8
+    )
+    config = model_config(p, VOCAB)
+    fused, explicit = (train_module.memory_plan(p, config, CPU, explicit=e).total for e in (False, True))
+    assert explicit > 1.2 * fused
+    # a device with room for the fused kernel's plan and not for the explicit one's
+    room = (fused + explicit) / 2 / HEADROOM
+    monkeypatch.setattr(train_module, "device_memory", lambda *a: (int(room), "a small test device"))
+    monkeypatch.setattr(autotune, "cache_path", lambda: tmp_path / "cache.json")
+    probe = FakeProbe({FP32: 1.0, FP32_X: 0.1})
+    monkeypatch.setattr(autotune, "TrainingProbe", lambda *a: probe)
+    result = train(p, *stores, progress=False)
+    assert probe.asked == [FP32]
+    assert (result.precision.choice, result.model.attention) == (FP32, "sdpa")
+    # with room for both, the faster explicit kernel is tried and taken
+    monkeypatch.setattr(train_module, "device_memory", lambda *a: (int(2 * explicit), "a bigger one"))
+    monkeypatch.setattr(autotune, "cache_path", lambda: tmp_path / "other-cache.json")
+    probe.asked.clear()
+    assert train(p, *stores, progress=False).precision.choice == FP32_X
+    assert probe.asked == [FP32, FP32_X]
