@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import re
 import shlex
@@ -296,15 +297,15 @@ def test_info_without_a_model_sizes_the_params_and_says_the_vocab_is_unknown(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    # both families: the count follows train.arch, not the GPT-2 shape alone
-    for arch in ("gpt2", "llama"):
-        write_params(
-            tmp_path, train={"batch_size": 4, "grad_accum_steps": 1} | _train_shape() | {"arch": arch}
-        )
+    # both families, tied and untied: the count follows train.arch and the head, not the GPT-2
+    # shape alone
+    for arch, tie in itertools.product(("gpt2", "llama"), (True, False)):
+        family = {"arch": arch, "tie_embeddings": tie}
+        write_params(tmp_path, train={"batch_size": 4, "grad_accum_steps": 1} | _train_shape() | family)
         main(["info"])
         out = capsys.readouterr().out
         assert "placeholder" in out
-        shape = {"block_size": 16, "n_layer": 2, "n_head": 2, "n_embd": 32, "arch": arch}
+        shape = {"block_size": 16, "n_layer": 2, "n_head": 2, "n_embd": 32, **family}
         expected = GPT(GPTConfig(vocab_size=256, **shape)).num_params(False)
         assert re.search(r"parameters \(total\)\s+([\d,]+)", out).group(1) == f"{expected:,}"
 

@@ -203,14 +203,18 @@ def test_train_report_counts_the_tiny_run(built: dict[str, Any]) -> None:
     assert report["steps"] == t["max_iters"]
     assert report["tokens_seen"] == t["max_iters"] * t["batch_size"] * t["block_size"]
     assert report["tokens_per_second"] > 0
-    # train.dtype: auto (the default) was decided by timing fp32 and bf16 (compile: false here)
+    # train.dtype and train.attention: auto (the defaults) were decided by timing fp32 and bf16,
+    # each with both attention kernels (compile: false here)
     precision = report["precision"]
     assert precision["source"] in ("measured", "cache") and precision["compile"] is False
-    assert [(c["dtype"], c["compile"]) for c in precision["candidates"]] == [
-        ("float32", False),
-        ("bfloat16", False),
+    assert [(c["dtype"], c["compile"], c["attention"]) for c in precision["candidates"]] == [
+        ("float32", False, "sdpa"),
+        ("float32", False, "explicit"),
+        ("bfloat16", False, "sdpa"),
+        ("bfloat16", False, "explicit"),
     ]
     assert precision["dtype"] in ("float32", "bfloat16")
+    assert precision["attention"] in ("sdpa", "explicit")
     steps = (built["repo"].path / "dvclive/plots/metrics/val/loss.tsv").read_text().split("\n")[1:]
     assert [int(line.split("\t")[0]) for line in steps if line] == [0, 10, 20, 30]
 
@@ -379,6 +383,7 @@ def test_repro_fine_tunes_a_gpt2_saved_by_transformers_through_init_from(
         "train",
         init_from=str(tmp_path / "gpt2"),
         arch="gpt2",
+        tie_embeddings=True,  # GPT-2's head is tied; params.yaml must say what the folder holds
         bias=True,
         max_iters=10,
         eval_interval=5,
