@@ -15,10 +15,10 @@ path that gives the same result (and returns the attention weights, for tests an
 the output head tied to the token embedding unless `tie_embeddings` is false.
 
 `GPT.attention` picks the kernel a forward pass uses when the call does not: "sdpa" (the default)
-or "explicit". Which trains faster is the machine's to say (on one AMD EPYC CPU, in bf16 at the
-default run's shape, the fused kernel's forward and backward took 3.7x as long as the written-out
-product and softmax; README, "Performance"), so `train.attention: auto` times both
-(gptcore.autotune). The family picks the norm, the
+or "explicit". Which trains faster is the machine's to say (on one AMD EPYC CPU the fused
+kernel's bf16 backward was slow enough that the default run's eager bf16 step ran 1.21x as fast
+with the written-out product and softmax, and compiled, where Inductor fuses the softmax's casts,
+the gap grew; README, "Results"), so `train.attention: auto` times both (gptcore.autotune). The family picks the norm, the
 feed-forward and the position encoding once, at construction; forward passes do not branch on it.
 
 - dropout on the embeddings and on each residual branch, not on the attention weights: dropping
