@@ -34,7 +34,7 @@ from gptcore.model import GPT, GPTConfig, flops_per_token
 from gptcore.params import SampleParams, TrainParams, device_name_problem, load_section
 from gptcore.sampling import RULES, Sampling, SamplingError, check_setting
 from gptcore.tokenizer import Tokenizer, load_tokenizer
-from gptcore.train import memory_plan, planned_config, torch_threads
+from gptcore.train import attention_kernels, memory_plan, planned_config, torch_threads
 
 DEFAULT_CLASSIFIER = Path("models/classifier.pt")
 DEFAULT_PARAMS = Path("params.yaml")
@@ -622,17 +622,19 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def _precision_rows(train: TrainParams, config: GPTConfig, measure: bool) -> list[str]:
-    """What train.dtype / train.compile resolve to for this shape on this machine (auto: the
-    cached timings of gptcore.autotune; with --measure, timed now when there are none)."""
+    """What train.dtype / train.compile / train.attention resolve to for this shape on this machine
+    (auto: the cached timings of gptcore.autotune; with --measure, timed now when there are none),
+    among the candidates a training run would time."""
     device = resolve_device(train.device)
     threads = torch_threads(train, train.nproc_per_node)
     if threads:  # the cache is keyed by the thread count a training process runs with
         torch.set_num_threads(threads)
     micro_batch = train.batch_size // train.world_size
+    kernels = attention_kernels(train, config, device)
     if measure:
-        decision = decide(train, config, device, micro_batch)
+        decision = decide(train, config, device, micro_batch, kernels=kernels)
     else:
-        decision = cached_decision(train, config, device, micro_batch)
+        decision = cached_decision(train, config, device, micro_batch, kernels=kernels)
     if decision is None:
         return [
             f"auto: not measured yet for this shape on this {device.type} (the first training run "

@@ -14,12 +14,14 @@ with one fused q/k/v projection and `scaled_dot_product_attention`, or an explic
 path that gives the same result (and returns the attention weights, for tests and inspection);
 the output head tied to the token embedding unless `tie_embeddings` is false.
 
+The family picks the norm, the feed-forward and the position encoding once, at construction;
+forward passes do not branch on it.
+
 `GPT.attention` picks the kernel a forward pass uses when the call does not: "sdpa" (the default)
 or "explicit". Which trains faster is the machine's to say (on one AMD EPYC CPU the fused
 kernel's bf16 backward was slow enough that the default run's eager bf16 step ran 1.21x as fast
-with the written-out product and softmax, and compiled, where Inductor fuses the softmax's casts,
-the gap grew; README, "Results"), so `train.attention: auto` times both (gptcore.autotune). The family picks the norm, the
-feed-forward and the position encoding once, at construction; forward passes do not branch on it.
+with the written-out product and softmax; README, "Results"), so `train.attention: auto` times
+both (gptcore.autotune).
 
 - dropout on the embeddings and on each residual branch, not on the attention weights: dropping
   them forces PyTorch's unfused attention on CPU, which made a 6-layer step 1.4x slower

@@ -582,16 +582,23 @@ def _precision(
 ) -> Decision:
     """dtype, compile and the attention kernel: the checkpoint's when resuming (a run never
     changes them midway), else forced by params or measured (gptcore.autotune) on rank 0, the same
-    on every rank. `attention: auto` tries the explicit kernel only where its memory plan fits."""
+    on every rank. `attention: auto` tries the explicit kernel only where its memory plan fits
+    (`attention_kernels`)."""
     if saved is not None and "precision" in saved:
         return Decision.from_dict(saved["precision"], "checkpoint")
     decision = None
     if ranks.is_main:
-        kernels = ATTENTION_KERNELS
-        if params.attention == "auto" and memory_plan(params, config, device, explicit=True).fits is False:
-            kernels = ("sdpa",)
+        kernels = attention_kernels(params, config, device)
         decision = decide(params, config, device, params.batch_size // ranks.world_size, kernels=kernels)
     return from_main(decision, ranks)
+
+
+def attention_kernels(params: TrainParams, config: GPTConfig, device: torch.device) -> tuple[str, ...]:
+    """The attention kernels `attention: auto` may time on `device`: the explicit one, which keeps
+    the T x T weights, only where its memory plan fits."""
+    if memory_plan(params, config, device, explicit=True).fits is False:
+        return ("sdpa",)
+    return ATTENTION_KERNELS
 
 
 def _train(
