@@ -534,6 +534,21 @@ def bench_layout(work: Path, corpus: Corpus, workers: int | None, keep: bool) ->
         shutil.rmtree(workspace)
 
 
+WORK_MARKER = ".gptcore-data-bench"  # the folder is this benchmark's: its subfolders may be replaced
+
+
+def claim_work_folder(work: Path, ap: argparse.ArgumentParser) -> None:
+    """Make `work` this benchmark's, or stop: it replaces corpora and workspaces inside it, so a
+    folder holding anything else (a user's `--work ~`) is refused, never cleared."""
+    work = work.expanduser()
+    if work.exists() and not work.is_dir():
+        ap.error(f"--work {work} is not a folder")
+    if work.is_dir() and any(work.iterdir()) and not (work / WORK_MARKER).is_file():
+        ap.error(f"--work {work} holds files this benchmark did not write: name a new or empty folder")
+    work.mkdir(parents=True, exist_ok=True)
+    (work / WORK_MARKER).write_text("corpora and workspaces of benchmarks/data_memory.py\n")
+
+
 def parse_size(text: str) -> int:
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?)?\s*", text, re.IGNORECASE)
     if not m:
@@ -578,7 +593,7 @@ def main() -> None:
     print(
         f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, corpus {args.size / 1e6:,.0f} MB, seed {args.seed}"
     )
-    args.work.mkdir(parents=True, exist_ok=True)
+    claim_work_folder(args.work, ap)
     for layout in layouts:
         size = args.hostile_size if GENERATORS[layout][3] else args.size
         corpus = ensure_corpus(args.work, layout, size, args.seed)

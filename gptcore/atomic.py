@@ -28,7 +28,7 @@ def atomic_file(path: Path | str, expected_bytes: int | None = None) -> Iterator
     `expected_bytes`, the file's size if known, is what a full-disk error says it needs."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _sweep(path)
+    sweep(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -43,10 +43,11 @@ def atomic_file(path: Path | str, expected_bytes: int | None = None) -> Iterator
 
 @contextlib.contextmanager
 def atomic_dir(path: Path | str) -> Iterator[Path]:
-    """Yield a fresh temporary folder beside `path`; on success it replaces `path` whole."""
+    """Yield a fresh temporary folder beside `path`; on success it replaces `path` whole. For the
+    pipeline's own outputs only: a folder the user names goes through `output_folder`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _sweep(path)
+    sweep(path)
     tmp_path = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
     try:
         with _disk_full_as_error(path, tmp_path, None):
@@ -97,7 +98,7 @@ def _size(path: Path) -> int:
         return 0
 
 
-def _sweep(path: Path) -> None:
+def sweep(path: Path) -> None:
     """Remove temporaries of `path` whose writing process no longer runs."""
     prefix = f".{path.name}."
     for entry in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):

@@ -227,7 +227,17 @@ def build_parser() -> argparse.ArgumentParser:
         "export", help="write a model file as a Hugging Face folder (config, safetensors, tokenizer)"
     )
     export.add_argument("--model", type=Path, default=MODEL_FILE, help="model file (default: %(default)s)")
-    export.add_argument("--out", type=Path, required=True, help="folder to write (replaced whole)")
+    export.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="folder to write: a new or empty one, or an earlier export (only its files are replaced)",
+    )
+    export.add_argument(
+        "--force",
+        action="store_true",
+        help="write into an existing folder of other files too (none of them is replaced or removed)",
+    )
     export.set_defaults(run=cmd_export)
 
     serve = commands.add_parser(
@@ -649,7 +659,7 @@ def _precision_rows(train: TrainParams, config: GPTConfig, measure: bool) -> lis
 
 def cmd_export(args: argparse.Namespace) -> None:
     model, tokenizer, _ = load_model(args.model, "cpu")
-    export_folder(model, tokenizer, args.out)
+    export_folder(model, tokenizer, args.out, force=args.force, protect=[args.model])
     config = model.config
     family = {
         "gpt2": "GPT2LMHeadModel",

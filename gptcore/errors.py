@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import errno
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 class GptcoreError(Exception):
@@ -37,6 +39,26 @@ class DiskFullError(GptcoreError):
 
 
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows (finite values only)")
+
+
+def parse_json(text: str | bytes, where: str) -> Any:
+    """Parse untrusted JSON text, or raise a DataError naming `where` (a file, `file:line`, a request).
+
+    Refuses what Python's parser would otherwise let through or crash on: `NaN` and `Infinity`
+    (not JSON, and a label or a model size must be a finite number) and nesting too deep to parse
+    (a RecursionError, which a caller would otherwise report as a crash)."""
+    try:
+        return json.loads(text, parse_constant=_no_constant)
+    except RecursionError:
+        raise DataError(f"{where}: JSON nested too deeply") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{where} is not valid JSON: {exc}") from None
+    except ValueError as exc:  # from _no_constant
+        raise DataError(f"{where}: {exc}") from None
 
 
 def run_main(main: Callable[[], None]) -> None:

@@ -23,17 +23,18 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from gptcore.atomic import atomic_dir
 from gptcore.checkpoint import load_model
 from gptcore.errors import DataError
 from gptcore.hf_tokenizer import TOKENIZER_FILE, tokenizer_files, tokenizer_from_hf
 from gptcore.model import GPT, GPTConfig
+from gptcore.output_folder import output_folder
 from gptcore.params import TrainParams
 from gptcore.tokenizer import BpeTokenizer, CharTokenizer, Tokenizer
 
@@ -187,9 +188,18 @@ def hf_state_dict(model: GPT, vocab_size: int) -> dict[str, torch.Tensor]:
     return out
 
 
-def export_folder(model: GPT, tokenizer: Tokenizer, folder: Path | str) -> Path:
-    """Write `folder` (replacing it whole, atomically): config.json, model.safetensors and the
-    tokenizer files, which AutoModelForCausalLM and AutoTokenizer load as they are."""
+def export_folder(
+    model: GPT,
+    tokenizer: Tokenizer,
+    folder: Path | str,
+    *,
+    force: bool = False,
+    protect: Sequence[Path | str] = (),
+) -> Path:
+    """Write config.json, model.safetensors and the tokenizer files, which AutoModelForCausalLM and
+    AutoTokenizer load as they are, into `folder`: a new or empty folder, or an earlier export, whose
+    files alone are replaced (`output_folder` says what else is refused, and what `force` allows;
+    `protect` lists paths the folder must not hold, such as the model file exported)."""
     from safetensors.torch import save_file  # the one runtime dependency of export
 
     folder = Path(folder)
@@ -197,7 +207,8 @@ def export_folder(model: GPT, tokenizer: Tokenizer, folder: Path | str) -> Path:
     files = tokenizer_files(tokenizer, raw.config.block_size)  # refuses a kind it cannot export
     config = hf_config(raw.config, tokenizer.vocab_size, tokenizer.eot_id)
     tensors = hf_state_dict(raw, tokenizer.vocab_size)
-    with atomic_dir(folder) as tmp:
+    names = [CONFIG_FILE, WEIGHTS_FILE, *files]
+    with output_folder(folder, "hf", names, force=force, protect=protect) as tmp:
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         for name, content in files.items():
