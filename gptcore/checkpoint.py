@@ -5,8 +5,14 @@ a file from elsewhere is data, never code. Each carries a format marker, a versi
 its own contents, so a file damaged after we wrote it (a flipped bit, a cut copy) is refused with an
 error naming it instead of being half-used. The sha256 is a checksum, not a signature: anyone can
 edit a file and recompute it. So nothing in a model file is trusted for being hashed: its config is
-checked (types, ranges) and the shape of every tensor is compared with what the config implies,
-on torch's meta device, before a model is built and any memory allocated for it.
+checked (types, the limits of gptcore.limits) and the shape of every tensor is compared with what
+the config implies, on torch's meta device, before a model is built and any memory allocated for it;
+the model it builds must fit the memory available, and its weights must be finite.
+
+Before torch reads a file, its zip directory is checked: torch stores its records uncompressed, so
+a compressed member (which could expand to any size) or members adding up to more than the file
+are refused unread. The tensors of a model file are then mapped from the file, not read into
+memory, so that its config and shapes are checked before its size costs anything.
 
 - `models/model.pt`: weights, model config and tokenizer, what evaluate, sample and chat need.
 - `models/classifier.pt`: a fine-tuned classifier (gptcore.classify): backbone and head weights,
@@ -21,9 +27,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import pickle
 import random
 import re
 import typing
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +41,7 @@ import torch
 
 from gptcore.atomic import atomic_file
 from gptcore.errors import DataError
+from gptcore.limits import check_config_values, check_finite, check_memory, model_bytes
 from gptcore.model import GPT, GPTConfig
 from gptcore.params import TRAIN_KEYS_WITHOUT_OUTPUT, TrainParams
 from gptcore.tokenizer import Tokenizer, tokenizer_from_dict
@@ -47,15 +57,32 @@ CLASSIFIER_VERSION = 1
 DIGEST_KEY = "sha256"
 
 
-def contents_sha256(payload: dict[str, Any]) -> str:
+def contents_sha256(payload: dict[str, Any], budget: int | None = None) -> str:
     """sha256 over every key and value of `payload` but its own digest, tensors by dtype, shape
-    and bytes. Independent of how torch lays the file out, so it checks what is loaded."""
+    and bytes. Independent of how torch lays the file out, so it checks what is loaded.
+
+    `budget` bounds the work for a payload read from a file: the values, characters and tensor
+    bytes visited may add up to no more than it (a ValueError says so). A pickle can reference one
+    list from many places and a tensor view can claim more elements than its storage holds, so a
+    small file can describe a payload that, read as a tree, has no end."""
     digest = hashlib.sha256()
-    _feed(digest, {k: v for k, v in payload.items() if k != DIGEST_KEY})
+    _feed(digest, {k: v for k, v in payload.items() if k != DIGEST_KEY}, [budget], 0)
     return digest.hexdigest()
 
 
-def _feed(digest: Any, value: Any) -> None:
+# a payload of ours nests a few levels deep; deeper is not ours, and would exhaust the recursion
+_MAX_DEPTH = 32
+
+
+def _feed(digest: Any, value: Any, budget: list[int | None], depth: int) -> None:
+    if depth > _MAX_DEPTH:
+        raise ValueError(f"its contents nest more than {_MAX_DEPTH} levels deep")
+    if budget[0] is not None:
+        if isinstance(value, torch.Tensor):
+            budget[0] -= value.nelement() * value.element_size()
+        budget[0] -= 1 + (len(value) if isinstance(value, str) else 0)
+        if budget[0] < 0:
+            raise ValueError("its contents add up to more than the file holds (parts referenced repeatedly)")
     if isinstance(value, torch.Tensor):
         flat = value.detach().to("cpu").contiguous().reshape(-1)
         digest.update(f"T{value.dtype}{tuple(value.shape)};".encode())
@@ -63,12 +90,12 @@ def _feed(digest: Any, value: Any) -> None:
     elif isinstance(value, dict):
         digest.update(f"D{len(value)};".encode())
         for key in sorted(value, key=lambda k: (type(k).__name__, k)):
-            _feed(digest, key)
-            _feed(digest, value[key])
+            _feed(digest, key, budget, depth + 1)
+            _feed(digest, value[key], budget, depth + 1)
     elif isinstance(value, (list, tuple)):
         digest.update(f"L{len(value)};".encode())
         for item in value:
-            _feed(digest, item)
+            _feed(digest, item, budget, depth + 1)
     elif value is None or isinstance(value, (bool, int, float, str)):
         digest.update(f"{type(value).__name__}:{value!r};".encode())
     else:
@@ -99,14 +126,16 @@ def _tensor_bytes(value: Any) -> int:
     return 0
 
 
-def _load(path: Path, fmt: str, version: int, what: str, missing_hint: str) -> dict[str, Any]:
-    """Load one of our files safely and check its marker, version and digest."""
+def _load(
+    path: Path, fmt: str, version: int, what: str, missing_hint: str, mmap: bool = False
+) -> dict[str, Any]:
+    """Load one of our files safely and check its marker, version and digest; `mmap` maps its
+    tensors from the file instead of reading them."""
     if not path.is_file():
         raise DataError(f"{path} not found: {missing_hint}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle, zip and unpickler errors all mean "not a file of ours"
-        raise DataError(f"{path} is not a gptcore {what}: {_load_problem(exc)}") from None
+    if not _is_zip(path):
+        raise DataError(f"{path} is not a gptcore {what}: not a zip archive, the format torch.save writes")
+    payload = load_torch_file(path, f"a gptcore {what}", mmap=mmap)
     if not isinstance(payload, dict) or payload.get("format") != fmt:
         raise DataError(f"{path} is not a gptcore {what} (no '{fmt}' marker)")
     if payload.get("version") != version:
@@ -114,8 +143,10 @@ def _load(path: Path, fmt: str, version: int, what: str, missing_hint: str) -> d
             f"{path} has {what} format version {payload.get('version')}, this gptcore reads {version}"
         )
     try:
-        actual = contents_sha256(payload)
-    except TypeError as exc:
+        # what a file of ours holds adds up to its size; twice that leaves room for the pickle's
+        # own shared strings
+        actual = contents_sha256(payload, budget=2 * path.stat().st_size + (1 << 20))
+    except (TypeError, ValueError) as exc:  # ValueError: the budget, or an int too long to print
         raise DataError(f"{path} is not a gptcore {what}: {exc}") from None
     if payload.get(DIGEST_KEY) != actual:
         raise DataError(
@@ -124,38 +155,109 @@ def _load(path: Path, fmt: str, version: int, what: str, missing_hint: str) -> d
     return payload
 
 
+def load_torch_file(path: Path, what: str, mmap: bool = False) -> Any:
+    """What torch.save wrote to `path`, read as data (`weights_only=True`): tensors, containers
+    and plain values, never code. A zip archive has its directory checked first (`_check_zip`);
+    `mmap` maps its tensors from the file instead of reading them. `what` is what the file should
+    be ("a gptcore model file"), for the error."""
+    is_zip = _is_zip(path)
+    if is_zip:
+        _check_zip(path, what)
+    try:
+        with warnings.catch_warnings():  # torch's note on a pickle protocol: the refusal says enough
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and is_zip)
+    except Exception as exc:  # pickle, zip and unpickler errors all mean "not a file of tensors"
+        raise DataError(f"{path} is not {what}: {_load_problem(exc)}") from None
+
+
+def _is_zip(path: Path) -> bool:
+    """Whether torch reads `path` as a zip archive (torch.save's format) rather than its legacy
+    one: by the same test torch makes, the first bytes."""
+    with open(path, "rb") as fh:
+        return fh.read(4) == b"PK\x03\x04"
+
+
+def _check_zip(path: Path, what: str) -> None:
+    """Refuse a zip archive torch would expand beyond the file: torch stores its records
+    uncompressed, so a compressed member (a small file that inflates to gigabytes) is not torch's,
+    and members adding up to more bytes than the file (records that overlap, read again and again)
+    are not either. Only the archive's directory is read."""
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise DataError(f"{path} is not {what}: its zip directory cannot be read ({exc})") from None
+    compressed = [member for member in members if member.compress_type != zipfile.ZIP_STORED]
+    if compressed:
+        member = max(compressed, key=lambda m: m.file_size)
+        raise DataError(
+            f"{path} is not {what}: zip member {member.filename} is compressed "
+            f"({member.compress_size:,} bytes that expand to {member.file_size:,}), "
+            "and torch stores its records uncompressed"
+        )
+    total = sum(member.file_size for member in members)
+    if total > size:
+        raise DataError(
+            f"{path} is not {what}: its zip members add up to {total:,} bytes, more than the "
+            f"file's {size:,} (members that overlap)"
+        )
+
+
 def _load_problem(exc: Exception) -> str:
-    """Why torch refused a file, without torch's advice to retry with weights_only=False: that
-    would run whatever code the file holds, which is the point of refusing it."""
+    """Why torch refused a file, in one line and never with torch's advice to retry with
+    weights_only=False: that would run whatever code the file holds, which is the point of
+    refusing it. torch raises an UnpicklingError when its weights-only unpickler refuses a file,
+    with that advice worded differently from version to version, so none of its words are shown
+    for one: only the Python object or pickle instruction it names."""
     message = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
-    found = re.search(r"Unsupported global: GLOBAL (\S+)", message)
-    if found:
-        return f"it holds a Python object ({found.group(1)}) that only running code could rebuild"
-    found = re.search(r"WeightsUnpickler error: ([^\n]*?)(?:\.\s|$)", message)
-    if found:
-        return found.group(1)
-    return message.strip().splitlines()[0] if message.strip() else type(exc).__name__
-
-
-# config fields whose values must be positive integers; a field another model family adds is
-# type-checked from GPTConfig's annotations, and its shapes against the tensors
-_POSITIVE = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")
+    if isinstance(exc, pickle.UnpicklingError) or "weights_only" in message:
+        found = re.search(r"GLOBAL ([\w.]{1,200})", message)
+        if found:
+            return (
+                f"it holds a Python object ({found.group(1)}) that only running code could rebuild, "
+                "and gptcore runs no code from a file"
+            )
+        found = re.search(r"Unsupported operand (\d+)", message)
+        instruction = f" (pickle opcode {found.group(1)})" if found else ""
+        return f"it holds pickled data beyond tensors and plain values{instruction}, which gptcore will not unpickle"
+    lines = message.strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def _checked_config(path: Path, values: dict[str, Any], state: dict[str, Any]) -> GPTConfig:
-    """The model config of a file, checked before anything is allocated for it."""
+    """The model config of a file, checked with its weights before anything is allocated for it."""
+    config = _checked_values(path, values)
+    # told by the tensors' names, before the meta build of n_layer blocks that compares shapes
+    layers = len({found.group(1) for key in state if (found := re.match(r"h\.(\d+)\.", str(key)))})
+    if config.n_layer != layers:
+        raise DataError(
+            f"{path}: model config n_layer = {config.n_layer}, but the weights hold {layers} layers"
+        )
+    _check_shapes(path, config, state)
+    return config
+
+
+def _checked_values(path: Path, values: Any) -> GPTConfig:
+    """The model config of a file from its values, each of GPTConfig's type and within the limits."""
+    if not isinstance(values, dict):
+        raise DataError(f"{path}: the model config is not a mapping")
     hints = typing.get_type_hints(GPTConfig)
     fields = {f.name: f for f in dataclasses.fields(GPTConfig)}
     for name, value in values.items():
         if name not in fields:
             raise DataError(f"{path}: unknown model config key {name!r}")
         want = hints[name]
-        if want is float:
+        allowed = typing.get_args(want) or (want,)  # int | None: (int, NoneType)
+        if value is None:
+            ok = type(None) in allowed
+        elif float in allowed:
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        elif want is int:
+        elif int in allowed:
             ok = isinstance(value, int) and not isinstance(value, bool)
         else:
-            ok = not isinstance(want, type) or isinstance(value, want)
+            ok = isinstance(value, tuple(kind for kind in allowed if isinstance(kind, type)))
         if not ok:
             raise DataError(
                 f"{path}: model config {name} = {value!r} is not {getattr(want, '__name__', want)}"
@@ -169,25 +271,15 @@ def _checked_config(path: Path, values: dict[str, Any], state: dict[str, Any]) -
     ]
     if missing:
         raise DataError(f"{path}: model config lacks {', '.join(missing)}")
-    for name in _POSITIVE:
-        if name in values and values[name] < 1:
-            raise DataError(f"{path}: model config {name} = {values[name]} must be >= 1")
+    check_config_values(str(path), values, {name: f"model config {name}" for name in fields})
     if values["n_embd"] % values["n_head"]:
         raise DataError(
             f"{path}: model config n_embd {values['n_embd']} is not a multiple of n_head {values['n_head']}"
         )
-    if not 0.0 <= values.get("dropout", 0.0) < 1.0:
-        raise DataError(f"{path}: model config dropout = {values['dropout']} must lie in [0, 1)")
-    if values["n_layer"] > len(state):  # every layer holds tensors; also keeps the meta build short
-        raise DataError(
-            f"{path}: model config n_layer = {values['n_layer']}, but the file holds {len(state)} tensors"
-        )
     try:
-        config = GPTConfig(**values)
+        return GPTConfig(**values)
     except (TypeError, ValueError) as exc:  # a combination no family has (e.g. qk_norm on gpt2)
         raise DataError(f"{path} has an invalid model config: {exc}") from None
-    _check_shapes(path, config, state)
-    return config
 
 
 def _check_shapes(path: Path, config: GPTConfig, state: dict[str, Any]) -> None:
@@ -204,7 +296,7 @@ def _check_shapes(path: Path, config: GPTConfig, state: dict[str, Any]) -> None:
                 f"{path}: weights do not match the model config: {key} is {got.dtype} {tuple(got.shape)}, "
                 f"the config gives a float tensor of shape {tuple(want.shape)}"
             )
-    if extra := sorted(set(state) - set(expected)):
+    if extra := sorted(map(str, set(state) - set(expected))):
         raise DataError(f"{path}: weights do not match the model config: unexpected {', '.join(extra[:3])}")
 
 
@@ -233,10 +325,16 @@ def save_model(
 
 
 def read_model_file(path: Path | str) -> dict[str, Any]:
-    """Load and check the model file's payload without building the model."""
+    """Load and check the model file's payload without building the model; its tensors are mapped
+    from the file, read as they are used."""
     path = Path(path)
     payload = _load(
-        path, MODEL_FORMAT, MODEL_VERSION, "model file", "run the train stage first (dvc repro train)"
+        path,
+        MODEL_FORMAT,
+        MODEL_VERSION,
+        "model file",
+        "run the train stage first (dvc repro train)",
+        mmap=True,
     )
     for key in ("config", "state_dict", "tokenizer"):
         if not isinstance(payload.get(key), dict):
@@ -248,20 +346,22 @@ def load_model(path: Path | str, device: torch.device | str = "cpu") -> tuple[GP
     """Rebuild (model in eval mode, tokenizer, meta) from a model file."""
     path = Path(path)
     payload = read_model_file(path)
-    config = _checked_config(path, payload["config"], payload["state_dict"])
-    model = GPT(config)
     state = dict(payload["state_dict"])
+    config = _checked_config(path, payload["config"], state)
+    tokenizer = tokenizer_from_dict(payload["tokenizer"])
+    if tokenizer.vocab_size != config.vocab_size:
+        raise DataError(
+            f"{path}: tokenizer has {tokenizer.vocab_size} tokens but the model expects {config.vocab_size}"
+        )
+    check_memory(str(path), model_bytes(config), "its model (parameters and buffers in float32)")
+    check_finite(str(path), state)
+    model = GPT(config)
     if config.tie_embeddings:
         state["lm_head.weight"] = state.get("wte.weight")
     try:
         model.load_state_dict(state, strict=True)
     except (RuntimeError, KeyError) as exc:
         raise DataError(f"{path}: weights do not match the model config: {exc}") from None
-    tokenizer = tokenizer_from_dict(payload["tokenizer"])
-    if tokenizer.vocab_size != config.vocab_size:
-        raise DataError(
-            f"{path}: tokenizer has {tokenizer.vocab_size} tokens but the model expects {config.vocab_size}"
-        )
     return model.to(device).eval(), tokenizer, payload.get("meta", {})
 
 
@@ -374,7 +474,8 @@ def save_classifier(
 
 
 def read_classifier_file(path: Path | str) -> dict[str, Any]:
-    """Load and check a classifier file's payload without building the model."""
+    """Load and check a classifier file's payload without building the model: its config as a
+    model file's is checked (types, limits, the memory the model needs) and its weights finite."""
     path = Path(path)
     payload = _load(
         path,
@@ -382,6 +483,7 @@ def read_classifier_file(path: Path | str) -> dict[str, Any]:
         CLASSIFIER_VERSION,
         "classifier file",
         "run the fine-tuning pipeline first (dvc repro finetune/dvc.yaml)",
+        mmap=True,
     )
     for key in ("config", "state_dict", "tokenizer", "meta"):
         if not isinstance(payload.get(key), dict):
@@ -389,4 +491,7 @@ def read_classifier_file(path: Path | str) -> dict[str, Any]:
     labels = payload.get("labels")
     if not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(x, str) for x in labels):
         raise DataError(f"{path}: 'labels' must list at least two class names")
+    config = _checked_values(path, payload["config"])
+    check_memory(str(path), model_bytes(config), "its model (parameters and buffers in float32)")
+    check_finite(str(path), payload["state_dict"])
     return payload

@@ -6,6 +6,10 @@ safetensors or a `pytorch_model.bin` loaded with `weights_only=True`) and the to
 (gptcore.hf_tokenizer). Nothing here imports transformers: config.json is written and read by
 hand, so exporting needs only `safetensors`.
 
+A folder from elsewhere is checked before anything is allocated for it: its config against
+gptcore.limits, the tensors its weights files list (safetensors headers, a torch file's mapped
+tensors) against the config, and the memory loading needs against what is available.
+
 Each family maps one-to-one onto a transformers architecture:
 
     gptcore          transformers        differences absorbed by the mapping
@@ -23,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +35,10 @@ from typing import Any
 
 import torch
 
-from gptcore.checkpoint import load_model
-from gptcore.errors import DataError
+from gptcore.checkpoint import load_model, load_torch_file
+from gptcore.errors import DataError, parse_json
 from gptcore.hf_tokenizer import TOKENIZER_FILE, tokenizer_files, tokenizer_from_hf
+from gptcore.limits import MAX_JSON_BYTES, check_config_values, check_finite, check_memory, model_bytes
 from gptcore.model import GPT, GPTConfig
 from gptcore.output_folder import output_folder
 from gptcore.params import TrainParams
@@ -238,6 +244,37 @@ def _require(path: Path, key: str, value: Any, expected: Any, why: str) -> None:
         raise DataError(f"{path}: {key} = {value!r} is not supported ({why}; gptcore needs {expected!r})")
 
 
+# GPTConfig's fields as each family's config.json spells them, for the errors that name them
+_CONFIG_KEYS = {
+    "gpt2": {
+        "vocab_size": "vocab_size",
+        "block_size": "n_positions",
+        "n_layer": "n_layer",
+        "n_head": "n_head",
+        "n_embd": "n_embd",
+        "norm_eps": "layer_norm_epsilon",
+    },
+    "llama": {
+        "vocab_size": "vocab_size",
+        "block_size": "max_position_embeddings",
+        "n_layer": "num_hidden_layers",
+        "n_head": "num_attention_heads",
+        "n_embd": "hidden_size",
+        "intermediate_size": "intermediate_size",
+        "rope_theta": "rope_theta",
+        "norm_eps": "rms_norm_eps",
+    },
+}
+
+
+def _read_json(path: Path) -> Any:
+    """A small JSON file of a folder (config.json, a shard index), refused unread when it is not small."""
+    size = path.stat().st_size
+    if size > MAX_JSON_BYTES:
+        raise DataError(f"{path}: the file is {size:,} bytes, over the limit {MAX_JSON_BYTES:,} for its kind")
+    return parse_json(path.read_bytes(), str(path))
+
+
 def read_config(folder: Path | str) -> GPTConfig:
     """The gptcore config of the model in `folder`'s config.json (GPT-2, Llama or Qwen3)."""
     path = Path(folder) / CONFIG_FILE
@@ -247,15 +284,12 @@ def read_config(folder: Path | str) -> GPTConfig:
         )
     if not path.is_file():
         raise DataError(f"{path} not found: a Hugging Face model folder needs config.json beside its weights")
-    try:
-        spec = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path} is not valid JSON: {exc}") from None
+    spec = _read_json(path)
     if not isinstance(spec, dict):
         raise DataError(f"{path} must hold a JSON object")
     names = spec.get("architectures")
     if isinstance(names, list) and names:
-        family = next((ARCHITECTURES[n] for n in names if n in ARCHITECTURES), None)
+        family = next((ARCHITECTURES[n] for n in names if isinstance(n, str) and n in ARCHITECTURES), None)
     else:
         names = [spec.get("model_type")]
         family = MODEL_TYPES.get(names[0]) if isinstance(names[0], str) else None
@@ -289,16 +323,21 @@ def _gpt2_config(spec: dict[str, Any], path: Path, get: Any) -> GPTConfig:
     for key, expected in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False)):
         _require(path, key, spec.get(key, expected), expected, "gptcore scales scores by 1/sqrt(head size)")
     _require(path, "add_cross_attention", spec.get("add_cross_attention", False), False, "a decoder only")
+    keys = _CONFIG_KEYS["gpt2"]
+    values = {
+        "vocab_size": get(keys["vocab_size"], int),
+        "block_size": get(keys["block_size"], int),
+        "n_layer": get(keys["n_layer"], int),
+        "n_head": get(keys["n_head"], int),
+        "n_embd": n_embd,
+        "norm_eps": get(keys["norm_eps"], (int, float), 1e-5),
+    }
+    check_config_values(str(path), values, keys)
     return GPTConfig(
-        vocab_size=get("vocab_size", int),
-        block_size=get("n_positions", int),
-        n_layer=get("n_layer", int),
-        n_head=get("n_head", int),
-        n_embd=n_embd,
+        **{**values, "norm_eps": float(values["norm_eps"])},
         bias=True,  # GPT-2 has biases; read_folder turns all-zero ones (our export of bias: false) off
         arch="gpt2",
         tie_embeddings=get("tie_word_embeddings", bool, True),
-        norm_eps=float(get("layer_norm_epsilon", (int, float), 1e-5)),
         activation=activation,
     )
 
@@ -329,22 +368,102 @@ def _llama_config(spec: dict[str, Any], path: Path, get: Any, qk_norm: bool) -> 
     rope = spec.get("rope_parameters") or spec.get("rope_scaling") or {}
     rope_type = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else rope
     _require(path, "rope_parameters.rope_type", rope_type, "default", "plain rotary embeddings")
-    theta = rope.get("rope_theta", spec.get("rope_theta", 10000.0)) if isinstance(rope, dict) else 10000.0
+    keys = dict(_CONFIG_KEYS["llama"])
+    if isinstance(rope, dict) and "rope_theta" in rope:
+        keys["rope_theta"] = "rope_parameters.rope_theta"
+        theta = rope["rope_theta"]
+    else:
+        theta = spec.get("rope_theta", 10000.0)
+    if not isinstance(theta, (int, float)) or isinstance(theta, bool):
+        raise DataError(f"{path}: {keys['rope_theta']} = {theta!r} is not a number")
+    values = {
+        "vocab_size": get(keys["vocab_size"], int),
+        "block_size": get(keys["block_size"], int),
+        "n_layer": get(keys["n_layer"], int),
+        "n_head": heads,
+        "n_embd": hidden,
+        "intermediate_size": get(keys["intermediate_size"], int),
+        "rope_theta": theta,
+        "norm_eps": get(keys["norm_eps"], (int, float), 1e-6),
+    }
+    check_config_values(str(path), values, keys)
+    width = values.pop("intermediate_size")
     config = GPTConfig(
-        vocab_size=get("vocab_size", int),
-        block_size=get("max_position_embeddings", int),
-        n_layer=get("num_hidden_layers", int),
-        n_head=heads,
-        n_embd=hidden,
+        **{**values, "rope_theta": float(theta), "norm_eps": float(values["norm_eps"])},
         arch="llama",
         tie_embeddings=get("tie_word_embeddings", bool, False),
         qk_norm=qk_norm,
-        rope_theta=float(theta),
-        norm_eps=float(get("rms_norm_eps", (int, float), 1e-6)),
     )
-    width = get("intermediate_size", int)
     # recorded only where it is not the width gptcore derives, so an export reads back as it was
     return config if width == config.ffn_hidden else dataclasses.replace(config, intermediate_size=width)
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A tensor as a weights file lists it, before any of it is read."""
+
+    shape: tuple[int, ...]
+    dtype: str
+    floating: bool
+
+
+def _weight_files(folder: Path) -> tuple[list[Path], bool]:
+    """(the files holding `folder`'s weights, whether they are safetensors); a shard index names
+    files of the folder only."""
+    if (folder / WEIGHTS_FILE).is_file():
+        return [folder / WEIGHTS_FILE], True
+    if (folder / SHARDED_INDEX_FILE).is_file():
+        path = folder / SHARDED_INDEX_FILE
+        index = _read_json(path)
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        if not isinstance(weight_map, dict) or not all(isinstance(s, str) for s in weight_map.values()):
+            raise DataError(f"{path}: weight_map must map tensor names to shard file names")
+        shards = sorted(set(weight_map.values()))
+        if any("/" in s or "\\" in s or s in ("", ".", "..") for s in shards):
+            raise DataError(f"{path}: shards must lie in the folder")
+        return [folder / shard for shard in shards], True
+    if (folder / PICKLE_WEIGHTS_FILE).is_file():
+        return [folder / PICKLE_WEIGHTS_FILE], False
+    raise DataError(
+        f"{folder} has no weights: expected {WEIGHTS_FILE}, {SHARDED_INDEX_FILE} or {PICKLE_WEIGHTS_FILE}"
+    )
+
+
+def _pickled_weights(path: Path) -> dict[str, torch.Tensor]:
+    """pytorch_model.bin as data (`weights_only=True`), never as code; its tensors are mapped from
+    the file, read as they are used."""
+    state = load_torch_file(path, "a state dict of tensors", mmap=True)
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise DataError(f"{path} does not hold a mapping of names to tensors")
+    return state
+
+
+def stored_tensors(folder: Path | str) -> dict[str, Stored]:
+    """The tensors `folder`'s weights files list, by their transformers names, with none of their
+    data read: from the safetensors headers, or a pytorch_model.bin's mapped tensors."""
+    from safetensors import SafetensorError, safe_open
+
+    folder = Path(folder)
+    files, safetensors = _weight_files(folder)
+    if not safetensors:
+        return {
+            k: Stored(tuple(v.shape), str(v.dtype), v.is_floating_point())
+            for k, v in _pickled_weights(files[0]).items()
+        }
+    out: dict[str, Stored] = {}
+    try:
+        for file in files:
+            with safe_open(str(file), framework="pt") as f:
+                names = f.keys()  # a safe_open is not itself iterable
+                for name in names:
+                    part = f.get_slice(name)
+                    dtype = part.get_dtype()
+                    out[name] = Stored(tuple(part.get_shape()), dtype, dtype.startswith(("F", "BF")))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise DataError(f"{folder}: the safetensors weights cannot be read: {exc}") from None
+    return out
 
 
 def read_weights(folder: Path | str) -> dict[str, torch.Tensor]:
@@ -354,70 +473,86 @@ def read_weights(folder: Path | str) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     folder = Path(folder)
+    files, safetensors = _weight_files(folder)
+    if not safetensors:
+        return _pickled_weights(files[0])
     try:
-        if (folder / WEIGHTS_FILE).is_file():
-            return load_file(str(folder / WEIGHTS_FILE))
-        if (folder / SHARDED_INDEX_FILE).is_file():
-            index = json.loads((folder / SHARDED_INDEX_FILE).read_text(encoding="utf-8"))
-            shards = sorted(set(index["weight_map"].values()))
-            if any("/" in s or "\\" in s for s in shards):
-                raise DataError(f"{folder / SHARDED_INDEX_FILE}: shards must lie in the folder")
-            return {k: v for shard in shards for k, v in load_file(str(folder / shard)).items()}
-    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as exc:
+        return {k: v for file in files for k, v in load_file(str(file)).items()}
+    except (SafetensorError, OSError, ValueError) as exc:
         raise DataError(f"{folder}: the safetensors weights cannot be read: {exc}") from None
-    if (folder / PICKLE_WEIGHTS_FILE).is_file():
-        path = folder / PICKLE_WEIGHTS_FILE
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # an unpickler refusal (code in the file), a damaged zip
-            raise DataError(
-                f"{path} is refused: it is not plain tensors ({type(exc).__name__}: {exc})"
-            ) from None
-        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise DataError(f"{path} does not hold a mapping of names to tensors")
-        return state
-    raise DataError(
-        f"{folder} has no weights: expected {WEIGHTS_FILE}, {SHARDED_INDEX_FILE} or {PICKLE_WEIGHTS_FILE}"
-    )
 
 
 # buffers older GPT-2 files carry (the causal mask), which gptcore computes instead
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 
 
-def state_from_hf(
-    tensors: dict[str, torch.Tensor], config: GPTConfig, where: Path
-) -> dict[str, torch.Tensor]:
-    """gptcore's state dict (what GPT(config) loads) from transformers-named tensors; every tensor
-    must be there with the shape the config implies, and none left over."""
+def _as_named(tensors: dict[str, Any], config: GPTConfig) -> dict[str, Any]:
+    """A weights file's entries under the names `weight_map` gives: GPT-2's with their
+    `transformer.` prefix, without the buffers gptcore computes or a tied head stored anyway."""
     if config.arch == "gpt2" and not any(k.startswith("transformer.") for k in tensors):
         tensors = {
             ("lm_head.weight" if k == "lm_head.weight" else "transformer." + k): v for k, v in tensors.items()
         }
     tensors = {k: v for k, v in tensors.items() if not k.endswith(_IGNORED_SUFFIXES)}
     if config.tie_embeddings:
-        tensors.pop("lm_head.weight", None)  # a tied head some files store anyway
-    expected = _shapes(config)
-    state: dict[str, torch.Tensor] = {}
-    used: set[str] = set()
-    for m in weight_map(config):
-        missing = [name for name in m.theirs if name not in tensors]
+        tensors.pop("lm_head.weight", None)
+    return tensors
+
+
+def check_stored(stored: dict[str, Stored], config: GPTConfig, where: Path) -> None:
+    """Every tensor the config implies is listed, as a float tensor of the shape the config
+    implies, and nothing else is; the layers are counted first, from the names alone, so that a
+    config of many more layers than the weights is refused before anything is built for it."""
+    stored = _as_named(stored, config)
+    layers = len({found.group(1) for k in stored if (found := re.search(r"\.(?:h|layers)\.(\d+)\.", k))})
+    if layers != config.n_layer:
+        key = _CONFIG_KEYS[config.arch]["n_layer"]
+        raise DataError(
+            f"{where / CONFIG_FILE}: {key} = {config.n_layer}, but the weights hold {layers} layers"
+        )
+    mapped = weight_map(config)
+    for m in mapped:
+        missing = [name for name in m.theirs if name not in stored]
         if missing:
             raise DataError(f"{where}: the weights have no tensor {missing[0]}, which the config implies")
+    extra = sorted(set(stored) - {name for m in mapped for name in m.theirs})
+    if extra:
+        raise DataError(f"{where}: tensor {extra[0]} has no place in a {config.arch} model of this config")
+    expected = _shapes(config)
+    for m in mapped:
+        if m.ours not in expected:
+            continue
+        whole = expected[m.ours][::-1] if m.transposed else expected[m.ours]
+        # the parts are stacked by rows (q/k/v, gate/up)
+        part = (whole[0] // len(m.theirs), *whole[1:])
+        for name in m.theirs:
+            if stored[name].shape != part:
+                raise DataError(
+                    f"{where}: {name} has shape {stored[name].shape}, but {CONFIG_FILE} implies {part}"
+                )
+            if not stored[name].floating:
+                raise DataError(f"{where}: {name} is {stored[name].dtype}, not a float tensor")
+
+
+def state_from_hf(
+    tensors: dict[str, torch.Tensor], config: GPTConfig, where: Path
+) -> dict[str, torch.Tensor]:
+    """gptcore's state dict (what GPT(config) loads) from transformers-named tensors; every tensor
+    must be there with the shape the config implies, finite, and none left over."""
+    check_stored(
+        {k: Stored(tuple(v.shape), str(v.dtype), v.is_floating_point()) for k, v in tensors.items()},
+        config,
+        where,
+    )
+    tensors = _as_named(tensors, config)
+    state: dict[str, torch.Tensor] = {}
+    for m in weight_map(config):
+        check_finite(str(where), {name: tensors[name] for name in m.theirs})
         parts = [tensors[name].float() for name in m.theirs]
         tensor = torch.cat(parts, dim=0) if len(parts) > 1 else parts[0]
         if m.transposed:
             tensor = tensor.t()
-        if m.ours in expected and tuple(tensor.shape) != expected[m.ours]:
-            raise DataError(
-                f"{where}: {', '.join(m.theirs)} has shape {tuple(parts[0].shape)}, "
-                f"but config.json implies {expected[m.ours]} for {m.ours}"
-            )
         state[m.ours] = tensor.contiguous()
-        used.update(m.theirs)
-    extra = sorted(set(tensors) - used)
-    if extra:
-        raise DataError(f"{where}: tensor {extra[0]} has no place in a {config.arch} model of this config")
     return state
 
 
@@ -432,6 +567,13 @@ def read_folder(folder: Path | str) -> tuple[GPTConfig, dict[str, torch.Tensor]]
     zero (a gptcore export of bias: false) comes back bias-free."""
     folder = Path(folder)
     config = read_config(folder)
+    check_stored(stored_tensors(folder), config, folder)
+    # at the peak, the weights as read or in float32 beside the model built from them
+    built = model_bytes(config)
+    stored = sum(file.stat().st_size for file in _weight_files(folder)[0])
+    check_memory(
+        str(folder), max(stored, built) + built, "loading its model (weights as read, model as built)"
+    )
     state = state_from_hf(read_weights(folder), config, folder)
     if config.arch == "gpt2" and all(not v.any() for k, v in state.items() if k.endswith("bias")):
         config = dataclasses.replace(config, bias=False)

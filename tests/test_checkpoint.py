@@ -302,10 +302,15 @@ def test_a_forged_config_with_a_recomputed_hash_is_refused_before_any_allocation
     [
         ("n_embd", "64", r"n_embd = '64' is not int"),
         ("n_layer", True, r"n_layer = True is not int"),
+        ("intermediate_size", "wide", r"intermediate_size = 'wide' is not int \| None"),
+        ("arch", None, r"arch = None is not str"),
         ("n_head", 0, r"n_head = 0 must be >= 1"),
         ("n_head", 3, r"n_embd \d+ is not a multiple of n_head 3"),
         ("dropout", 1.5, r"dropout = 1.5 must lie in \[0, 1\)"),
-        ("n_layer", 10**9, r"n_layer = 1000000000, but the file holds \d+ tensors"),
+        ("n_layer", 10**9, r"n_layer = 1000000000 exceeds the limit 1024"),
+        ("n_layer", 3, r"n_layer = 3, but the weights hold 2 layers"),
+        ("block_size", 2 * 10**9, r"block_size = 2000000000 exceeds the limit 1048576"),
+        ("norm_eps", float("nan"), r"norm_eps = nan must be a finite number >= 0"),
         ("flash", True, r"unknown model config key 'flash'"),
     ],
 )
@@ -326,4 +331,7 @@ def test_refusing_a_pickled_object_never_advises_weights_only_false(tmp_path: Pa
         load_model(path)
     message = str(err.value)
     assert "weights_only" not in message and "\n" not in message
-    assert message.endswith("holds a Python object (pickle.PickleError) that only running code could rebuild")
+    assert message.endswith(
+        "model.pt is not a gptcore model file: it holds a Python object (pickle.PickleError) that only "
+        "running code could rebuild, and gptcore runs no code from a file"
+    )
