@@ -21,17 +21,18 @@ gptcore tokenizer for `gptcore chat --model <folder>`; other tokenizers are refu
 
 from __future__ import annotations
 
-import json
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-from gptcore.errors import DataError
+from gptcore.errors import DataError, parse_json
 from gptcore.tokenizer import EOT, UNK, BpeTokenizer, CharTokenizer, Tokenizer
 
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 SPECIAL_TOKENS_FILE = "special_tokens_map.json"
+# read whole: real ones (a 256k vocabulary with its merges) are tens of MB
+MAX_TOKENIZER_BYTES = 1 << 28
 
 # what transformers' byte-level pre-tokenizer splits with when it carries no regex of its own
 # (GPT-2's tokenizer.json): GPT-2's pattern, as in tiktoken's r50k_base
@@ -187,11 +188,16 @@ def tokenizer_from_hf(folder: Path) -> Tokenizer:
         raise DataError(
             f"{path} not found: the folder has no tokenizer (fetch tokenizer.json beside config.json)"
         )
+    size = path.stat().st_size
+    if size > MAX_TOKENIZER_BYTES:
+        raise DataError(
+            f"{path}: the file is {size:,} bytes, over the limit {MAX_TOKENIZER_BYTES:,} for its kind"
+        )
     try:
-        spec = json.loads(path.read_text(encoding="utf-8"))
+        spec = parse_json(path.read_bytes(), str(path))
         model = spec["model"]
         kind = model["type"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+    except (KeyError, TypeError) as exc:
         raise DataError(f"{path} is not a tokenizers file: {exc}") from None
     specials = {t["content"]: int(t["id"]) for t in spec.get("added_tokens") or [] if t.get("special")}
     if EOT not in specials:

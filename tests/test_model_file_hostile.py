@@ -497,3 +497,14 @@ def test_a_real_tiny_model_still_loads(llama_file: Path, llama_folder: Path) -> 
     with torch.no_grad():
         assert torch.equal(model(idx)[0], back(idx)[0])
     assert isinstance(tokenizer, CharTokenizer)
+
+
+def test_a_tokenizer_json_nested_too_deep_or_too_big_is_one_line(
+    llama_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (llama_folder / "tokenizer.json").write_text('{"model": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(DataError, match=r"tokenizer\.json: JSON nested too deeply"):
+        load_folder(llama_folder)
+    monkeypatch.setattr("gptcore.hf_tokenizer.MAX_TOKENIZER_BYTES", 100)
+    with pytest.raises(DataError, match=r"tokenizer\.json: the file is .* over the limit 100"):
+        load_folder(llama_folder)
