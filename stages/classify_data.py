@@ -8,6 +8,7 @@ the corpus lists the plays of each split and whether pretraining trained on them
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 from gptcore.atomic import atomic_dir, write_json
@@ -16,16 +17,13 @@ from gptcore.finetune_data import (
     SPLITS,
     LabelledText,
     assign_plays,
-    balance,
-    check_classes,
     genre_passages,
-    label_counts,
+    iter_labelled,
     play_group,
     play_listing,
-    read_labelled,
     read_plays,
-    split_by_hash,
-    write_jsonl,
+    split_of,
+    write_labelled_splits,
 )
 from gptcore.params import ClassifyDataParams, load_section
 
@@ -33,46 +31,44 @@ OUT_DIR = Path("data/finetune/classify")
 REPORT = Path("reports/classify_data.json")
 
 
-def corpus_examples(folder: Path, params: ClassifyDataParams) -> tuple[dict[str, list[LabelledText]], dict]:
-    """Genre passages of the plays in a data/split folder, split by play."""
+def corpus_examples(
+    folder: Path, params: ClassifyDataParams
+) -> tuple[Iterator[tuple[str, LabelledText]], dict]:
+    """Genre passages of the plays in a data/split folder, split by play, and the plays' listing."""
     plays = read_plays(folder)
     assignment = assign_plays({name: seen for name, (_, seen) in plays.items()}, params.seed)
-    splits: dict[str, list[LabelledText]] = {name: [] for name in SPLITS}
-    for name, (text, _) in sorted(plays.items()):
-        for i, passage in enumerate(genre_passages(text, params.passage_chars, params.passages_per_play)):
-            splits[assignment[name]].append(LabelledText(passage, play_group(name), f"{name}#{i}"))
-    return splits, play_listing(plays, assignment)
+    examples = (
+        (assignment[name], LabelledText(passage, play_group(name), f"{name}#{i}"))
+        for name, (text, _) in sorted(plays.items())
+        for i, passage in enumerate(genre_passages(text, params.passage_chars, params.passages_per_play))
+    )
+    return examples, play_listing(plays, assignment)
 
 
 def main() -> None:
     params = load_section("classify_data")
     source = Path(params.source)
+    plays = None
     if source.is_dir():
-        splits, plays = corpus_examples(source, params)
+        examples, plays = corpus_examples(source, params)
     else:
-        examples = read_labelled(source, params.text_column, params.label_column, params.format)
-        splits = split_by_hash(
-            examples, [ex.text for ex in examples], params.seed, params.val_fraction, params.test_fraction
+        examples = (
+            (split_of(ex.text, params.seed, params.val_fraction, params.test_fraction), ex)
+            for ex in iter_labelled(source, params.text_column, params.label_column, params.format)
         )
-        plays = None
-    if params.balance:
-        splits = {name: balance(items, params.seed) if items else items for name, items in splits.items()}
-    labels = check_classes(splits, str(source))
     with atomic_dir(OUT_DIR) as tmp:
-        for name, items in splits.items():
-            write_jsonl(tmp / f"{name}.jsonl", ({"text": ex.text, "label": ex.label} for ex in items))
+        labels, per_label = write_labelled_splits(tmp, examples, params.seed, params.balance, str(source))
+    counts = {name: sum(per_label[name].values()) for name in SPLITS}
     report = {
         "source": str(source),
         "labels": labels,
-        **{
-            name: {"examples": len(items), "per_label": label_counts(items)} for name, items in splits.items()
-        },
+        **{name: {"examples": counts[name], "per_label": per_label[name]} for name in SPLITS},
     }
     if plays is not None:
         report["plays"] = plays
     write_json(REPORT, report)
-    counts = ", ".join(f"{name} {len(items):,}" for name, items in splits.items())
-    print(f"classify_data: {len(labels)} classes ({', '.join(labels)}); examples: {counts}")
+    summary = ", ".join(f"{name} {count:,}" for name, count in counts.items())
+    print(f"classify_data: {len(labels)} classes ({', '.join(labels)}); examples: {summary}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -12,13 +13,14 @@ from gptcore.errors import DataError
 from gptcore.finetune_data import (
     LabelledText,
     assign_plays,
-    balance,
     check_classes,
     dialogue_records,
     genre_passages,
     read_instructions,
+    read_jsonl,
     read_labelled,
-    split_by_hash,
+    split_of,
+    write_labelled_splits,
 )
 from gptcore.params import ParamsError, parse_section
 
@@ -145,7 +147,7 @@ def test_instruction_records_from_a_json_array_and_json_lines(tmp_path: Path) ->
 def test_a_record_without_output_is_named(tmp_path: Path) -> None:
     path = tmp_path / "instruction-data.json"
     path.write_text(json.dumps([{"instruction": "a", "output": "b"}, {"instruction": "c"}]), encoding="utf-8")
-    with pytest.raises(DataError, match=r"instruction-data.json: record 1: missing field 'output'"):
+    with pytest.raises(DataError, match=r"instruction-data.json:1: record 1: missing field 'output'"):
         read_instructions(path)
     path = tmp_path / "d.jsonl"
     path.write_text('{"instruction": "a", "output": 3}\n', encoding="utf-8")
@@ -158,38 +160,74 @@ def _examples(labels: str) -> list[LabelledText]:
 
 
 def test_one_class_is_refused_naming_the_file() -> None:
-    splits = {"train": _examples("aaa"), "val": _examples("a"), "test": []}
+    seen = {"train": {"a": "f:1"}, "val": {"a": "f:4"}, "test": {}}
     with pytest.raises(
         DataError, match=r"spam.tsv: a classifier needs at least two classes .* found \['a'\]"
     ):
-        check_classes(splits, "spam.tsv")
+        check_classes(seen, "spam.tsv")
 
 
 def test_a_label_seen_only_in_test_is_refused_naming_its_line() -> None:
-    splits = {"train": _examples("abab"), "val": [], "test": [LabelledText("t", "c", "spam.tsv:7")]}
+    seen = {"train": {"a": "f:1", "b": "f:2"}, "val": {}, "test": {"c": "spam.tsv:7"}}
     with pytest.raises(DataError, match=r"spam.tsv:7: label 'c' occurs only in the test split"):
-        check_classes(splits, "spam.tsv")
-    splits["test"] = [LabelledText("t", "a", "spam.tsv:7")]
-    assert check_classes(splits, "spam.tsv") == ["a", "b"]
+        check_classes(seen, "spam.tsv")
+    seen["test"] = {"a": "spam.tsv:7"}
+    assert check_classes(seen, "spam.tsv") == ["a", "b"]
 
 
-def test_split_by_hash_is_deterministic_disjoint_and_keeps_duplicates_together() -> None:
+def test_a_label_seen_only_in_test_stops_the_writer_at_its_first_example(tmp_path: Path) -> None:
+    examples = [("train", ex) for ex in _examples("abab")]
+    examples += [
+        ("test", LabelledText("t", "c", "spam.tsv:7")),
+        ("test", LabelledText("u", "c", "spam.tsv:9")),
+    ]
+    with pytest.raises(DataError, match=r"^spam.tsv:7: label 'c' occurs only in the test split"):
+        write_labelled_splits(tmp_path, examples, 0, True, "spam.tsv")
+
+
+def test_split_of_is_deterministic_disjoint_and_keeps_duplicates_together() -> None:
     texts = [f"message {i % 150}" for i in range(300)]  # every text twice
-    first = split_by_hash(texts, texts, 7, 0.1, 0.2)
-    assert first == split_by_hash(texts, texts, 7, 0.1, 0.2)
-    assert sum(len(v) for v in first.values()) == 300
-    sets = {name: set(items) for name, items in first.items()}
-    assert not sets["train"] & sets["test"] and not sets["train"] & sets["val"]
-    assert 30 <= len(first["test"]) <= 90  # about 20% of 300
-    assert first != split_by_hash(texts, texts, 8, 0.1, 0.2)  # the seed matters
+    first = [split_of(text, 7, 0.1, 0.2) for text in texts]
+    assert first == [split_of(text, 7, 0.1, 0.2) for text in texts]
+    assert first[:150] == first[150:]
+    assert 30 <= first.count("test") <= 90  # about 20% of 300
+    assert 10 <= first.count("val") <= 60
+    assert first != [split_of(text, 8, 0.1, 0.2) for text in texts]  # the seed matters
 
 
-def test_balance_undersamples_every_class_to_the_rarest() -> None:
+def test_balance_undersamples_every_class_to_the_rarest_in_original_order(tmp_path: Path) -> None:
     examples = _examples("aaaaaaabbc" * 3)
-    kept = balance(examples, 0)
-    assert sorted(e.label for e in kept) == ["a"] * 3 + ["b"] * 3 + ["c"] * 3
-    assert kept == [e for e in examples if e in kept]  # original order
-    assert kept == balance(examples, 0)
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    labels, per_label = write_labelled_splits(
+        tmp_path / "one", [("train", ex) for ex in examples], 0, True, "f"
+    )
+    assert labels == ["a", "b", "c"]
+    assert per_label == {"train": {"a": 3, "b": 3, "c": 3}, "val": {}, "test": {}}
+    kept = read_jsonl(tmp_path / "one" / "train.jsonl")
+    assert sorted(row["label"] for row in kept) == ["a"] * 3 + ["b"] * 3 + ["c"] * 3
+    texts = [ex.text for ex in examples]
+    assert [row["text"] for row in kept] == [t for t in texts if t in {row["text"] for row in kept}]
+    write_labelled_splits(tmp_path / "two", [("train", ex) for ex in examples], 0, True, "f")
+    assert (tmp_path / "two" / "train.jsonl").read_bytes() == (tmp_path / "one" / "train.jsonl").read_bytes()
+    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == ["test.jsonl", "train.jsonl", "val.jsonl"]
+
+
+def test_balance_keeps_per_class_the_examples_of_smallest_hash_of_where_and_text(tmp_path: Path) -> None:
+    examples = _examples("aaaaaaabbc" * 30)
+    training = [("train", ex) for ex in _examples("abc")]
+    write_labelled_splits(tmp_path, training + [("val", ex) for ex in examples], 5, True, "f")
+    size = 30  # the rarest class, c
+
+    def unit(ex: LabelledText) -> float:  # the documented rule, which the committed outputs rest on
+        digest = hashlib.sha256(f"5\0{ex.where}{ex.text}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64
+
+    chosen = {
+        id(ex) for label in "abc" for ex in sorted((e for e in examples if e.label == label), key=unit)[:size]
+    }
+    expected = [{"text": ex.text, "label": ex.label} for ex in examples if id(ex) in chosen]
+    assert read_jsonl(tmp_path / "val.jsonl") == expected
 
 
 def test_plays_split_one_test_and_one_val_per_genre_preferring_unseen_plays() -> None:

@@ -9,6 +9,7 @@ import os
 import random
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from gptcore import sources
 from gptcore.errors import DataError
 from gptcore.sources import fetch_source
 
@@ -428,14 +430,151 @@ def test_pip_source_downloads_the_distribution(tmp_path: Path, monkeypatch: pyte
     assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == ["manifest.json", wheel.name]
 
 
-def test_pip_failure_shows_the_tail_of_pips_stderr(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PIP_NO_INDEX", "1")  # never the registry, even by mistake
-    with pytest.raises(
-        DataError,
-        match=r"(?s)pip download no-such-dist==1\.0 failed \(exit \d+\):.*No matching distribution.*wheels only",
-    ):
-        fetch_source("pip:no-such-dist==1.0", tmp_path / "raw")
+@pytest.fixture
+def own_pip(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pip as it is out of the box: none of this machine's pip settings, no config file; no retries
+    (a refused connection fails at once), and never the registry: each test names its index."""
+    for name in [name for name in os.environ if name.startswith("PIP_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("PIP_RETRIES", "0")
+    monkeypatch.setenv("PIP_TIMEOUT", "5")
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+
+
+def test_pip_that_cannot_reach_the_index_says_so_and_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, own_pip: None
+) -> None:
+    closed = socket.socket()  # bound, never listening: a connection to it is refused
+    closed.bind(("127.0.0.1", 0))
+    index = f"http://127.0.0.1:{closed.getsockname()[1]}/simple"
+    monkeypatch.delenv("PIP_NO_INDEX")
+    monkeypatch.setenv("PIP_INDEX_URL", index)
+    try:
+        with pytest.raises(DataError) as caught:
+            fetch_source("pip:tiny==1.0", tmp_path / "raw")
+    finally:
+        closed.close()
+    message = str(caught.value)
+    assert message.startswith(
+        f"pip download tiny==1.0 failed: could not reach the package index ({index}/tiny/: connection refused); "
+    )
+    assert "give data.source a local path instead" in message and ".whl" in message
+    assert "\n" not in message and "setup.py" not in message
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("requirement", "message"),
+    [
+        (
+            "no-such-dist==1.0",
+            "no distribution named no-such-dist with a wheel on the package index: check the name; only wheels",
+        ),
+        (
+            "tiny==2.0",
+            "no version of tiny matches 'tiny==2.0' among those with a wheel (1.0); give one of them",
+        ),
+        ("{tmp}/gone-1.0-py3-none-any.whl", "no such file: {tmp}/gone-1.0-py3-none-any.whl"),
+    ],
+)
+def test_pip_failure_says_what_is_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, own_pip: None, requirement: str, message: str
+) -> None:
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tiny_wheel(tmp_path).parent))
+    requirement = requirement.format(tmp=tmp_path)
+    with pytest.raises(DataError, match="^" + re.escape(f"pip download {requirement} failed: ")) as caught:
+        fetch_source(f"pip:{requirement}", tmp_path / "raw")
+    assert message.format(tmp=tmp_path) in str(caught.value) and "\n" not in str(caught.value)
+    assert not (tmp_path / "raw").exists()
+
+
+# What pip writes when the index cannot be reached, as pip 23 logs it (--log) and as later pips
+# (urllib3 2) warn while retrying; the host is a name that never resolves.
+FETCH = "Could not fetch URL https://index.invalid/simple/tiny/: "
+POOL = "HTTPSConnectionPool(host='index.invalid', port=443): Max retries exceeded with url: /simple/tiny/"
+CONNECTION = "<pip._vendor.urllib3.connection.HTTPSConnection object at 0x7f1bcee0d010>"
+RETRY = "WARNING: Retrying (Retry(total=4, connect=None, read=None, redirect=None, status=None)) after "
+NOT_FOUND = [
+    "ERROR: Could not find a version that satisfies the requirement tiny==1.0 (from versions: none)",
+    "ERROR: No matching distribution found for tiny==1.0",
+]
+
+
+@pytest.mark.parametrize(
+    ("log", "stderr", "message"),
+    [
+        (
+            [
+                f"2026-12-02T20:01:19,573 {FETCH}connection error: {POOL} (Caused by NewConnectionError('"
+                f"{CONNECTION}: Failed to establish a new connection: [Errno -2] Name or service not known'))"
+                " - skipping"
+            ],
+            NOT_FOUND,
+            "(https://index.invalid/simple/tiny/: the host name does not resolve)",
+        ),
+        (
+            [],
+            [
+                f"{RETRY}connection broken by 'NameResolutionError(\"{CONNECTION}: Failed to resolve "
+                "'index.invalid' ([Errno -3] Temporary failure in name resolution)\")': /simple/tiny/",
+                *NOT_FOUND,
+            ],
+            "(/simple/tiny/: the host name does not resolve)",
+        ),
+        (
+            [
+                f"{FETCH}connection error: {POOL} (Caused by NewConnectionError('{CONNECTION}: Failed to "
+                "establish a new connection: [Errno 101] Network is unreachable')) - skipping"
+            ],
+            NOT_FOUND,
+            "(https://index.invalid/simple/tiny/: the network is unreachable)",
+        ),
+        (
+            [
+                f"{FETCH}connection error: {POOL} (Caused by ProxyError('Cannot connect to proxy.', "
+                "OSError('Tunnel connection failed: 403 Forbidden'))) - skipping"
+            ],
+            NOT_FOUND,
+            "(https://index.invalid/simple/tiny/: the proxy failed)",
+        ),
+    ],
+)
+def test_pip_unreachable_index_is_recognised_in_what_pip_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, log: list[str], stderr: list[str], message: str
+) -> None:
+    fake = fake_pip(tmp_path, log, stderr)
+    monkeypatch.setattr(sources, "PIP_COMMAND", (sys.executable, str(fake)))
+    with pytest.raises(DataError) as caught:
+        fetch_source("pip:tiny==1.0", tmp_path / "raw")
+    assert str(caught.value).startswith(
+        f"pip download tiny==1.0 failed: could not reach the package index {message}; if the network"
+    )
+
+
+def test_a_404_from_the_index_means_no_such_distribution(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = [f"{FETCH}404 Client Error: Not Found for url: https://index.invalid/simple/tiny/ - skipping"]
+    monkeypatch.setattr(sources, "PIP_COMMAND", (sys.executable, str(fake_pip(tmp_path, log, NOT_FOUND))))
+    with pytest.raises(
+        DataError, match=r"failed: no distribution named tiny with a wheel on the package index"
+    ):
+        fetch_source("pip:tiny==1.0", tmp_path / "raw")
+
+
+def fake_pip(folder: Path, log: list[str], stderr: list[str]) -> Path:
+    """A stand-in for `python -m pip` that fails, writing `log` to its --log file and `stderr` to stderr."""
+    script = folder / "fake_pip.py"
+    script.write_text(
+        "import sys\n"
+        "args = sys.argv[1:]\n"
+        f"open(args[args.index('--log') + 1], 'w').write({chr(10).join(log)!r})\n"
+        f"sys.stderr.write({''.join(line + chr(10) for line in stderr)!r})\n"
+        "sys.exit(1)\n",
+        encoding="utf-8",
+    )
+    return script
 
 
 def evil_sdist(folder: Path, marker: Path) -> Path:
