@@ -259,12 +259,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--api-key",
-        help="require Authorization: Bearer KEY on every /v1 route (default: $GPTCORE_API_KEY, else none)",
+        help="require Authorization: Bearer KEY on every /v1 route (default: $GPTCORE_API_KEY, else none); "
+        "an empty key is an error",
+    )
+    serve.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="without an API key, also answer requests whose Host is NAME (repeat for several; "
+        "localhost, IP addresses and --host are always answered)",
     )
     for flag, default, what in (
         ("--max-tokens-limit", 2048, "largest max_tokens a request may ask for"),
-        ("--max-batch", 16, "requests generated together, one forward pass per token for all; more wait"),
+        ("--max-batch", 16, "choices generated together, one forward pass per token for all; more wait"),
         ("--max-body-bytes", 1 << 20, "largest request body accepted, in bytes"),
+        ("--max-choices", 16, "choices one request may ask for: its prompts x n"),
+        ("--max-prompt-tokens", 32768, "tokens of one request's prompts together"),
+        ("--max-waiting", 256, "choices waiting for a slot, across requests; past it requests get 503"),
     ):
         serve.add_argument(flag, type=_positive_int, default=default, help=f"{what} (default: %(default)s)")
     serve.add_argument(
@@ -532,9 +544,25 @@ def cmd_serve(args: argparse.Namespace) -> None:
         max_tokens_limit=args.max_tokens_limit,
         max_batch=args.max_batch,
         max_body_bytes=args.max_body_bytes,
-        api_key=args.api_key or os.environ.get("GPTCORE_API_KEY") or None,
+        api_key=_api_key(args.api_key),
+        max_choices=args.max_choices,
+        max_prompt_tokens=args.max_prompt_tokens,
+        max_waiting=args.max_waiting,
+        allowed_hosts=(*args.allow_host, args.host),
     )
     serve(options, args.host, args.port)
+
+
+def _api_key(flag: str | None) -> str | None:
+    """--api-key, else $GPTCORE_API_KEY, else None (no key). A key given but empty is an error, not
+    "no key": `--api-key "$UNSET_VAR"` must not serve everyone."""
+    if flag is not None:
+        key, where, instead = flag, "--api-key", "leave the flag out"
+    else:
+        key, where, instead = os.environ.get("GPTCORE_API_KEY"), "$GPTCORE_API_KEY", "unset it"
+    if key is not None and not key.strip():
+        raise GptcoreError(f"{where} is empty: give a key, or {instead} to serve without one")
+    return key.strip() if key is not None else None
 
 
 # ---------------------------------------------------------------------------------------------

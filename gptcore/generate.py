@@ -74,6 +74,18 @@ def seeded_generator(sampling: Sampling) -> torch.Generator | None:
     return None if sampling.seed is None else torch.Generator().manual_seed(sampling.seed)
 
 
+def scale_logits(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """`logits / temperature` in float32, well defined for every temperature > 0.
+
+    The largest logit is moved to 0 first and kept there, so no logit becomes +inf or NaN however
+    small the temperature (one below float32's range divides by 0): the others go to -inf as it
+    shrinks (argmax, tied tokens sharing the draw) and to 0 as it grows (uniform). The softmax is
+    the same as unshifted."""
+    logits = logits.float()
+    shifted = logits - logits.amax(dim=-1, keepdim=True)
+    return torch.where(shifted == 0, shifted, shifted / temperature)
+
+
 def sample_next(
     logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None = None
 ) -> torch.Tensor:
@@ -82,7 +94,7 @@ def sample_next(
     if temperature == 0.0:
         # filtering never changes the argmax, so greedy skips it
         return logits.argmax(dim=-1)
-    probs = filter_logits(logits.float() / temperature, sampling.top_k, sampling.top_p).softmax(dim=-1)
+    probs = filter_logits(scale_logits(logits, temperature), sampling.top_k, sampling.top_p).softmax(dim=-1)
     # draw on the generator's device: a CPU generator then gives the same tokens for the same
     # probabilities on any device (the copy is B x V floats, and the caller syncs on the ids anyway)
     draw_device = generator.device if generator is not None else probs.device
@@ -192,11 +204,21 @@ def _first_stop(text: str, stop: Sequence[str], start: int = 0) -> int | None:
 def _held_back(text: str, stop: Sequence[str]) -> int:
     """Length of the longest tail of `text` that could be the start of a stop string."""
     longest = 0
+    if not text:
+        return 0
     for s in stop:
-        for n in range(min(len(s) - 1, len(text)), longest, -1):
+        n = min(len(s) - 1, len(text))
+        while n > longest:
+            # only a prefix that ends in text's last character can be its tail: jump to the
+            # longest such one rather than trying every length (a long stop string would cost
+            # its length squared at every piece)
+            n = s.rfind(text[-1], 0, n) + 1
+            if n <= longest:
+                break
             if text.endswith(s[:n]):
                 longest = n
                 break
+            n -= 1
     return longest
 
 
@@ -220,48 +242,93 @@ def stream_completion(
     yield from cut_at_stop(decode_stream(tokenizer, (int(step[0]) for step in steps)), sampling.stop)
 
 
+class TextDecoder:
+    """Push-style `decode_stream`: `feed` a token, get the whole characters it completes (maybe
+    ""), for a consumer that is handed tokens rather than pulling them (`gptcore serve`)."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.pending: list[int] = []
+
+    def feed(self, token: int) -> str:
+        self.pending.append(token)
+        text = self.tokenizer.decode(self.pending)
+        if text.endswith(REPLACEMENT_CHAR):
+            return ""
+        self.pending.clear()
+        return text
+
+    def flush(self) -> str:
+        """What is still held back, once no token follows."""
+        text = self.tokenizer.decode(self.pending) if self.pending else ""
+        self.pending.clear()
+        return text
+
+
 def decode_stream(tokenizer: Tokenizer, tokens: Iterable[int]) -> Iterator[str]:
     """The text of new `tokens`, piece by piece, whole characters only, until <|endoftext|>.
 
     A piece that ends in U+FFFD is held back until the next token: with a byte-level tokenizer it
     may be the first bytes of a character that the next token completes.
     """
-    pending: list[int] = []
+    decoder = TextDecoder(tokenizer)
     for token in tokens:
         if token == tokenizer.eot_id:
             break
-        pending.append(token)
-        text = tokenizer.decode(pending)
-        if not text.endswith(REPLACEMENT_CHAR):
-            pending.clear()
+        if text := decoder.feed(token):
             yield text
-    if pending:
-        yield tokenizer.decode(pending)
+    if text := decoder.flush():
+        yield text
+
+
+class StopCutter:
+    """Push-style `cut_at_stop`: `feed` a piece of text, get what can be sent now; `stopped` is
+    set once a stop string appears (nothing is sent from it on), and `flush` gives what was held
+    back when the text ends without one."""
+
+    def __init__(self, stop: Sequence[str]) -> None:
+        self.stop = stop
+        self.longest = max((len(s) for s in stop), default=0)
+        self.text = ""
+        self.sent = 0
+        self.stopped = False
+
+    def feed(self, piece: str) -> str:
+        if self.stopped:
+            return ""
+        if not self.stop:
+            return piece
+        self.text += piece
+        window = max(0, self.sent - self.longest)  # a stop string can only end in the new text
+        cut = _first_stop(self.text, self.stop, window)
+        if cut is not None:
+            self.stopped = True
+            return self.text[self.sent : cut] if cut > self.sent else ""
+        safe = len(self.text) - _held_back(self.text, self.stop)
+        if safe <= self.sent:
+            return ""
+        out, self.sent = self.text[self.sent : safe], safe
+        return out
+
+    def flush(self) -> str:
+        if self.stopped or self.sent >= len(self.text):
+            return ""
+        out, self.sent = self.text[self.sent :], len(self.text)
+        return out
 
 
 def cut_at_stop(pieces: Iterable[str], stop: Sequence[str]) -> Iterator[str]:
     """The text of `pieces` up to just before the first of the `stop` strings, where it ends
     (`pieces` is not read further). Text that could be the start of a stop string is held back
     until the next pieces tell."""
-    if not stop:
-        yield from pieces
-        return
-    text, sent = "", 0
-    longest = max(len(s) for s in stop)
+    cutter = StopCutter(stop)
     for piece in pieces:
-        text += piece
-        window = max(0, sent - longest)  # a stop string can only end in the new text
-        cut = _first_stop(text, stop, window)
-        if cut is not None:
-            if cut > sent:
-                yield text[sent:cut]
+        if text := cutter.feed(piece):
+            yield text
+        if cutter.stopped:
             return
-        safe = len(text) - _held_back(text, stop)
-        if safe > sent:
-            yield text[sent:safe]
-            sent = safe
-    if sent < len(text):
-        yield text[sent:]
+    if text := cutter.flush():
+        yield text
 
 
 def complete(

@@ -22,8 +22,17 @@ class SamplingError(GptcoreError, ValueError):
 
     def __init__(self, field: str, value: Any, rule: str) -> None:
         self.field, self.value, self.rule = field, value, rule
-        shown = list(value) if isinstance(value, tuple) else value
-        super().__init__(f"{field} = {shown!r} is invalid: {rule}")
+        super().__init__(f"{field} = {_shown(value)} is invalid: {rule}")
+
+
+def _shown(value: Any, limit: int = 100) -> str:
+    """A setting's value as a message shows it: its repr (a tuple as the list it was given as),
+    cut at `limit` characters, since a value from a request may be any size or depth."""
+    try:
+        text = repr(list(value) if isinstance(value, tuple) else value)
+    except RecursionError:
+        return "(a value nested too deeply to show)"
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _number(value: Any) -> bool:
@@ -48,7 +57,11 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         lambda v: isinstance(v, tuple) and all(isinstance(s, str) and s for s in v),
         "must be non-empty strings",
     ),
-    "seed": (lambda v: v is None or _whole(v), "must be a whole number (or none: a random seed)"),
+    # torch's generators take seeds of 64 bits, signed or not
+    "seed": (
+        lambda v: v is None or (_whole(v) and -(2**63) <= v < 2**64),
+        "must be a whole number that fits in 64 bits (or none: a random seed)",
+    ),
 }
 
 
@@ -65,9 +78,12 @@ class Sampling:
     sampling (softmax at temperature 1, no filtering), what the CLI uses outside a checkout.
 
     Order at each step: divide the logits by the temperature, keep the top-k, then the top-p
-    nucleus of what is left, then draw; temperature 0 is greedy argmax. A completion ends after
-    max_new_tokens, or just before the first stop string. `seed` None means a fresh random seed
-    (the CLI draws one and reports it)."""
+    nucleus of what is left, then draw; temperature 0 is greedy argmax. Every value the checks
+    pass is well defined: the logits are divided after their largest is moved to 0, which stays 0
+    whatever the temperature, so a tiny temperature tends to argmax (tied tokens share the draw)
+    and a huge one to uniform, never to NaN (`gptcore.generate.sample_next`). A completion ends
+    after max_new_tokens, or just before the first stop string. `seed` None means a fresh random
+    seed (the CLI draws one and reports it)."""
 
     temperature: float = 1.0
     top_k: int = 0

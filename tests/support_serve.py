@@ -63,6 +63,10 @@ def running(model_path: Path, **overrides) -> Iterator[str]:
         max_batch=4,
         max_body_bytes=64 * 1024,
         api_key=None,
+        max_choices=16,
+        max_prompt_tokens=100_000,
+        max_waiting=64,
+        allowed_hosts=(),
     )
     options = replace(options, **overrides)
     server = uvicorn.Server(uvicorn.Config(build_app(options), host="127.0.0.1", port=0, log_level="warning"))

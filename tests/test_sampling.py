@@ -5,10 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from support_models import save_tiny_model
 
+from gptcore.checkpoint import load_model
 from gptcore.cli import chat_command, main
 from gptcore.errors import GptcoreError
+from gptcore.generate import complete, sample_next
 from gptcore.params import ParamsError, load_section
 from gptcore.sampling import Sampling, SamplingError
 
@@ -68,6 +72,49 @@ def test_a_bad_setting_gets_the_same_message_through_params_flags_and_chat(
     assert _params_message(tmp_path, field, value) == f"params.yaml: sample.{full}"
     assert f"argument {flag}: {full}" in _flag_message(flag, text, capsys)
     assert _chat_message(command, text) == f"/{command}: {full}"
+
+
+def test_a_seed_beyond_64_bits_is_refused_alike_in_params_and_flags(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    full = f"seed = {2**64} is invalid: must be a whole number that fits in 64 bits (or none: a random seed)"
+    assert _params_message(tmp_path, "seed", 2**64) == f"params.yaml: sample.{full}"
+    assert f"argument --seed: {full}" in _flag_message("--seed", str(2**64), capsys)
+    for seed in (-(2**63), 2**64 - 1):  # the ends of what torch's generators take
+        torch.Generator().manual_seed(Sampling(seed=seed).seed)
+
+
+@pytest.mark.parametrize("temperature", [1e-300, 5e-324, 1e-40])
+def test_a_temperature_too_small_for_floats_is_greedy_through_every_door(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, temperature: float
+) -> None:
+    # any temperature > 0 passes the check, so each must sample: a tiny one is argmax, not NaN
+    logits = torch.randn(8, 50, generator=torch.Generator().manual_seed(0)) * 30
+    drawn = sample_next(logits, Sampling(temperature=temperature, top_k=5, top_p=0.9), torch.Generator())
+    assert torch.equal(drawn, logits.argmax(dim=-1))
+    raw = yaml.safe_load(REPO_PARAMS.read_text(encoding="utf-8"))
+    raw["sample"]["temperature"] = temperature
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
+    assert load_section("sample", tmp_path / "params.yaml").sampling().temperature == temperature
+    assert chat_command(f"/temperature {temperature!r}", Sampling())[0].temperature == temperature
+    model = tmp_path / "model.pt"
+    save_tiny_model(model)
+    monkeypatch.chdir(tmp_path)
+    main(
+        ["sample", "--model", str(model), "--prompt", "ROMEO:", "--max-new-tokens", "12", "--device", "cpu"]
+        + ["--temperature", repr(temperature), "--seed", "1"]
+    )
+    model_obj, tokenizer, _ = load_model(model)
+    assert (
+        complete(model_obj, tokenizer, "ROMEO:", Sampling(temperature=0.0, max_new_tokens=12))
+        in capsys.readouterr().out
+    )
+
+
+def test_a_huge_temperature_draws_uniformly() -> None:
+    logits = torch.tensor([[30.0, 0.0, -30.0, 5.0]]).expand(4000, 4)
+    drawn = sample_next(logits, Sampling(temperature=1e300), torch.Generator().manual_seed(0))
+    assert torch.bincount(drawn, minlength=4).min() > 850  # about 1,000 each
 
 
 def test_empty_stop_strings_are_refused_alike_in_params_and_flags(

@@ -227,8 +227,19 @@ OK = {"model": NAME, "prompt": "ROMEO:", "max_tokens": 3}
         # the Sampling type's rule, under the request's name for the setting
         ({**OK, "max_tokens": 0}, 400, "max_tokens", "max_tokens = 0 is invalid: must be"),
         ({"model": NAME, "prompt": "a", "max_completion_tokens": 0}, 400, "max_completion_tokens", ">= 1"),
-        ({**OK, "max_tokens": 501}, 400, "max_tokens", "at most 500 (this server's limit)"),
-        ({**OK, "n": 0}, 400, "n", "[1, 16]"),
+        (
+            {**OK, "max_tokens": 501},
+            400,
+            "max_tokens",
+            "at most 500 (this server's limit, --max-tokens-limit)",
+        ),
+        ({**OK, "n": 0}, 400, "n", ">= 1"),
+        (
+            {**OK, "n": 17},
+            400,
+            "n",
+            "n = 17 is invalid: must be at most 16 (this server's limit, --max-choices)",
+        ),
         ({**OK, "seed": 1.5}, 400, "seed", "whole number"),
         ({**OK, "stop": ["a", "b", "c", "d", "e"]}, 400, "stop", "at most 4"),
         ({**OK, "stop": [""]}, 400, "stop", "non-empty strings"),
@@ -320,7 +331,7 @@ def test_health_answers_while_the_model_loads(model_path: Path, monkeypatch: pyt
         return real_load(*args, **kwargs)
 
     monkeypatch.setattr(serve_module, "load_any", slow_load)
-    options = ServeOptions(model_path, NAME, DEFAULTS, "cpu", 100, 2, 4096, None)
+    options = ServeOptions(model_path, NAME, DEFAULTS, "cpu", 100, 2, 4096, None, 16, 10_000, 64, ())
     server = uvicorn.Server(uvicorn.Config(build_app(options), host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -384,7 +395,7 @@ def test_a_client_that_disconnects_stops_its_generation(model_path: Path) -> Non
             body = json.dumps({**OK, "max_tokens": 100_000, "stream": stream}).encode()
             sock = socket.create_connection((host, int(port)), timeout=30)
             sock.sendall(
-                b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
                 + f"Content-Length: {len(body)}\r\n\r\n".encode()
                 + body
             )
