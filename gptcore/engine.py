@@ -46,6 +46,7 @@ from dataclasses import dataclass
 import torch
 
 from gptcore.generate import sample_next, seeded_generator
+from gptcore.limits import check_kv_cache
 from gptcore.model import GPT, KVCache
 from gptcore.sampling import Sampling
 
@@ -138,6 +139,9 @@ class Engine:
         self.block_size = model.config.block_size
         param = next(model.parameters())
         self.device = param.device
+        check_kv_cache(
+            "gptcore serve", model.config, max_batch, param.dtype, param.device
+        )  # --max-batch rows
         self.cache = KVCache(model.config, max_batch, param.device, param.dtype)
         self.max_batch = max_batch
         self.max_waiting = max_waiting

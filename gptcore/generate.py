@@ -30,6 +30,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 
+from gptcore.limits import check_kv_cache
 from gptcore.model import GPT, KVCache
 from gptcore.sampling import Sampling, check_setting
 from gptcore.tokenizer import Tokenizer
@@ -113,6 +114,7 @@ class _Context:
         self.cache = None
         if use_cache:
             dtype = next(model.parameters()).dtype
+            check_kv_cache("generation", model.config, idx.shape[0], dtype, idx.device)
             self.cache = KVCache(model.config, idx.shape[0], idx.device, dtype)
         self.fed = self.start  # idx[:, start:fed] is in the cache
 

@@ -133,3 +133,15 @@ def available_memory() -> tuple[int | None, str]:
         if limit < available:
             available, source = limit, "this container's memory limit"
     return available, source
+
+
+def check_kv_cache(
+    where: str, config: GPTConfig, rows: int, dtype: torch.dtype, device: torch.device
+) -> None:
+    """Refuse a KV cache of `rows` x the context length that host memory cannot hold: no weight
+    bounds a llama model's context, so a small model file can ask for a cache of gigabytes."""
+    if device.type != "cpu":  # a GPU's allocator refuses for itself
+        return
+    itemsize = torch.empty(0, dtype=dtype).element_size()
+    needed = 2 * config.n_layer * rows * config.n_head * config.block_size * config.head_dim * itemsize
+    check_memory(where, needed, f"a KV cache of {rows} row(s) x {config.block_size:,} positions")

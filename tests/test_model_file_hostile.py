@@ -508,3 +508,23 @@ def test_a_tokenizer_json_nested_too_deep_or_too_big_is_one_line(
     monkeypatch.setattr("gptcore.hf_tokenizer.MAX_TOKENIZER_BYTES", 100)
     with pytest.raises(DataError, match=r"tokenizer\.json: the file is .* over the limit 100"):
         load_folder(llama_folder)
+
+
+def test_a_kv_cache_the_memory_cannot_hold_is_refused_before_it_is_allocated(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from gptcore.engine import Engine
+    from gptcore.generate import generate
+    from gptcore.sampling import Sampling
+
+    # a llama model's context is bounded by the limit alone: a small model may ask for a large cache
+    model = GPT(
+        GPTConfig(arch="llama", vocab_size=16, block_size=1 << 16, n_layer=2, n_head=2, n_embd=32)
+    ).eval()
+    cache_mb = 2 * 2 * 16 * 2 * (1 << 16) * 16 * 4 / 1e6  # k and v, layers, rows, heads, positions, head dim
+    monkeypatch.setattr(limits, "available_memory", lambda: (cache_mb * 1e6 - 1, "available memory"))
+    with pytest.raises(DataError, match=r"gptcore serve: a KV cache of 16 row\(s\) x 65,536 positions needs"):
+        Engine(model, eot_id=0, max_batch=16)
+    Engine(model, eot_id=0, max_batch=8)  # half the rows fit
+    with pytest.raises(DataError, match=r"generation: a KV cache of 17 row\(s\) x 65,536 positions needs"):
+        generate(model, torch.zeros(17, 1, dtype=torch.long), Sampling(max_new_tokens=1, temperature=0.0))
