@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gptcore.tokens import TokenStore, TokenWriter
+from gptcore.data.token_store import TokenStore, TokenWriter
 
 SHAPES = {  # name -> (batch_size, block_size)
     "tiny (12 x 64)": (12, 64),

@@ -25,7 +25,7 @@ import zipfile
 from pathlib import Path
 
 from gptcore.bpe import count_pretokens, make_encoding, train_bpe
-from gptcore.split import iter_split_file
+from gptcore.data.split import iter_split_file
 
 N_SPECIAL = 1  # <|endoftext|>, as the pipeline's bpe vocabulary has
 

@@ -1,7 +1,7 @@
 """Peak memory of the fine-tuning data stages (classify_data, instruct_data) on huge and hostile files.
 
 Target: peak RSS that does not grow with the file. A record longer than the readers' limit
-(gptcore.finetune_data.MAX_RECORD_BYTES) is refused with an error naming the file and the record,
+(gptcore.finetune.data.MAX_RECORD_BYTES) is refused with an error naming the file and the record,
 after reading no more than that limit of it; a file of many records is streamed into the split
 files, so its peak is the reader's buffers plus a few bytes of bookkeeping per example.
 

@@ -5,9 +5,9 @@ Model: `--model` (a trained models/model.pt), or, without one, random weights of
 shape and arch over data/vocab's vocabulary (times and differences do not depend on what the
 weights say). Each time is the median of `--rounds` runs:
 
-- export: `gptcore.hf.export_folder` (config.json, model.safetensors, tokenizer files);
+- export: `gptcore.hf.convert.export_folder` (config.json, model.safetensors, tokenizer files);
 - load (transformers): `AutoModelForCausalLM.from_pretrained` + `AutoTokenizer.from_pretrained`;
-- load (gptcore): `gptcore.hf.load_folder`, the path `gptcore chat --model <folder>` takes.
+- load (gptcore): `gptcore.hf.convert.load_folder`, the path `gptcore chat --model <folder>` takes.
 
 Parity: logits of transformers and gptcore on `--windows` windows of block_size ids from the val
 split (fp32, max abs difference), and 50-token greedy generations from each window's first 8 ids.
@@ -18,7 +18,7 @@ stage writes); it prints the documents and tokens compared and the documents tha
 
 `--gpt2-124m` instead measures the import side at GPT-2's real size: a randomly initialised
 GPT2LMHeadModel of GPT-2 124M's config (its weights cannot be fetched here) saved by transformers,
-read by `gptcore.hf.read_folder` (median time), and both models' logits on 2 x 128 ids.
+read by `gptcore.hf.convert.read_folder` (median time), and both models' logits on 2 x 128 ids.
 
     dvc repro build_vocab   # data/split and data/vocab
     python benchmarks/hf_roundtrip.py
@@ -38,10 +38,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from gptcore.checkpoint import load_model
-from gptcore.hf import export_folder, load_folder, read_folder
+from gptcore.data.split import iter_split_file
+from gptcore.hf.convert import export_folder, load_folder, read_folder
 from gptcore.model import GPT
 from gptcore.params import load_section
-from gptcore.split import iter_split_file
 from gptcore.tokenizer import load_tokenizer
 from gptcore.train import model_config
 

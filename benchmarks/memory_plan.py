@@ -1,4 +1,4 @@
-"""The memory plan of every preset on 1, 8 and 64 GPUs of 24, 40 and 80 GiB: the README's table.
+"""The memory plan of each preset on 1, 8 and 64 GPUs of 24, 40 and 80 GiB (docs/scale.md, "The memory plan").
 
 Computed by gptcore's planner (gptcore/memory.py), not measured: GPT-2's 50,257-token vocabulary,
 bf16 (FSDP's bf16 compute copies, fp32 masters, gradients and AdamW moments), a micro-batch of

@@ -45,10 +45,10 @@ from pathlib import Path
 import torch
 
 from gptcore.checkpoint import load_model, save_model
-from gptcore.engine import Engine
 from gptcore.generate import generate, seeded_generator
 from gptcore.model import GPT, GPTConfig
 from gptcore.sampling import Sampling
+from gptcore.serve.batcher import Engine
 from gptcore.tokenizer import BpeTokenizer
 
 REPO = Path(__file__).resolve().parents[1]

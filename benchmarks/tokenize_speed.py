@@ -2,7 +2,7 @@
 
 The tokenize stage reads a split file (zstd JSON Lines), encodes every document on `workers`
 processes, keeps stream order, and writes an HDF5 token file. This script times exactly that
-(`gptcore.encode.tokenize_to_file` over `iter_split_file`) and, on the same documents held in
+(`gptcore.data.encode.tokenize_to_file` over `iter_split_file`) and, on the same documents held in
 memory, tiktoken's own `Encoding.encode_ordinary_batch(texts, num_threads=workers)`, which does no
 reading or writing at all. The ratio of the two is what our plumbing costs; the target is >= 0.8.
 
@@ -22,8 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from gptcore.encode import default_workers, tokenize_to_file
-from gptcore.split import Document, iter_split_file, write_split_file
+from gptcore.data.encode import default_workers, tokenize_to_file
+from gptcore.data.split import Document, iter_split_file, write_split_file
 from gptcore.tokenizer import BpeTokenizer
 
 

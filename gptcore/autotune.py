@@ -1,10 +1,11 @@
 """`train.dtype`, `train.compile` and `train.attention: auto`: decided by timing the candidates on
-this machine.
+the machine that trains.
 
-CPUs differ more than tables admit: on one 2-core machine of ours bf16 matmuls ran at half the
-fp32 rate, on another (AMD Zen, avx512_bf16) at 2.5x it; on that one the fused attention kernel's
-bf16 backward was slower than the written-out one, and whether `torch.compile` pays depends on the
-model's shape as much as on the hardware. So `auto` is measured, never looked up:
+CPUs differ more than tables admit: bf16 matmuls run slower than fp32 on one and several times
+faster on another, where the fused attention kernel's bf16 backward can still be slower than the
+written-out one, and whether `torch.compile` pays depends on the model's shape as much as on the
+hardware (measured in docs/training.md, "Precision, compiling and the attention kernel: measured on
+your machine"). So `auto` is measured, never looked up:
 
 1. each candidate precision (fp32; bf16 autocast where the device has it) with each attention
    kernel (fused `sdpa`, `explicit`; gptcore.model) trains this run's model shape and micro-batch
@@ -17,8 +18,9 @@ model's shape as much as on the hardware. So `auto` is measured, never looked up
    more than `MARGIN` faster, so noise on a shared machine does not flip the decision between
    equal choices.
 
-Bounded: each candidate times at most `TIMED_STEPS` steps and stops early after `PROBE_SECONDS`;
-on the default run (1,000 steps) the eager probes cost under 2% of it, the compiled one its compile.
+Bounded: each candidate times at most `TIMED_STEPS` steps and stops early after `PROBE_SECONDS`,
+so the eager probes cost a small part of a run of the default length, the compiled one its compile
+(what they cost the reference run: docs/results.md, "The reference run").
 The figures (not the decision) are cached per machine, torch version, device, threads and model
 shape in `~/.cache/gptcore/autotune.json` (`$GPTCORE_CACHE_DIR` moves it), so a repeated run pays
 nothing and a run of another length re-decides from the same figures. A resumed run keeps the
@@ -40,7 +42,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -198,7 +200,7 @@ def search(
     done = [t for t in first if t.step_seconds is not None]
     if not done:
         return first
-    fastest = min(done, key=lambda t: t.step_seconds)
+    fastest = min(done, key=lambda t: cast(float, t.step_seconds))
     return [*first, probe(Choice(fastest.dtype, True, fastest.attention))]
 
 

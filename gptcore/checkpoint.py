@@ -15,7 +15,7 @@ are refused unread. The tensors of a model file are then mapped from the file, n
 memory, so that its config and shapes are checked before its size costs anything.
 
 - `models/model.pt`: weights, model config and tokenizer, what evaluate, sample and chat need.
-- `models/classifier.pt`: a fine-tuned classifier (gptcore.classify): backbone and head weights,
+- `models/classifier.pt`: a fine-tuned classifier (gptcore.finetune.classify): backbone and head weights,
   model config, tokenizer and the class labels in the order of the head's outputs.
 - `models/checkpoint.pt`: everything `gptcore.train` needs to continue a run exactly where it
   stopped (weights, optimizer, step, RNG states, logged history, seconds so far), and the run's
@@ -427,7 +427,8 @@ def rng_states(batch_gen: torch.Generator, per_rank: list[dict[str, Any]]) -> di
     """Every random-number state a step can touch, as tensors and plain values; `per_rank` holds
     each rank's `device_rng_state`, the batch sampler is the same on every rank."""
     version, mt, gauss = random.getstate()
-    _, keys, pos, has_gauss, cached = np.random.get_state()
+    legacy = typing.cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
+    _, keys, pos, has_gauss, cached = legacy
     return {
         "ranks": per_rank,
         "batches": batch_gen.get_state(),
@@ -460,7 +461,7 @@ def save_classifier(
     labels: list[str],
     meta: dict[str, Any],
 ) -> None:
-    """Write a classifier file atomically (see gptcore.classify for what the weights are)."""
+    """Write a classifier file atomically (see gptcore.finetune.classify for what the weights are)."""
     payload = {
         "format": CLASSIFIER_FORMAT,
         "version": CLASSIFIER_VERSION,

@@ -1,6 +1,6 @@
 """The `gptcore` command: `chat` with a trained model, `sample` completions, `info` on a model's size,
 `classify` texts with a fine-tuned classifier, `export` a model to the Hugging Face format, `serve`
-a model over HTTP (an OpenAI-compatible API and a chat page; see gptcore.serve). `--model` takes a
+a model over HTTP (an OpenAI-compatible API and a chat page; see gptcore.serve.server). `--model` takes a
 model file or a Hugging Face folder.
 
 Sampling options default to the `sample` section of params.yaml when the file is there (the same
@@ -21,14 +21,14 @@ from typing import Any
 
 import torch
 
-from gptcore import classify
-from gptcore.autotune import cached_decision, decide
+from gptcore.autotune import Decision, cached_decision, decide
 from gptcore.checkpoint import MODEL_FILE, load_model
 from gptcore.device import resolve_device
 from gptcore.errors import DataError, GptcoreError, run_main
+from gptcore.finetune import classify
+from gptcore.finetune.instruct import render_prompt, reply_stops, template_of
 from gptcore.generate import complete_batch, seeded_generator, stream_completion
-from gptcore.hf import export_folder, load_any
-from gptcore.instruct import render_prompt, reply_stops, template_of
+from gptcore.hf.convert import export_folder, load_any
 from gptcore.memory import human_bytes
 from gptcore.model import GPT, GPTConfig, flops_per_token
 from gptcore.params import SampleParams, TrainParams, device_name_problem, load_section
@@ -529,7 +529,7 @@ def cmd_classify(args: argparse.Namespace) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> None:
     # imported here: the web stack is needed by this command only
-    from gptcore.serve import ServeOptions, serve
+    from gptcore.serve.server import ServeOptions, serve
 
     sampling, _ = resolve_sampling(args)
     if args.threads:
@@ -556,6 +556,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 def _api_key(flag: str | None) -> str | None:
     """--api-key, else $GPTCORE_API_KEY, else None (no key). A key given but empty is an error, not
     "no key": `--api-key "$UNSET_VAR"` must not serve everyone."""
+    key: str | None
     if flag is not None:
         key, where, instead = flag, "--api-key", "leave the flag out"
     else:
@@ -660,7 +661,7 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def _precision_rows(train: TrainParams, config: GPTConfig, measure: bool) -> list[str]:
-    """What train.dtype / train.compile / train.attention resolve to for this shape on this machine
+    """What train.dtype / train.compile / train.attention resolve to for this shape on the host
     (auto: the cached timings of gptcore.autotune; with --measure, timed now when there are none),
     among the candidates a training run would time."""
     device = resolve_device(train.device)
@@ -669,6 +670,7 @@ def _precision_rows(train: TrainParams, config: GPTConfig, measure: bool) -> lis
         torch.set_num_threads(threads)
     micro_batch = train.batch_size // train.world_size
     kernels = attention_kernels(train, config, device)
+    decision: Decision | None
     if measure:
         decision = decide(train, config, device, micro_batch, kernels=kernels)
     else:

@@ -34,7 +34,7 @@ import signal
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -194,9 +194,7 @@ def _gathered(value: Any, keep: bool) -> Any:
     return value
 
 
-def full_state(
-    model: nn.Module, optimizer: torch.optim.Optimizer, ranks: Ranks
-) -> tuple[dict[str, Any], dict[str, Any]]:
+def full_state(model: nn.Module, optimizer: Any, ranks: Ranks) -> tuple[dict[str, Any], dict[str, Any]]:
     """The sharded model's and optimizer's state dicts with whole tensors, as one process would
     have them; complete on rank 0 (the others gather and drop)."""
     keep = ranks.is_main
@@ -223,7 +221,7 @@ def load_full_state(
         for name, param in model.named_parameters():
             local = param.to_local() if isinstance(param, DTensor) else param
             local.copy_(
-                _shard_like(model_state[name], param).to_local()
+                cast(DTensor, _shard_like(model_state[name], param)).to_local()
                 if isinstance(param, DTensor)
                 else model_state[name]
             )

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from gptcore.data.token_store import TokenStore
 from gptcore.device import autocast
 from gptcore.errors import DataError
-from gptcore.tokens import TokenStore
 
 
 @dataclass(frozen=True)

@@ -111,7 +111,7 @@ def check_memory(where: str, needed: int, what: str) -> None:
 def available_memory() -> tuple[int | None, str]:
     """(bytes this process may allocate now, what they are): what the kernel counts as available
     without swapping (page cache included, which it reclaims), capped by the memory limit of a
-    container the process runs in; this machine's RAM where the kernel does not say; None where
+    container the process runs in; the host's RAM where the kernel does not say; None where
     nothing is known."""
     try:
         found = re.search(r"^MemAvailable:\s+(\d+) kB", Path("/proc/meminfo").read_text(), re.MULTILINE)

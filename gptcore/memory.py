@@ -337,7 +337,7 @@ def plan_memory(
 
 
 def device_memory(device: torch.device, local_processes: int = 1) -> tuple[int | None, str]:
-    """(bytes one process may use, what they are): a GPU's memory, or this machine's RAM shared by
+    """(bytes one process may use, what they are): a GPU's memory, or the host's RAM shared by
     the node's processes; None on devices whose memory torch does not report (MPS)."""
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)

@@ -18,14 +18,13 @@ The family picks the norm, the feed-forward and the position encoding once, at c
 forward passes do not branch on it.
 
 `GPT.attention` picks the kernel a forward pass uses when the call does not: "sdpa" (the default)
-or "explicit". Which trains faster is the machine's to say (on one AMD EPYC CPU the fused
-kernel's bf16 backward was slow enough that the default run's eager bf16 step ran 1.21x as fast
-with the written-out product and softmax; README, "Results"), so `train.attention: auto` times
-both (gptcore.autotune).
+or "explicit". Which trains faster is the machine's to say (on some CPUs the fused
+kernel's bf16 backward is slow enough that the written-out product and softmax win; measured in
+docs/results.md, "The reference run"), so `train.attention: auto` times both (gptcore.autotune).
 
 - dropout on the embeddings and on each residual branch, not on the attention weights: dropping
-  them forces PyTorch's unfused attention on CPU, which made a 6-layer step 1.4x slower
-  (benchmarks/train_speed.py) for a regulariser the residual dropout already provides;
+  them forces PyTorch's unfused attention on CPU, a slower step (measured in docs/training.md,
+  "The model") for a regulariser the residual dropout already provides;
 - a KV cache for generation (`KVCache`): each block keeps the keys and values of the tokens seen,
   so a new token costs one position instead of the whole context;
 - GPT-2 initialisation for both families: N(0, 0.02), residual output projections scaled by
@@ -183,6 +182,9 @@ class Rotary(nn.Module):
     """Rotary position embedding tables (Su et al. 2021), in the rotate-half layout that
     transformers' Llama uses, so exported q/k weights need no permutation."""
 
+    cos: torch.Tensor  # buffers, registered in __init__
+    sin: torch.Tensor
+
     def __init__(self, config: GPTConfig):
         super().__init__()
         dim = config.head_dim
@@ -224,11 +226,11 @@ class MultiHeadAttention(nn.Module):
         self.n_embd = config.n_embd
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.c_proj.residual_scale = True  # marks it for the scaled GPT-2 init
+        self.c_proj.residual_scale = True  # type: ignore[assignment]  # marks it for the scaled GPT-2 init
         self.resid_dropout = nn.Dropout(config.dropout)
         if config.qk_norm:  # one gain per head dimension, shared by the heads (Qwen3)
-            self.q_norm = RMSNorm(config.head_dim, config.norm_eps)
-            self.k_norm = RMSNorm(config.head_dim, config.norm_eps)
+            self.q_norm: nn.Module = RMSNorm(config.head_dim, config.norm_eps)
+            self.k_norm: nn.Module = RMSNorm(config.head_dim, config.norm_eps)
         else:
             self.q_norm = self.k_norm = nn.Identity()
 
@@ -312,7 +314,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, config.ffn_hidden, bias=config.bias)
         self.c_proj = nn.Linear(config.ffn_hidden, config.n_embd, bias=config.bias)
-        self.c_proj.residual_scale = True
+        self.c_proj.residual_scale = True  # type: ignore[assignment]
         self.dropout = nn.Dropout(config.dropout)
         self.approximate = "tanh" if config.activation == "gelu_tanh" else "none"
 
@@ -330,7 +332,7 @@ class SwiGLUFeedForward(nn.Module):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 2 * config.ffn_hidden, bias=False)
         self.c_proj = nn.Linear(config.ffn_hidden, config.n_embd, bias=False)
-        self.c_proj.residual_scale = True
+        self.c_proj.residual_scale = True  # type: ignore[assignment]
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -457,7 +459,8 @@ class GPT(nn.Module):
         if explicit is None:
             explicit = cache is None and self.attention == "explicit"
         T = idx.shape[1]
-        start: int | torch.Tensor = cache.length if cache is not None else 0
+        start: int | torch.Tensor  # declared apart so that mypy narrows it to int below
+        start = cache.length if cache is not None else 0
         if positions is not None:
             if cache is None or T != 1 or positions.shape != (idx.shape[0],):
                 raise ValueError("positions need a cache and idx of one token per row (B, 1)")

@@ -86,7 +86,7 @@ def configure_optimizer(
         {"params": [named[n] for n in decay], "weight_decay": params.weight_decay, "lr_ratio": 1.0},
         {"params": [named[n] for n in no_decay], "weight_decay": 0.0, "lr_ratio": 1.0},
     ]
-    # the fused kernel: one pass over each tensor for the whole update (README, "Performance")
+    # the fused kernel: one pass over each tensor for the whole update (docs/results.md, "Training speed against nanoGPT")
     if fused is None:
         fused = device.type in ("cuda", "cpu")
     extra = {"fused": True} if fused else {"foreach": True}

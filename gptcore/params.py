@@ -79,7 +79,8 @@ class DataParams:
             if value is not None and value <= 0:
                 _fail(f"data.{key}", value, "must be > 0, or null for no limit")
         if not 1 << 10 <= self.max_document_bytes <= 1 << 28:
-            # the upper bound keeps every data stage under 1 GB (README, "Data stages"); the lower, sense
+            # the upper bound keeps every data stage within its 1 GB target (docs/data.md,
+            # "Data stages: time and memory"); the lower, sense
             _fail("data.max_document_bytes", self.max_document_bytes, "must lie between 1024 and 268435456")
         if self.newlines not in ("lf", "keep"):
             _fail("data.newlines", self.newlines, "allowed: lf (CRLF and CR become LF), keep")
@@ -330,7 +331,7 @@ class SampleParams:
             raise ParamsError(f"params.yaml: sample.{exc}") from None
 
 
-# the names of gptcore.instruct.TEMPLATES (a test keeps the two equal); named here so that
+# the names of gptcore.finetune.instruct.TEMPLATES (a test keeps the two equal); named here so that
 # loading params does not import the model code
 PROMPT_TEMPLATES = ("alpaca", "phi3")
 

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -39,6 +39,7 @@ from gptcore.checkpoint import (
     save_checkpoint,
     set_rng_states,
 )
+from gptcore.data.token_store import TokenStore
 from gptcore.device import autocast, model_flops_utilization, peak_flops, resolve_device
 from gptcore.distributed import (
     Ranks,
@@ -53,7 +54,7 @@ from gptcore.distributed import (
 )
 from gptcore.errors import DataError, GptcoreError
 from gptcore.evaluate import score_batches, seeded_batches
-from gptcore.hf import initial_weights, read_config
+from gptcore.hf.convert import initial_weights, read_config
 from gptcore.memory import (
     MemoryPlan,
     checkpoint_blocks,
@@ -65,7 +66,6 @@ from gptcore.memory import (
 from gptcore.model import ATTENTION_KERNELS, GPT, GPTConfig, flops_per_token
 from gptcore.optimizers import configure_optimizer
 from gptcore.params import TrainParams
-from gptcore.tokens import TokenStore
 
 
 def model_config(params: TrainParams, vocab_size: int) -> GPTConfig:
@@ -242,7 +242,10 @@ class _Run:
         if ranks.rank:
             torch.manual_seed(params.seed + ranks.rank)  # each rank its own dropout masks
         self.optimizer = configure_optimizer(self.model, params, self.device)
-        self.fwd = torch.compile(self.model) if precision.choice.compile else self.model
+        # a compiled module is a module (OptimizedModule), though torch.compile's stubs say a callable
+        self.fwd = (
+            cast(torch.nn.Module, torch.compile(self.model)) if precision.choice.compile else self.model
+        )
         # ddp training goes through DDP, which averages gradients over ranks; evaluation does not
         self.ddp: DistributedDataParallel | None = None
         if ranks.distributed and not self.sharded:
@@ -424,7 +427,8 @@ class _Run:
         return losses.mean().item()
 
     def check_weights(self) -> None:
-        local = [p.to_local() if self.sharded else p for p in self.model.parameters()]
+        # sharded, every parameter is a DTensor
+        local = [p.to_local() if self.sharded else p for p in self.model.parameters()]  # type: ignore[attr-defined]
         finite = torch.stack([torch.isfinite(p).all() for p in local]).all().float()
         if mean_over_ranks(finite, self.ranks).item() < 1:  # every rank checks its shards
             raise self.fail("the weights became non-finite", self.step)
@@ -539,7 +543,8 @@ def train(
         torch.set_num_threads(threads)
     if device.type == "cpu":
         # compiled CPU kernels may otherwise reduce in a run-dependent order; eager CPU ops are
-        # deterministic already, so this costs nothing there (its measured cost was within noise)
+        # deterministic already, so this costs nothing there (measured: docs/training.md,
+        # "The training loop")
         torch.use_deterministic_algorithms(True)
     for name, store in (("train", train_store), ("val", val_store)):
         if len(store) <= params.block_size:

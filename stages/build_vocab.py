@@ -6,9 +6,9 @@ import sys
 from pathlib import Path
 
 from gptcore.atomic import atomic_dir
+from gptcore.data.split import iter_split_file
 from gptcore.errors import run_main
 from gptcore.params import load_section
-from gptcore.split import iter_split_file
 from gptcore.tokenizer import train_tokenizer
 
 TRAIN_SPLIT = Path("data/split/train.jsonl.zst")

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import torch
 
-from gptcore import classify
 from gptcore.atomic import write_json
 from gptcore.checkpoint import MODEL_FILE, load_model
 from gptcore.device import resolve_device
 from gptcore.errors import run_main
-from gptcore.finetune import fine_tune, set_threads
-from gptcore.finetune_data import read_jsonl
+from gptcore.finetune import classify
+from gptcore.finetune.data import read_jsonl
+from gptcore.finetune.loop import fine_tune, set_threads
 from gptcore.model import GPT
 from gptcore.params import load_section
 from gptcore.reports import live_logger, plot_confusion

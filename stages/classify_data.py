@@ -13,7 +13,7 @@ from pathlib import Path
 
 from gptcore.atomic import atomic_dir, write_json
 from gptcore.errors import run_main
-from gptcore.finetune_data import (
+from gptcore.finetune.data import (
     SPLITS,
     LabelledText,
     assign_plays,

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from gptcore.data.sources import fetch_source
 from gptcore.errors import run_main
 from gptcore.params import load_section
-from gptcore.sources import fetch_source
 
 RAW_DIR = Path("data/raw")
 

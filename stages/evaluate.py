@@ -6,12 +6,12 @@ from pathlib import Path
 
 from gptcore.atomic import write_json
 from gptcore.checkpoint import MODEL_FILE, load_model
+from gptcore.data.token_store import TokenStore
 from gptcore.device import resolve_device
 from gptcore.errors import run_main
 from gptcore.evaluate import evaluate_sample, evaluate_split
 from gptcore.params import load_section
 from gptcore.reports import plot_losses, read_loss_log
-from gptcore.tokens import TokenStore
 
 TOKENS_DIR = Path("data/tokens")
 LOSS_LOGS = {split: Path(f"dvclive/plots/metrics/{split}/loss.tsv") for split in ("train", "val")}

@@ -7,10 +7,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from gptcore.atomic import atomic_dir, write_json
-from gptcore.documents import BINARY, BOM, CUT, LINE_ENDS, TOO_LONG, DocumentStats, iter_documents, some
+from gptcore.data.documents import BINARY, BOM, CUT, LINE_ENDS, TOO_LONG, DocumentStats, iter_documents, some
+from gptcore.data.split import write_splits
 from gptcore.errors import run_main
 from gptcore.params import load_section
-from gptcore.split import write_splits
 
 RAW_DIR = Path("data/raw")
 SPLIT_DIR = Path("data/split")

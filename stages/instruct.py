@@ -14,13 +14,13 @@ from pathlib import Path
 
 import torch
 
-from gptcore import instruct
 from gptcore.atomic import write_json, write_text
 from gptcore.checkpoint import MODEL_FILE, load_model, save_model
 from gptcore.device import resolve_device
 from gptcore.errors import DataError, run_main
-from gptcore.finetune import fine_tune, set_threads
-from gptcore.finetune_data import InstructionRecord, read_jsonl
+from gptcore.finetune import instruct
+from gptcore.finetune.data import InstructionRecord, read_jsonl
+from gptcore.finetune.loop import fine_tune, set_threads
 from gptcore.params import load_section
 from gptcore.reports import live_logger
 

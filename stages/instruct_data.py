@@ -12,7 +12,7 @@ from pathlib import Path
 
 from gptcore.atomic import atomic_dir, write_json
 from gptcore.errors import DataError, run_main
-from gptcore.finetune_data import (
+from gptcore.finetune.data import (
     InstructionRecord,
     assign_plays,
     dialogue_records,

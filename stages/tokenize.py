@@ -8,10 +8,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from gptcore.atomic import atomic_dir, write_json
-from gptcore.encode import default_workers, tokenize_to_file
+from gptcore.data.encode import default_workers, tokenize_to_file
+from gptcore.data.split import iter_split_file
 from gptcore.errors import run_main
 from gptcore.params import load_section
-from gptcore.split import iter_split_file
 from gptcore.tokenizer import load_tokenizer
 
 SPLIT_DIR = Path("data/split")

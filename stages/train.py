@@ -3,7 +3,7 @@
 A killed run resumes: every train.checkpoint_interval steps the loop writes models/checkpoint.pt,
 and the next run of the same train params and token files continues from it and ends exactly as
 an uninterrupted run would; once the model file is written the checkpoint is deleted. Why the
-checkpoint is not a DVC output: README, "Interrupted runs resume exactly".
+checkpoint is not a DVC output: docs/training.md, "Interrupted runs resume exactly".
 
 With train.nproc_per_node x train.nnodes > 1 the stage replaces itself with torchrun running this
 same module, one process per rank (gptcore.distributed); rank 0 writes every output.
@@ -17,13 +17,13 @@ from pathlib import Path
 
 from gptcore.atomic import write_json
 from gptcore.checkpoint import MODEL_FILE, save_model
+from gptcore.data.token_store import TokenStore
 from gptcore.distributed import Ranks, die_with_parent, needs_torchrun, torchrun_argv
 from gptcore.errors import run_main
-from gptcore.hf import check_vocabulary
+from gptcore.hf.convert import check_vocabulary
 from gptcore.params import load_section
 from gptcore.reports import live_logger
 from gptcore.tokenizer import load_tokenizer
-from gptcore.tokens import TokenStore
 from gptcore.train import train
 
 TOKENS_DIR = Path("data/tokens")

@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from gptcore.tokens import TokenFileSummary, TokenIds, TokenStore, TokenWriter
+from gptcore.data.token_store import TokenFileSummary, TokenIds, TokenStore, TokenWriter
 
 # the vocabulary of counting_documents: ids 0..10 are "text", 11 is the end-of-text id
 COUNTING_VOCAB = 12

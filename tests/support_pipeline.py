@@ -96,15 +96,26 @@ def ran(stdout: str, stage: str) -> bool:
     return f"Running stage '{stage}'" in stdout
 
 
+def module_path(module: str) -> str:
+    """The file of a gptcore module named relative to the package (`data.sources`)."""
+    return f"gptcore/{module.replace('.', '/')}.py"
+
+
 def _gptcore_imports(path: Path) -> set[str]:
+    """The gptcore modules `path` imports, named relative to the package (`model`, `data.sources`);
+    `from gptcore.finetune import classify` names the module `finetune.classify`."""
     modules = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.ImportFrom) and node.module == "gptcore":
-            modules |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("gptcore."):
-            modules.add(node.module.split(".")[1])
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "gptcore":
+            base = node.module.split(".")[1:]
+            for alias in node.names:
+                candidate = ".".join([*base, alias.name])
+                if (REPO / module_path(candidate)).is_file():
+                    modules.add(candidate)
+                elif base:
+                    modules.add(".".join(base))
         elif isinstance(node, ast.Import):
-            modules |= {a.name.split(".")[1] for a in node.names if a.name.startswith("gptcore.")}
+            modules |= {a.name.split(".", 1)[1] for a in node.names if a.name.startswith("gptcore.")}
     return modules
 
 
@@ -119,7 +130,7 @@ def stage_imports(stage: str) -> tuple[set[str], set[str]]:
         if module not in modules:
             modules.add(module)
             if module not in PLUMBING:  # what plumbing imports only checks params (sampling rules)
-                todo |= _gptcore_imports(REPO / "gptcore" / f"{module}.py")
+                todo |= _gptcore_imports(REPO / module_path(module))
     sections = set()
     for node in ast.walk(ast.parse(script.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "load_section":

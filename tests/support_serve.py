@@ -19,7 +19,7 @@ from support_models import save_tiny_model
 from gptcore.checkpoint import load_model
 from gptcore.generate import complete
 from gptcore.sampling import Sampling
-from gptcore.serve import ServeOptions, build_app
+from gptcore.serve.server import ServeOptions, build_app
 
 NAME = "tiny"
 DEFAULTS = Sampling(max_new_tokens=20)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
+from gptcore.data.token_store import TokenStore
 from gptcore.params import TrainParams
-from gptcore.tokens import TokenStore
 from gptcore.train import TrainResult, train
 
 # one layer 16 wide, 20 steps on the CPU in float32: the run every training test varies

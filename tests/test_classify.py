@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from gptcore import classify
 from gptcore.checkpoint import save_model
 from gptcore.cli import main as cli_main
 from gptcore.errors import DataError
-from gptcore.finetune import fine_tune
+from gptcore.finetune import classify
+from gptcore.finetune.loop import fine_tune
 from gptcore.model import GPT, GPTConfig
 from gptcore.params import parse_section
 from gptcore.tokenizer import CharTokenizer

@@ -17,8 +17,8 @@ import yaml
 import zstandard
 from conftest import workspace
 
-from gptcore.split import iter_split_file
-from gptcore.tokens import TokenStore
+from gptcore.data.split import iter_split_file
+from gptcore.data.token_store import TokenStore
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -47,7 +47,7 @@ def ws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_download_on_a_full_disk(
     ws: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import gptcore.sources as sources
+    import gptcore.data.sources as sources
 
     (ws / "corpus").mkdir()
     (ws / "corpus/a.txt").write_text("text\n")
@@ -65,7 +65,7 @@ def test_download_on_a_full_disk(
 def test_extract_split_on_a_full_disk(
     ws: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import gptcore.split as split
+    import gptcore.data.split as split
 
     real_write = split.SplitWriter.write
 
@@ -111,7 +111,7 @@ def test_build_vocab_on_a_full_disk(
 def test_tokenize_on_a_full_disk(
     ws: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
-    import gptcore.tokens as tokens
+    import gptcore.data.token_store as tokens
 
     assert run("extract_split", capsys)[0] == 0 and run("build_vocab", capsys)[0] == 0
     with monkeypatch.context() as patch:

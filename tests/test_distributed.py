@@ -186,7 +186,7 @@ def test_workers_die_with_a_sigkilled_torchrun_instead_of_training_on(tmp_path: 
 FAILING_RANK = """
 import os
 from gptcore.errors import DataError, run_main
-from gptcore.tokens import TokenStore
+from gptcore.data.token_store import TokenStore
 
 if os.environ["RANK"] == "1":
     def broken(self, *args, **kwargs):

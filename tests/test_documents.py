@@ -1,4 +1,4 @@
-"""Specification of gptcore.documents: which documents come out of which files and archives."""
+"""Specification of gptcore.data.documents: which documents come out of which files and archives."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from gptcore.documents import DocumentStats, glob_to_regex, iter_documents
+from gptcore.data.documents import DocumentStats, glob_to_regex, iter_documents
+from gptcore.data.split import Document
 from gptcore.errors import DataError
-from gptcore.split import Document
 
 # -- builders
 

@@ -1,4 +1,4 @@
-"""Specification of gptcore.encode: parallel encoding that never changes the tokens."""
+"""Specification of gptcore.data.encode: parallel encoding that never changes the tokens."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gptcore import encode
-from gptcore.encode import encode_documents, piece_ends, tokenize_to_file
+from gptcore.data import encode
+from gptcore.data.encode import encode_documents, piece_ends, tokenize_to_file
+from gptcore.data.token_store import TokenStore
 from gptcore.errors import DataError, GptcoreError
 from gptcore.tokenizer import CharTokenizer
-from gptcore.tokens import TokenStore
 
 WORDS = ["the", "king", "  ", "queen,", "\n", "crown", "\t", "to", "be", "or", "not", "é", "🙂"]
 

@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from conftest import write_token_file
 
+from gptcore.data.token_store import TokenStore
 from gptcore.errors import DataError
 from gptcore.evaluate import SplitLoss, evaluate_sample, evaluate_split
 from gptcore.model import GPT, GPTConfig
-from gptcore.tokens import TokenStore
 
 VOCAB = 11
 BLOCK = 8

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from gptcore.errors import DataError
-from gptcore.finetune_data import (
+from gptcore.finetune.data import (
     LabelledText,
     assign_plays,
     check_classes,

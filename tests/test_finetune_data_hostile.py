@@ -15,9 +15,9 @@ import pytest
 import yaml
 from conftest import REPO
 
-from gptcore import finetune_data
 from gptcore.errors import DataError
-from gptcore.finetune_data import iter_instructions, iter_labelled, read_instructions, read_labelled
+from gptcore.finetune import data as finetune_data
+from gptcore.finetune.data import iter_instructions, iter_labelled, read_instructions, read_labelled
 
 DEEP = "[" * 100_000 + "]" * 100_000
 

@@ -15,7 +15,17 @@ from typing import Any
 import pytest
 import yaml
 from PIL import Image
-from support_pipeline import PLUMBING, STAGES, TINY_TRAIN, WORDS, Repo, environment, ran, stage_imports
+from support_pipeline import (
+    PLUMBING,
+    STAGES,
+    TINY_TRAIN,
+    WORDS,
+    Repo,
+    environment,
+    module_path,
+    ran,
+    stage_imports,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 FINETUNE_YAML = yaml.safe_load((ROOT / "finetune/dvc.yaml").read_text(encoding="utf-8"))
@@ -36,7 +46,7 @@ def test_finetune_pipeline_is_its_own_and_runs_from_the_root() -> None:
 def test_finetune_stage_deps_and_params_match_what_its_script_uses(stage: str) -> None:
     modules, sections = stage_imports(stage)
     spec = FINETUNE_YAML["stages"][stage]
-    assert not sorted(f"gptcore/{m}.py" for m in modules - PLUMBING if f"gptcore/{m}.py" not in spec["deps"])
+    assert not sorted(module_path(m) for m in modules - PLUMBING if module_path(m) not in spec["deps"])
     assert set(spec["params"]) == sections
 
 

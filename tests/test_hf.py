@@ -35,8 +35,8 @@ from gptcore.cli import main
 from gptcore.errors import DataError
 from gptcore.evaluate import seeded_batches
 from gptcore.generate import complete, generate
-from gptcore.hf import check_vocabulary, export_folder, load_folder, read_folder
-from gptcore.hf_tokenizer import tokenizer_from_hf
+from gptcore.hf.convert import check_vocabulary, export_folder, load_folder, read_folder
+from gptcore.hf.tokenizer import tokenizer_from_hf
 from gptcore.model import GPT, GPTConfig
 from gptcore.sampling import Sampling
 from gptcore.tokenizer import BpeTokenizer, CharTokenizer, TiktokenTokenizer
@@ -467,7 +467,7 @@ def test_a_folder_whose_tokenizer_is_not_the_datas_is_refused(bpe: BpeTokenizer,
 def test_gptcore_never_imports_transformers_at_run_time() -> None:
     # transformers is a test dependency: the package, the CLI and the train loop run without it
     code = (
-        "import sys, gptcore, gptcore.cli, gptcore.train, gptcore.hf, gptcore.hf_tokenizer; "
+        "import sys, gptcore, gptcore.cli, gptcore.train, gptcore.hf.convert, gptcore.hf.tokenizer; "
         "print(sorted(m for m in ('transformers', 'tokenizers') if m in sys.modules))"
     )
     out = subprocess.run(

@@ -11,10 +11,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gptcore import instruct
 from gptcore.checkpoint import load_model, save_model
 from gptcore.cli import main as cli_main
-from gptcore.finetune_data import InstructionRecord
+from gptcore.finetune import instruct
+from gptcore.finetune.data import InstructionRecord
 from gptcore.generate import complete
 from gptcore.model import GPT, GPTConfig
 from gptcore.params import PROMPT_TEMPLATES

@@ -13,12 +13,12 @@ import torch
 from conftest import counting_documents, write_counting_store
 from support_train import BASE, train_section
 
+from gptcore.data.token_store import TokenStore
 from gptcore.errors import GptcoreError
 from gptcore.memory import Sizes, checkpoint_blocks, held_bytes, peak_allocated, plan_memory, what_would_fit
 from gptcore.model import GPT, GPTConfig
 from gptcore.params import ParamsError, parse_section
 from gptcore.presets import PRESETS
-from gptcore.tokens import TokenStore
 from gptcore.train import configure_optimizer, train
 
 GPT2_VOCAB = 50257

@@ -28,12 +28,12 @@ from support_models import CreatesMarkerWhenUnpickled, forge_model_file, save_ti
 from support_train import BASE
 
 import gptcore.checkpoint as checkpoint
-import gptcore.hf as hf
+import gptcore.hf.convert as hf
 import gptcore.limits as limits
 from gptcore.checkpoint import load_model
 from gptcore.cli import main
 from gptcore.errors import DataError
-from gptcore.hf import export_folder, initial_weights, load_folder, read_folder
+from gptcore.hf.convert import export_folder, initial_weights, load_folder, read_folder
 from gptcore.model import GPT, GPTConfig
 from gptcore.presets import PRESETS
 from gptcore.tokenizer import CharTokenizer
@@ -505,7 +505,7 @@ def test_a_tokenizer_json_nested_too_deep_or_too_big_is_one_line(
     (llama_folder / "tokenizer.json").write_text('{"model": ' + "[" * 100_000 + "]" * 100_000 + "}")
     with pytest.raises(DataError, match=r"tokenizer\.json: JSON nested too deeply"):
         load_folder(llama_folder)
-    monkeypatch.setattr("gptcore.hf_tokenizer.MAX_TOKENIZER_BYTES", 100)
+    monkeypatch.setattr("gptcore.hf.tokenizer.MAX_TOKENIZER_BYTES", 100)
     with pytest.raises(DataError, match=r"tokenizer\.json: the file is .* over the limit 100"):
         load_folder(llama_folder)
 
@@ -513,9 +513,9 @@ def test_a_tokenizer_json_nested_too_deep_or_too_big_is_one_line(
 def test_a_kv_cache_the_memory_cannot_hold_is_refused_before_it_is_allocated(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from gptcore.engine import Engine
     from gptcore.generate import generate
     from gptcore.sampling import Sampling
+    from gptcore.serve.batcher import Engine
 
     # a llama model's context is bounded by the limit alone: a small model may ask for a large cache
     model = GPT(

@@ -19,7 +19,17 @@ import pytest
 import torch
 import yaml
 from PIL import Image
-from support_pipeline import PLUMBING, STAGES, TINY_TRAIN, WORDS, Repo, environment, ran, stage_imports
+from support_pipeline import (
+    PLUMBING,
+    STAGES,
+    TINY_TRAIN,
+    WORDS,
+    Repo,
+    environment,
+    module_path,
+    ran,
+    stage_imports,
+)
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from gptcore.checkpoint import load_model
@@ -76,7 +86,7 @@ def test_stage_deps_list_exactly_the_gptcore_modules_its_script_uses_even_indire
     modules, _ = stage_imports(stage)
     listed = {d for d in DVC_YAML["stages"][stage]["deps"] if d.startswith("gptcore/")}
     expected = (modules - PLUMBING) | THROUGH_PARAMS.get(stage, set())
-    assert listed == {f"gptcore/{m}.py" for m in expected}
+    assert listed == {module_path(m) for m in expected}
 
 
 def test_the_train_stage_depends_on_the_presets() -> None:

@@ -28,10 +28,10 @@ from gptcore.checkpoint import (
     run_identity,
     save_checkpoint,
 )
+from gptcore.data.token_store import TokenStore
 from gptcore.device import model_flops_utilization, peak_flops
 from gptcore.errors import DataError
 from gptcore.model import GPT
-from gptcore.tokens import TokenStore
 from gptcore.train import NonFiniteLossError, TrainResult
 
 # dropout and two micro-batches a step: both draw random numbers, so a resume must restore them

@@ -22,13 +22,13 @@ from support_cli import child_env, run_cli
 from support_models import TEXT
 from support_serve import DEFAULTS, NAME, endless_model, get, greedy, request, running, wait_for
 
-import gptcore.serve as serve_module
+import gptcore.serve.server as serve_module
 from gptcore.checkpoint import load_model
-from gptcore.engine import Engine
 from gptcore.generate import generate
 from gptcore.model import GPT, GPTConfig
 from gptcore.sampling import Sampling
-from gptcore.serve import ServeOptions, build_app, render_chat
+from gptcore.serve.batcher import Engine
+from gptcore.serve.server import ServeOptions, build_app, render_chat
 
 
 @pytest.fixture(scope="module")
@@ -444,7 +444,7 @@ def test_an_instruction_tuned_model_answers_chat_in_its_template(tmp_path: Path)
     # an instruction-tuned model's file carries its template: a chat request is rendered in it,
     # as `gptcore chat --model <it>` does, and the reply ends where the template opens a section
     from gptcore.checkpoint import save_model
-    from gptcore.instruct import TEMPLATES, render_prompt
+    from gptcore.finetune.instruct import TEMPLATES, render_prompt
     from gptcore.tokenizer import CharTokenizer
 
     template = TEMPLATES["alpaca"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from support_serve import endless_model, get, greedy, running, wait_for
 
-from gptcore.serve import render_chat
+from gptcore.serve.server import render_chat
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")

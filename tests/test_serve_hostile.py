@@ -17,15 +17,15 @@ import pytest
 import torch
 from support_serve import NAME, endless_model, get, greedy, request, running, wait_for
 
-import gptcore.engine as engine_module
-import gptcore.serve as serve_module
+import gptcore.serve.batcher as engine_module
+import gptcore.serve.server as serve_module
 from gptcore.cli import main
-from gptcore.engine import Engine
 from gptcore.errors import GptcoreError
 from gptcore.generate import generate
 from gptcore.model import GPT, GPTConfig
 from gptcore.sampling import Sampling
-from gptcore.serve import ServeOptions, host_allowed
+from gptcore.serve.batcher import Engine
+from gptcore.serve.server import ServeOptions, host_allowed
 
 OK = {"model": NAME, "prompt": "ROMEO:", "max_tokens": 3}
 

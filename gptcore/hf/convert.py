@@ -3,7 +3,7 @@ with no code of ours, and read such a folder (GPT-2, Llama, Qwen3) back as a gpt
 
 A folder holds `config.json`, the weights as `model.safetensors` (or, read only, sharded
 safetensors or a `pytorch_model.bin` loaded with `weights_only=True`) and the tokenizer files
-(gptcore.hf_tokenizer). Nothing here imports transformers: config.json is written and read by
+(gptcore.hf.tokenizer). Nothing here imports transformers: config.json is written and read by
 hand, so exporting needs only `safetensors`.
 
 A folder from elsewhere is checked before anything is allocated for it: its config against
@@ -37,7 +37,7 @@ import torch
 
 from gptcore.checkpoint import load_model, load_torch_file
 from gptcore.errors import DataError, parse_json
-from gptcore.hf_tokenizer import TOKENIZER_FILE, tokenizer_files, tokenizer_from_hf
+from gptcore.hf.tokenizer import TOKENIZER_FILE, tokenizer_files, tokenizer_from_hf
 from gptcore.limits import MAX_JSON_BYTES, check_config_values, check_finite, check_memory, model_bytes
 from gptcore.model import GPT, GPTConfig
 from gptcore.output_folder import output_folder

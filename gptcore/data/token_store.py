@@ -125,7 +125,7 @@ class TokenWriter:
             self._source_bytes += source_bytes
 
     def add_block(self, ids: np.ndarray, documents: int, source_bytes: int) -> None:
-        """Append ids that already hold their documents' eot ids (`gptcore.encode.EncodedBlock`)."""
+        """Append ids that already hold their documents' eot ids (`gptcore.data.encode.EncodedBlock`)."""
         if self._raw is None:
             raise RuntimeError("TokenWriter.add_block outside its `with` block")
         if ids.size:
@@ -290,8 +290,8 @@ class TokenStore:
         self._need(block_size + 1)
         starts = torch.randint(self.tokens - block_size, (batch_size,), generator=generator).numpy()
         # (B, 1) + (T+1,) -> (B, T+1) positions, gathered from the map in one numpy call
-        windows = self.array[starts[:, None] + np.arange(block_size + 1)]
-        windows = torch.from_numpy(windows.astype(np.int64))
+        picked = self.array[starts[:, None] + np.arange(block_size + 1)]
+        windows = torch.from_numpy(picked.astype(np.int64))
         return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
 
     def sequential_windows(
@@ -317,7 +317,7 @@ class TokenStore:
                 self.array[first * block_size : (first + count) * block_size + 1].astype(np.int64)
             )
             yield span[:-1].view(count, block_size), span[1:].clone().view(count, block_size)
-        rest = self.array[full * block_size : m]
-        if len(rest) >= 2:
-            rest = torch.from_numpy(rest.astype(np.int64))
+        tail = self.array[full * block_size : m]
+        if len(tail) >= 2:
+            rest = torch.from_numpy(tail.astype(np.int64))
             yield rest[None, :-1].clone(), rest[None, 1:].clone()

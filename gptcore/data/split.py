@@ -25,8 +25,8 @@ from typing import NamedTuple
 import zstandard
 
 from gptcore.atomic import atomic_file
+from gptcore.data.streams import open_zstd
 from gptcore.errors import DataError
-from gptcore.streams import open_zstd
 
 ZSTD_LEVEL = 3
 JSON_SLICE_CHARS = 1 << 20  # characters escaped at a time when writing a document
@@ -63,7 +63,7 @@ class SplitWriter:
 
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> bool:
+    ) -> bool | None:
         self._out = None
         return self._exit.__exit__(kind, exc, tb)
 

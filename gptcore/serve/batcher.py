@@ -3,8 +3,8 @@
 A server that ran each request's `generate_stream` on its own would either serve one at a time
 or leave threads to fight over the cores. Here one engine thread owns the model: each step it
 takes one token for every live row (a choice of a request) in one forward pass of a batch, whose
-small matmuls cost far less than one pass per row (figures: benchmarks/serve_speed.py and the
-README's Serve section). Rows join and leave between steps (continuous batching):
+small matmuls cost far less than one pass per row (figures: benchmarks/serve_speed.py and
+docs/serving.md, "Speed"). Rows join and leave between steps (continuous batching):
 
 - the KV cache holds one row per slot (`max_batch` of them); the rows in use are 0..n-1, so a
   step works on a view of the cache, and a row that ends hands its slot to the last row;
@@ -314,8 +314,8 @@ class Engine:
                 row.stream.finish_reason = "stop"
             elif row.stream.generated >= row.stream.sampling.max_new_tokens:
                 row.stream.finish_reason = "length"
-        for row, exc in failed:
-            self._fail(row, exc)
+        for row, error in failed:
+            self._fail(row, error)
         for row in [r for r in self._rows if r.stream.finish_reason is not None]:
             self._remove(row)
 

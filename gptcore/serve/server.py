@@ -11,7 +11,7 @@ Routes (Starlette on uvicorn):
   `finish_reason`: "stop" (end of text or a stop string) or "length" (max_tokens);
 - `GET /`: the chat page, one self-contained file (gptcore/chat.html).
 
-Requests are generated together by one `gptcore.engine.Engine` (continuous batching), which
+Requests are generated together by one `gptcore.serve.batcher.Engine` (continuous batching), which
 shares its slots fairly between requests; each choice's text is decoded and cut at stop strings
 on the event loop as its tokens come (generate.py's `TextDecoder` and `StopCutter`), while
 parsing and tokenizing a request run in worker threads, so a large request never stalls the
@@ -24,7 +24,7 @@ flags): its choices (prompts x n), prompt tokens, max_tokens and body size; a re
 gets a 400 (413 for the body) naming the limit and its flag, and a request that finds more rows
 waiting than `max_waiting` a 503. Without an API key, only requests whose Host is `localhost`,
 an IP address or an `allowed_hosts` name are answered (403 otherwise): a web page whose own name
-was rebound to this machine (DNS rebinding) would send its name. Every JSON route wants
+was rebound to the server's address (DNS rebinding) would send its name. Every JSON route wants
 `Content-Type: application/json` (415 otherwise), which a page on another site cannot send
 without the CORS permission this server never gives.
 
@@ -61,12 +61,12 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gptcore.engine import Engine, EngineBusy, GenerationFailed, TokenStream
 from gptcore.errors import DataError, GptcoreError, parse_json
+from gptcore.finetune.instruct import PromptTemplate, render_prompt, reply_stops, template_of
 from gptcore.generate import StopCutter, TextDecoder, prompt_ids
-from gptcore.hf import load_any
-from gptcore.instruct import PromptTemplate, render_prompt, reply_stops, template_of
+from gptcore.hf.convert import load_any
 from gptcore.sampling import Sampling, SamplingError
+from gptcore.serve.batcher import Engine, EngineBusy, GenerationFailed, TokenStream
 from gptcore.tokenizer import Tokenizer
 
 MAX_STOP = 4  # stop strings per request, as OpenAI allows
@@ -346,7 +346,7 @@ class _Served:
 def build_app(options: ServeOptions, on_load_error: Callable[[str], None] | None = None) -> Starlette:
     """The ASGI app; the model loads in the background when the app starts."""
     served = _Served()
-    page = resources.files("gptcore").joinpath("chat.html").read_text(encoding="utf-8")
+    page = resources.files("gptcore.serve").joinpath("chat.html").read_text(encoding="utf-8")
 
     def load() -> None:
         try:
@@ -484,6 +484,7 @@ def build_app(options: ServeOptions, on_load_error: Callable[[str], None] | None
                 loop.call_soon_threadsafe(ready.set)
 
         # choice k of a prompt is seeded with seed + k: n choices differ, and a seeded request repeats
+        assert sampling.seed is not None  # _settings gives every request one
         rows = [
             (ids, replace(sampling, seed=(sampling.seed + k) % 2**63))
             for ids in prompts_ids
@@ -709,7 +710,7 @@ def serve(options: ServeOptions, host: str, port: int) -> None:
     )
     # The engine thread hands each token to the event loop; with Python's default 5 ms GIL switch
     # interval every hand-off waits out the interval, which costs a single stream most of its
-    # speed (measured: README, "Serve")
+    # speed (measured: docs/serving.md, "Many users at once")
     sys.setswitchinterval(0.0005)
     torch.set_grad_enabled(False)
     server.run()

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from gptcore.finetune_data import InstructionRecord
+from gptcore.finetune.data import InstructionRecord
 from gptcore.generate import complete
 from gptcore.model import GPT
 from gptcore.sampling import Sampling

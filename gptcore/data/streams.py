@@ -16,7 +16,7 @@ import io
 import lzma
 import tarfile
 from collections.abc import Callable
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 import zstandard
 
@@ -45,7 +45,7 @@ def peek(stream: BinaryIO, size: int) -> tuple[bytes, BinaryIO]:
         stream.seek(start)
         return head, stream
     head = read_up_to(stream, size)
-    return head, io.BufferedReader(_Prefixed(head, stream))  # type: ignore[return-value]
+    return head, io.BufferedReader(_Prefixed(head, stream))
 
 
 def open_gzip(stream: BinaryIO) -> BinaryIO:
@@ -57,7 +57,7 @@ def open_xz(stream: BinaryIO) -> BinaryIO:
 
 
 def open_zstd(stream: BinaryIO) -> BinaryIO:
-    return io.BufferedReader(_ZstdReader(stream), buffer_size=1 << 17)  # type: ignore[return-value]
+    return io.BufferedReader(_ZstdReader(stream), buffer_size=1 << 17)
 
 
 OPENERS: dict[str, Callable[[BinaryIO], BinaryIO]] = {"gz": open_gzip, "xz": open_xz, "zst": open_zstd}
@@ -82,7 +82,10 @@ class _ZstdReader(io.RawIOBase):
     def __init__(self, source: BinaryIO) -> None:
         self._frames = _ZstdFrames()
         self._reader = zstandard.ZstdDecompressor().stream_reader(
-            _Tap(source, self._frames.feed), read_across_frames=True, closefd=False
+            # zstandard's stubs ask for a whole IO; it calls only read()
+            cast(BinaryIO, _Tap(source, self._frames.feed)),
+            read_across_frames=True,
+            closefd=False,
         )
 
     def readable(self) -> bool:

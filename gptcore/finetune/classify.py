@@ -60,8 +60,8 @@ def set_trainable(model: Classifier, train_blocks: str | int) -> int:
 def encode_texts(tokenizer: Tokenizer, texts: list[str], block_size: int) -> tuple[list[list[int]], int]:
     """Token ids of each text, cut to its first `block_size` tokens; and how many were cut."""
     seqs, cut = [], 0
-    for ids in tokenizer.encode_batch(texts):
-        ids = ids.tolist() or [tokenizer.eot_id]  # a text of no tokens still has a last position
+    for encoded in tokenizer.encode_batch(texts):
+        ids = encoded.tolist() or [tokenizer.eot_id]  # a text of no tokens still has a last position
         if len(ids) > block_size:
             ids, cut = ids[:block_size], cut + 1
         seqs.append(ids)

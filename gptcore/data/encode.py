@@ -1,7 +1,7 @@
 """Encoding a stream of documents into token ids on every core, in order, in bounded memory.
 
 `tokenize_to_file(path, texts, tokenizer, workers)` is the tokenize stage's engine: it writes what
-`encode_documents(texts, tokenizer, workers)` yields into a token file (gptcore.tokens).
+`encode_documents(texts, tokenizer, workers)` yields into a token file (gptcore.data.token_store).
 
 `encode_documents` yields `EncodedBlock`s: the ids of consecutive
 documents, each followed by the <|endoftext|> id, ready to append to a token file. The blocks are
@@ -35,14 +35,15 @@ from typing import Any
 import numpy as np
 
 from gptcore.bpe import piece_ends
+from gptcore.data.token_store import TokenFileSummary, TokenWriter
 from gptcore.errors import GptcoreError
 from gptcore.tokenizer import Tokenizer, tokenizer_from_dict
-from gptcore.tokens import TokenFileSummary, TokenWriter
 
 BLOCK_CHARS = 1 << 20  # characters per block: enough BPE work per hand-off to hide its cost
 PIECE_CHARS = 1 << 20  # longer documents are encoded in pieces of at most this many characters
 # each worker process holds its own interpreter, numpy, tiktoken and the blocks in hand; 8 keeps
-# the whole stage under 1 GB (README, "Data stages"; measured by benchmarks/data_memory.py)
+# the stage within the data stages' 1 GB target (measured by benchmarks/data_memory.py:
+# docs/data.md, "Data stages: time and memory")
 MAX_DEFAULT_WORKERS = 8
 
 
@@ -69,6 +70,7 @@ def encode_documents(texts: Iterable[str], tokenizer: Tokenizer, workers: int = 
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     blocks = _blocks(texts)
+    block: Block | None  # None: next() found the blocks exhausted
     if workers == 1:
         for block in blocks:
             yield _encode_block(tokenizer, block)
@@ -168,6 +170,8 @@ class _Workers:
     def receive(self, i: int) -> EncodedBlock:
         pipe, process = self.pipes[i], self.processes[i]
         wait([pipe, process.sentinel])  # whichever comes first: a result, or the worker's end
+        status: str | None
+        value: Any  # the EncodedBlock of "ok", the exception of "error"
         try:
             status, value = pipe.recv() if pipe.poll() else (None, None)
         except (EOFError, OSError):

@@ -44,12 +44,12 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
 
+from gptcore.data.split import iter_split_file
 from gptcore.errors import DataError, parse_json
-from gptcore.split import iter_split_file
 
 SPLITS = ("train", "val", "test")
 # The most one record may take in its file: far more than any model's context holds, and what
@@ -340,7 +340,7 @@ def _table_rows(
     path: Path, delimiter: str, columns: tuple[str | int, ...], limit: int
 ) -> Iterator[tuple[str, Any]]:
     # TSV as the SMS collection writes it: no quoting, a quote is a character like any other
-    quoting = csv.QUOTE_MINIMAL if delimiter == "," else csv.QUOTE_NONE
+    quoting: Literal[0, 3] = csv.QUOTE_MINIMAL if delimiter == "," else csv.QUOTE_NONE
     lines = _RecordLines(path, limit)
     reader = csv.reader(lines, delimiter=delimiter, quoting=quoting)
     header = all(isinstance(column, str) for column in columns)
@@ -670,7 +670,9 @@ def _lines(text: str) -> list[str]:
 def genre_passages(text: str, chars: int, per_play: int) -> list[str]:
     """Up to `per_play` passages of whole lines, about `chars` characters each, spread evenly
     over the play (headings, which name the play and scene, left out)."""
-    windows, current, size = [], [], 0
+    windows: list[str] = []
+    current: list[str] = []
+    size = 0
     for line in _lines(text):
         if _HEADING.match(line) or (not line and not current):
             continue
@@ -687,7 +689,8 @@ def genre_passages(text: str, chars: int, per_play: int) -> list[str]:
 
 def _speeches(text: str) -> Iterable[tuple[str, str] | None]:
     """(speaker, speech) in order; None where a scene ends (a heading), so no reply crosses it."""
-    speaker, lines = None, []
+    speaker: str | None = None
+    lines: list[str] = []
     for line in _lines(text) + [""]:
         match = _SPEAKER.match(line)
         if match or _HEADING.match(line):

@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -38,7 +39,7 @@ def make_optimizer(model: nn.Module, params: FinetuneParams, device: torch.devic
         {"params": [p for p in trainable if p.dim() >= 2], "weight_decay": params.weight_decay},
         {"params": [p for p in trainable if p.dim() < 2], "weight_decay": 0.0},
     ]
-    extra = {"fused": True} if device.type in ("cuda", "cpu") else {"foreach": True}
+    extra: dict[str, Any] = {"fused": True} if device.type in ("cuda", "cpu") else {"foreach": True}
     return torch.optim.AdamW(groups, lr=params.learning_rate, **extra)
 
 

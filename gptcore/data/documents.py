@@ -59,14 +59,13 @@ from collections import Counter
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 import zstandard
 
-from gptcore.errors import DataError
-from gptcore.raw import MANIFEST_NAME
-from gptcore.split import Document
-from gptcore.streams import (
+from gptcore.data.raw import MANIFEST_NAME
+from gptcore.data.split import Document
+from gptcore.data.streams import (
     OPENERS,
     compression_for,
     open_gzip,
@@ -75,6 +74,7 @@ from gptcore.streams import (
     seekable,
     sniff,
 )
+from gptcore.errors import DataError
 
 UNMATCHED_SAMPLE = 20  # names listed when no document matches the include globs
 BINARY_SNIFF_BYTES = 8000  # how much of a file decides whether it is binary (git looks as far)
@@ -367,13 +367,13 @@ class _Reader:
                     continue
                 member = name.member(_clean(info.filename))
                 with self.guard(member), archive.open(info) as fh:
-                    yield from self.read_entry(member, fh)
+                    yield from self.read_entry(member, cast(BinaryIO, fh))
 
     def read_tar(self, name: _Name, stream: BinaryIO) -> Iterator[Document]:
         with tarfile.open(fileobj=stream, mode="r|") as archive:
             while (info := archive.next()) is not None:
                 # stream mode remembers every member it has seen; forget them to keep memory flat
-                archive.members.clear()
+                archive.members.clear()  # type: ignore[attr-defined]  # (missing from typeshed's TarFile)
                 if info.isdir():
                     continue
                 member = name.member(_clean(info.name.removeprefix("./")))
@@ -384,7 +384,7 @@ class _Reader:
                 fh = archive.extractfile(info)
                 assert fh is not None  # a regular file always has contents
                 with self.guard(member):
-                    yield from self.read_entry(member, fh)
+                    yield from self.read_entry(member, cast(BinaryIO, fh))
 
     def read_jsonl(self, name: _Name, stream: BinaryIO) -> Iterator[Document]:
         if not self.selected(name):
