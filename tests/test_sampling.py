@@ -10,7 +10,8 @@ import yaml
 from support_models import save_tiny_model
 
 from gptcore.checkpoint import load_model
-from gptcore.cli import chat_command, main
+from gptcore.cli import main
+from gptcore.cli.chat import chat_command
 from gptcore.errors import GptcoreError
 from gptcore.generate import complete, sample_next
 from gptcore.params import ParamsError, load_section

@@ -1,0 +1,139 @@
+"""`gptcore info`: parameters, FLOPs, precision and memory of a model or of params.yaml's train section."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from gptcore.autotune import Decision, cached_decision, decide
+from gptcore.checkpoint import MODEL_FILE
+from gptcore.cli import DEFAULT_PARAMS, params_file_of
+from gptcore.device import resolve_device
+from gptcore.errors import DataError
+from gptcore.hf.convert import load_any
+from gptcore.memory import human_bytes
+from gptcore.model import GPT, GPTConfig, flops_per_token
+from gptcore.params import TrainParams, load_section
+from gptcore.tokenizer import load_tokenizer
+from gptcore.train import attention_kernels, memory_plan, planned_config, torch_threads
+
+VOCAB_DIR = Path("data/vocab")
+# Tokens given to a model whose vocabulary is not built yet: a byte-level alphabet, the size of
+# a char vocabulary of a mostly-ASCII corpus rounded up; only the embedding rows depend on it.
+PLACEHOLDER_VOCAB_SIZE = 256
+
+
+def _flops(n: float) -> str:
+    for unit, size in (("TFLOP", 1e12), ("GFLOP", 1e9), ("MFLOP", 1e6)):
+        if n >= size:
+            return f"{n / size:,.2f} {unit}"
+    return f"{n:,.0f} FLOP"
+
+
+def _scalar(value: object) -> str:
+    """A meta value as text; "" for containers, which info leaves out."""
+    if isinstance(value, (bool, str)):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return ""
+
+
+def _table(rows: Sequence[tuple[str, str]]) -> str:
+    width = max(len(label) for label, _ in rows)
+    return "\n".join(f"{label:<{width}}  {value}".rstrip() for label, value in rows)
+
+
+def _vocab_from_folder() -> tuple[int, str]:
+    """(vocab size, how it was found) from data/vocab, or the placeholder when there is none."""
+    if not (VOCAB_DIR / "tokenizer.json").is_file():
+        return PLACEHOLDER_VOCAB_SIZE, (
+            f"{PLACEHOLDER_VOCAB_SIZE} (placeholder: vocabulary unknown, {VOCAB_DIR}/tokenizer.json not found; "
+            "run dvc repro build_vocab)"
+        )
+    tokenizer = load_tokenizer(VOCAB_DIR)
+    return tokenizer.vocab_size, f"{tokenizer.vocab_size} ({tokenizer.kind} tokenizer in {VOCAB_DIR})"
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    params_file = params_file_of(args)
+    train: TrainParams | None = load_section("train", params_file) if params_file else None
+    model_path = args.model if args.model is not None else (MODEL_FILE if MODEL_FILE.is_file() else None)
+    rows: list[tuple[str, str]] = []
+    if model_path is not None:
+        model, tokenizer, meta = load_any(model_path, "cpu")
+        config = model.config
+        rows.append(("model file", str(model_path)))
+        # small facts the training run recorded (steps, tokens seen, losses)
+        rows += [(f"  {key}", _scalar(value)) for key, value in sorted(meta.items()) if _scalar(value)]
+        rows.append(("tokenizer", f"{tokenizer.kind}, {tokenizer.vocab_size} tokens"))
+    else:
+        if train is None:
+            raise DataError(
+                f"no model file ({MODEL_FILE} not found) and no {DEFAULT_PARAMS} to size a model from"
+            )
+        vocab_size, vocab_note = _vocab_from_folder()
+        config = planned_config(train, vocab_size)
+        # the meta device builds the modules without allocating their weights: exact counts, no memory
+        with torch.device("meta"):
+            model = GPT(config)
+        rows.append(("model file", f"none ({MODEL_FILE} not found): sizes from {params_file} train section"))
+        rows.append(("vocab_size", vocab_note))
+
+    total = model.num_params(non_embedding=False)
+    non_embedding = model.num_params(non_embedding=True)
+    rows.append(("config", " ".join(f"{k}={v}" for k, v in config.to_dict().items())))
+    rows.append(("parameters (total)", f"{total:,}"))
+    rows.append(
+        ("parameters (non-embedding)", f"{non_embedding:,} (position table left out; FLOPs use this)")
+    )
+    fpt_train = flops_per_token(config, non_embedding, training=True)
+    fpt_forward = flops_per_token(config, non_embedding, training=False)
+    rows.append(("FLOPs per token (training)", f"{fpt_train:,} ({_flops(fpt_train)})"))
+    rows.append(("FLOPs per token (forward)", f"{fpt_forward:,} ({_flops(fpt_forward)})"))
+    rows.append(("weights (fp32)", f"{4 * total:,} bytes ({human_bytes(4 * total)})"))
+    if train is None:
+        rows.append(("memory plan", f"unknown: no {DEFAULT_PARAMS} to read train.batch_size from"))
+    else:
+        tokens_per_step = train.batch_size * config.block_size * train.grad_accum_steps
+        rows.append(
+            (
+                "FLOPs per optimizer step",
+                f"{_flops(fpt_train * tokens_per_step)} ({tokens_per_step:,} tokens)",
+            )
+        )
+        if train.preset:
+            rows.append(("preset", train.preset))
+        first, *candidates = _precision_rows(train, config, args.measure)
+        rows.append(("precision (dtype, compile, attention)", first))
+        rows += [("", line) for line in candidates]
+        rows += memory_plan(train, config, resolve_device(train.device)).rows()
+    print(_table(rows))
+
+
+def _precision_rows(train: TrainParams, config: GPTConfig, measure: bool) -> list[str]:
+    """What train.dtype / train.compile / train.attention resolve to for this shape on the host
+    (auto: the cached timings of gptcore.autotune; with --measure, timed now when there are none),
+    among the candidates a training run would time."""
+    device = resolve_device(train.device)
+    threads = torch_threads(train, train.nproc_per_node)
+    if threads:  # the cache is keyed by the thread count a training process runs with
+        torch.set_num_threads(threads)
+    micro_batch = train.batch_size // train.world_size
+    kernels = attention_kernels(train, config, device)
+    decision: Decision | None
+    if measure:
+        decision = decide(train, config, device, micro_batch, kernels=kernels)
+    else:
+        decision = cached_decision(train, config, device, micro_batch, kernels=kernels)
+    if decision is None:
+        return [
+            f"auto: not measured yet for this shape on this {device.type} (the first training run "
+            "times the candidates; `gptcore info --measure` does it now)"
+        ]
+    return decision.summary(train.max_iters * train.grad_accum_steps).splitlines()
