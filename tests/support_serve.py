@@ -51,9 +51,8 @@ def request(
     return status, payload
 
 
-@contextlib.contextmanager
-def running(model_path: Path, **overrides) -> Iterator[str]:
-    """A live server on a free loopback port, the model loaded; yields its base URL."""
+def serve_options(model_path: Path, **overrides) -> ServeOptions:
+    """The tests' server options: generous limits, no key, loopback only; `overrides` change them."""
     options = ServeOptions(
         model_path=model_path,
         name=NAME,
@@ -68,7 +67,13 @@ def running(model_path: Path, **overrides) -> Iterator[str]:
         max_waiting=64,
         allowed_hosts=(),
     )
-    options = replace(options, **overrides)
+    return replace(options, **overrides)
+
+
+@contextlib.contextmanager
+def running(model_path: Path, **overrides) -> Iterator[str]:
+    """A live server on a free loopback port, the model loaded; yields its base URL."""
+    options = serve_options(model_path, **overrides)
     server = uvicorn.Server(uvicorn.Config(build_app(options), host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -410,8 +410,8 @@ def test_json_routes_want_a_json_content_type(server: str, content_type: str | N
     ("body", "says"),
     [
         (b"[" * 100_000, "nested too deeply"),
-        (b'{"model": "tiny", "prompt": "a", "n": ' + b"[" * 990 + b"]" * 990 + b"}", "n must be"),
-        (b'{"model": "tiny", "prompt": "a", "temperature": ' + b"[" * 990 + b"]" * 990 + b"}", "temperature"),
+        (b'{"model": "tiny", "prompt": "a", "n": ' + b"[" * 900 + b"]" * 900 + b"}", "n must be"),
+        (b'{"model": "tiny", "prompt": "a", "temperature": ' + b"[" * 900 + b"]" * 900 + b"}", "temperature"),
         (b'{"model": "tiny", "prompt": "a", "temperature": NaN}', "NaN"),
         (b'{"model": "tiny", "prompt": "a", "top_p": Infinity}', "Infinity"),
         (b'{"model": "tiny", "prompt": "a", "temperature": "' + b"9" * 500_000 + b'"}', "temperature"),

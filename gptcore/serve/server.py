@@ -31,6 +31,11 @@ without the CORS permission this server never gives.
 A prompt longer than the model's context keeps its last block_size tokens (as `gptcore chat`
 and `gptcore sample` do); `usage.prompt_tokens` counts the whole prompt. Bad requests get
 OpenAI's error shape, {"error": {"message", "type", "param", "code"}}, with a 4xx status.
+
+Handling a request is plain functions of plain values, which raise `ApiError` to refuse one
+(`check_host`, `check_api_key`, `parse_request`, `completion_json`, `chunk_json`, ...), and a
+`ServedModel` that holds the model and generates; the routes of `build_app` only read a request,
+call them and respond.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
@@ -267,6 +272,230 @@ def _messages(body: dict) -> list[tuple[str, str]]:
 
 
 # ---------------------------------------------------------------------------------------------
+# a request: its checks and what it asks for, as plain values
+
+
+def check_host(hosts: list[str], allowed: Collection[str]) -> None:
+    """Raises ApiError (403) unless a key-less server answers a request with these Host headers
+    (lowercase `allowed`): at most one, which `host_allowed` allows."""
+    if len(hosts) > 1 or not host_allowed(hosts[0] if hosts else None, allowed):
+        raise ApiError(
+            403,
+            f"Host {', '.join(hosts)!r} is not allowed: without an API key this server answers "
+            "only localhost, IP addresses and the names given with --allow-host",
+            code="host_not_allowed",
+        )
+
+
+def host_allowed(host: str | None, allowed: Collection[str]) -> bool:
+    """Whether a key-less server answers a request with this Host header: `localhost`, an IP
+    address or a name in `allowed`, with any port. A page whose name an attacker rebinds to this
+    machine sends that name, never one of these; a request without a Host is no browser's."""
+    if host is None:
+        return True
+    name = host.strip().lower()
+    if name.startswith("["):  # [v6]:port
+        name = name[1 : name.find("]")] if "]" in name else name
+    elif name.count(":") == 1:
+        name = name.partition(":")[0]
+    if name == "localhost" or name in allowed:
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def check_api_key(authorization: str | None, api_key: str | None) -> None:
+    """Raises ApiError (401) unless the Authorization header holds `api_key`, when there is one."""
+    if api_key is None:
+        return
+    scheme, _, key = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(key.strip().encode(), api_key.encode()):
+        raise ApiError(
+            401, "invalid or missing API key: send Authorization: Bearer <key>", code="invalid_api_key"
+        )
+
+
+def check_body_headers(content_type: str, content_length: str | None, limit: int) -> None:
+    """Raises ApiError for a body the headers already refuse: 415 unless it is JSON, 413 when it
+    declares more than `limit` bytes."""
+    media_type = content_type.partition(";")[0].strip().lower()
+    if media_type != "application/json":
+        # a web page may send text/plain to any site without asking; JSON needs CORS's consent
+        raise ApiError(415, f"Content-Type must be application/json, got {media_type or 'none'}")
+    if content_length is not None and content_length.isdigit() and int(content_length) > limit:
+        raise _too_large(limit)
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(413, f"the request body is larger than this server's limit of {limit} bytes")
+
+
+def check_body(data: Any, model_name: str) -> dict:
+    """A parsed request body as the JSON object it must be; raises ApiError: 400 for one that is
+    not an object or names no model, 404 for a model other than `model_name`."""
+    if not isinstance(data, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    model = data.get("model")
+    if not isinstance(model, str):
+        raise ApiError(400, "you must provide a model parameter", param="model")
+    if model != model_name:
+        raise ApiError(
+            404,
+            f"the model '{model}' does not exist: this server serves '{model_name}'",
+            param="model",
+            code="model_not_found",
+        )
+    return data
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    """What a completions or chat completions body asks for, checked against the server's limits."""
+
+    chat: bool
+    prompts: list[str]  # a completions request's prompts; a chat's has none
+    messages: list[tuple[str, str]] | None  # a chat's (role, text) turns
+    sampling: Sampling  # with its seed: the body's, or a fresh one
+    n: int  # choices per prompt
+    stream: bool
+    include_usage: bool  # a stream ends with a chunk holding the usage
+
+
+def parse_request(body: dict, chat: bool, options: ServeOptions) -> CompletionRequest:
+    """A completions body (chat completions with `chat`) as what it asks for; raises ApiError
+    (400) for a field that is malformed, not supported or past one of `options`' limits."""
+    messages = _messages(body) if chat else None
+    prompts = [] if chat else _prompts(body)
+    for key in UNSUPPORTED:  # refused rather than silently ignored: the client relies on them
+        if body.get(key):
+            raise ApiError(400, f"{key} is not supported by gptcore serve", param=key)
+    sampling = _settings(body, options.defaults, options.max_tokens_limit)
+    n = _optional(body, "n", lambda v: _is_int(v) and v >= 1, "an integer >= 1") or 1
+    if n > options.max_choices:
+        raise _over_limit("n", f"n = {n}", options.max_choices, "--max-choices")
+    if len(prompts) * n > options.max_choices:  # refused before any work is done for them
+        what = f"choices = prompts x n = {len(prompts)} x {n} = {len(prompts) * n}"
+        raise _over_limit("prompt", what, options.max_choices, "--max-choices")
+    stream = _optional(body, "stream", lambda v: isinstance(v, bool), "true or false") or False
+    stream_options = body.get("stream_options") or {}
+    include_usage = isinstance(stream_options, dict) and stream_options.get("include_usage") is True
+    return CompletionRequest(chat, prompts, messages, sampling, n, stream, include_usage)
+
+
+def encode_prompts(
+    request: CompletionRequest, tokenizer: Tokenizer, template: PromptTemplate | None
+) -> list[list[int]]:
+    """The token ids of the request's prompts: a chat's one, rendered by `render_chat`."""
+    texts = [render_chat(request.messages, template)] if request.messages is not None else request.prompts
+    return [prompt_ids(tokenizer, text) for text in texts]
+
+
+def count_prompt_tokens(prompts_ids: list[list[int]], chat: bool, limit: int) -> int:
+    """The request's prompt tokens, once per prompt whatever n is; ApiError (400) past `limit`."""
+    prompt_tokens = sum(len(ids) for ids in prompts_ids)
+    if prompt_tokens > limit:
+        param = "messages" if chat else "prompt"
+        raise _over_limit(param, f"prompt tokens = {prompt_tokens}", limit, "--max-prompt-tokens")
+    return prompt_tokens
+
+
+def choice_rows(prompts_ids: list[list[int]], sampling: Sampling, n: int) -> list[tuple[list[int], Sampling]]:
+    """The engine's rows: n per prompt, choice k seeded with seed + k, so that the n choices
+    differ and a seeded request repeats."""
+    assert sampling.seed is not None  # _settings gives every request one
+    return [
+        (ids, replace(sampling, seed=(sampling.seed + k) % 2**63)) for ids in prompts_ids for k in range(n)
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# responses, as plain values
+
+
+def model_card(name: str) -> dict:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "gptcore"}
+
+
+def model_card_for(requested: str, name: str) -> dict:
+    """GET /v1/models/{requested}: the served model's card, or ApiError (404) for another."""
+    if requested != name:
+        raise ApiError(404, f"the model '{requested}' does not exist", code="model_not_found")
+    return model_card(name)
+
+
+def response_head(chat: bool, model_name: str) -> dict:
+    """The fields that a response and every chunk of its stream share."""
+    return {
+        "id": ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex,
+        "created": int(time.time()),
+        "model": model_name,
+    }
+
+
+def usage_json(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def completion_json(
+    head: dict, chat: bool, texts: Sequence[str], finish_reasons: Sequence[str], usage: dict
+) -> dict:
+    """A whole (non-streamed) response: one choice per text, with its finish_reason."""
+    pairs = enumerate(zip(texts, finish_reasons, strict=True))
+    if chat:
+        out = [
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": text},
+                "logprobs": None,
+                "finish_reason": reason,
+            }
+            for i, (text, reason) in pairs
+        ]
+        return {**head, "object": "chat.completion", "choices": out, "usage": usage}
+    out = [
+        {"index": i, "text": text, "logprobs": None, "finish_reason": reason} for i, (text, reason) in pairs
+    ]
+    return {**head, "object": "text_completion", "choices": out, "usage": usage}
+
+
+def _chunk_object(chat: bool) -> str:
+    return "chat.completion.chunk" if chat else "text_completion"
+
+
+def chunk_json(
+    head: dict, chat: bool, i: int, text: str | None, finish: str | None, role: bool = False
+) -> dict:
+    """One chunk of a stream, for choice `i`: a text piece, or (`finish`) its end; a chat's first
+    chunk per choice (`role`) names the assistant role."""
+    if chat:
+        delta: dict[str, Any] = {"role": "assistant", "content": ""} if role else {}
+        if text is not None:
+            delta["content"] = text
+        choice = {"index": i, "delta": delta, "logprobs": None, "finish_reason": finish}
+    else:
+        choice = {"index": i, "text": text or "", "logprobs": None, "finish_reason": finish}
+    return {**head, "object": _chunk_object(chat), "choices": [choice]}
+
+
+def usage_chunk_json(head: dict, chat: bool, usage: dict) -> dict:
+    """A stream's last chunk when the request asks for the usage (stream_options.include_usage)."""
+    return {**head, "object": _chunk_object(chat), "choices": [], "usage": usage}
+
+
+def sse(data: dict | str) -> bytes:
+    """One server-sent event: `data: <json>` (or the text, for [DONE]) and a blank line."""
+    text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
+    return f"data: {text}\n\n".encode()
+
+
+# ---------------------------------------------------------------------------------------------
 # generation of one request's choices
 
 
@@ -328,154 +557,135 @@ async def _merged(choices: list[_Choice], ready: asyncio.Event) -> AsyncIterator
             choice.stream.close()
 
 
+@dataclass
+class _Generation:
+    """One request's choices as they are generated: what its response, whole or streamed, is
+    built from."""
+
+    head: dict  # see response_head
+    chat: bool
+    choices: list[_Choice]
+    ready: asyncio.Event  # set whenever one of the choices' streams has something new
+    prompt_tokens: int
+
+    def usage(self) -> dict:
+        return usage_json(self.prompt_tokens, sum(c.stream.generated for c in self.choices))
+
+    async def response(self, is_disconnected: Callable[[], Awaitable[bool]]) -> dict:
+        """The whole response once every choice has ended; a client that goes away
+        (`is_disconnected`) stops the generation. Raises ApiError (500) when it fails."""
+        texts = [""] * len(self.choices)
+        failure: Exception | None = None
+        async with anyio.create_task_group() as group:
+            group.start_soon(_cancel_on_disconnect, is_disconnected, group.cancel_scope)
+            try:
+                async for i, piece in _merged(self.choices, self.ready):
+                    texts[i] += piece or ""
+            except GenerationFailed as exc:
+                failure = exc
+            group.cancel_scope.cancel()
+        if failure is not None:
+            raise ApiError(500, str(failure), kind="server_error", code="generation_failed")
+        reasons = [c.finish_reason() for c in self.choices]
+        return completion_json(self.head, self.chat, texts, reasons, self.usage())
+
+    async def events(self, include_usage: bool) -> AsyncIterator[bytes]:
+        """A streamed response: one chunk per text piece, a last one per choice with its
+        finish_reason, the usage when asked, then [DONE]; a generation that fails ends the stream
+        with an error event, `data: {"error": {...}}`, instead (what OpenAI's clients raise on).
+        Closing it early (a client gone) stops the generation."""
+        head, chat = self.head, self.chat
+        try:
+            if chat:
+                for i in range(len(self.choices)):
+                    yield sse(chunk_json(head, chat, i, None, None, role=True))
+            async for i, piece in _merged(self.choices, self.ready):
+                finish = self.choices[i].finish_reason() if piece is None else None
+                yield sse(chunk_json(head, chat, i, piece, finish))
+            if include_usage:
+                yield sse(usage_chunk_json(head, chat, self.usage()))
+        except Exception as exc:  # the status line is sent: the client learns of it in the stream
+            message = str(exc) if isinstance(exc, GenerationFailed) else f"internal error: {exc}"
+            yield sse(ApiError(500, message, kind="server_error", code="generation_failed").body())
+            return
+        yield sse("[DONE]")
+
+
+async def _cancel_on_disconnect(
+    is_disconnected: Callable[[], Awaitable[bool]], scope: anyio.CancelScope
+) -> None:
+    """Cancels `scope` once the client has gone away."""
+    while not await is_disconnected():
+        await anyio.sleep(0.1)
+    scope.cancel()
+
+
 # ---------------------------------------------------------------------------------------------
-# the app
+# the served model
 
 
-class _Served:
-    """The model once loaded (in a thread, so /health answers meanwhile)."""
+class ServedModel:
+    """The model served, loaded in a thread (so /health answers meanwhile), and the generation of
+    requests with it."""
 
-    def __init__(self) -> None:
+    def __init__(self, options: ServeOptions, on_load_error: Callable[[str], None] | None = None) -> None:
+        self.options = options
+        self.on_load_error = on_load_error
         self.error: str | None = None
         self.tokenizer: Tokenizer | None = None
         self.engine: Engine | None = None
         self.block_size = 0
         self.template: PromptTemplate | None = None  # an instruction-tuned model's prompt template
+        self.preparing = anyio.CapacityLimiter(PREPARE_THREADS)  # worker threads parsing requests
 
-
-def build_app(options: ServeOptions, on_load_error: Callable[[str], None] | None = None) -> Starlette:
-    """The ASGI app; the model loads in the background when the app starts."""
-    served = _Served()
-    page = resources.files("gptcore.serve").joinpath("chat.html").read_text(encoding="utf-8")
-
-    def load() -> None:
+    def load(self) -> None:
+        """Load the model (on the loader thread); a failure is kept in `error` and reported."""
+        options = self.options
         try:
             model, tokenizer, meta = load_any(options.model_path, options.device)
-            served.tokenizer, served.block_size = tokenizer, model.config.block_size
-            served.template = template_of(meta)
-            served.engine = Engine(model, tokenizer.eot_id, options.max_batch, options.max_waiting)
+            self.tokenizer, self.block_size = tokenizer, model.config.block_size
+            self.template = template_of(meta)
+            self.engine = Engine(model, tokenizer.eot_id, options.max_batch, options.max_waiting)
         except Exception as exc:
-            served.error = f"cannot load {options.model_path}: {exc}"
-            if on_load_error is not None:
-                on_load_error(served.error)
+            self.error = f"cannot load {options.model_path}: {exc}"
+            if self.on_load_error is not None:
+                self.on_load_error(self.error)
 
-    preparing = anyio.CapacityLimiter(PREPARE_THREADS)
-
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        threading.Thread(target=load, name="gptcore-load", daemon=True).start()
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        threading.Thread(target=self.load, name="gptcore-load", daemon=True).start()
         yield
-        if served.engine is not None:
-            served.engine.shutdown()
+        if self.engine is not None:
+            self.engine.shutdown()
 
-    def ready_engine() -> tuple[Engine, Tokenizer]:
-        if served.engine is None or served.tokenizer is None:
-            message = served.error or "the model is still loading; try again shortly"
-            raise ApiError(503, message, kind="server_error", code="model_not_ready")
-        return served.engine, served.tokenizer
-
-    def authorize(request: Request) -> None:
-        if options.api_key is None:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, key = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            key.strip().encode(), options.api_key.encode()
-        ):
-            raise ApiError(
-                401, "invalid or missing API key: send Authorization: Bearer <key>", code="invalid_api_key"
-            )
-
-    async def read_json(request: Request) -> dict:
-        media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-        if media_type != "application/json":
-            # a web page may send text/plain to any site without asking; JSON needs CORS's consent
-            shown = media_type or "none"
-            raise ApiError(415, f"Content-Type must be application/json, got {shown}")
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > options.max_body_bytes:
-            raise _too_large(options.max_body_bytes)
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > options.max_body_bytes:
-                raise _too_large(options.max_body_bytes)
-        try:
-            data = await anyio.to_thread.run_sync(
-                parse_json, bytes(body), "the request body", limiter=preparing
-            )
-        except DataError as exc:
-            raise ApiError(400, str(exc)) from None
-        if not isinstance(data, dict):
-            raise ApiError(400, "the request body must be a JSON object")
-        model = data.get("model")
-        if not isinstance(model, str):
-            raise ApiError(400, "you must provide a model parameter", param="model")
-        if model != options.name:
-            raise ApiError(
-                404,
-                f"the model '{model}' does not exist: this server serves '{options.name}'",
-                param="model",
-                code="model_not_found",
-            )
-        return data
-
-    async def health(request: Request) -> Response:
-        if served.engine is not None:
+    def health(self) -> tuple[int, dict]:
+        """GET /health's status and body."""
+        if self.engine is not None:
             # requests: the choices being generated or waiting for a slot
-            return JSONResponse({"status": "ok", "model": options.name, "requests": served.engine.live()})
-        if served.error is not None:
-            return JSONResponse({"status": "error", "message": served.error}, status_code=503)
-        return JSONResponse({"status": "loading", "model": options.name}, status_code=503)
+            return 200, {"status": "ok", "model": self.options.name, "requests": self.engine.live()}
+        if self.error is not None:
+            return 503, {"status": "error", "message": self.error}
+        return 503, {"status": "loading", "model": self.options.name}
 
-    def model_card() -> dict:
-        return {"id": options.name, "object": "model", "created": 0, "owned_by": "gptcore"}
+    def ready(self) -> tuple[Engine, Tokenizer]:
+        """The engine and tokenizer; ApiError (503) while the model loads or when it failed to."""
+        if self.engine is None or self.tokenizer is None:
+            message = self.error or "the model is still loading; try again shortly"
+            raise ApiError(503, message, kind="server_error", code="model_not_ready")
+        return self.engine, self.tokenizer
 
-    async def list_models(request: Request) -> Response:
-        authorize(request)
-        return JSONResponse({"object": "list", "data": [model_card()]})
-
-    async def get_model(request: Request) -> Response:
-        authorize(request)
-        if request.path_params["model"] != options.name:
-            raise ApiError(
-                404, f"the model '{request.path_params['model']}' does not exist", code="model_not_found"
-            )
-        return JSONResponse(model_card())
-
-    async def respond(request: Request, chat: bool) -> Response:
-        authorize(request)
-        body = await read_json(request)
-        messages = _messages(body) if chat else None
-        prompts = [] if chat else _prompts(body)
-        for key in UNSUPPORTED:  # refused rather than silently ignored: the client relies on them
-            if body.get(key):
-                raise ApiError(400, f"{key} is not supported by gptcore serve", param=key)
-        sampling = _settings(body, options.defaults, options.max_tokens_limit)
-        n = _optional(body, "n", lambda v: _is_int(v) and v >= 1, "an integer >= 1") or 1
-        if n > options.max_choices:
-            raise _over_limit("n", f"n = {n}", options.max_choices, "--max-choices")
-        if len(prompts) * n > options.max_choices:  # refused before any work is done for them
-            what = f"choices = prompts x n = {len(prompts)} x {n} = {len(prompts) * n}"
-            raise _over_limit("prompt", what, options.max_choices, "--max-choices")
-        stream = _optional(body, "stream", lambda v: isinstance(v, bool), "true or false") or False
-        stream_options = body.get("stream_options") or {}
-        include_usage = isinstance(stream_options, dict) and stream_options.get("include_usage") is True
-        engine, tokenizer = ready_engine()
-        if messages is not None and served.template is not None:
+    async def start(self, request: CompletionRequest) -> _Generation:
+        """Submit the request's choices to the engine (the prompts tokenized in a worker thread);
+        raises ApiError: 503 while the model is not ready or when the engine is full, 400 for too
+        many prompt tokens."""
+        engine, tokenizer = self.ready()
+        sampling, template = request.sampling, self.template
+        if request.chat and template is not None:
             # a reply ends where the template would open a new section
-            sampling = replace(sampling, stop=sampling.stop + reply_stops(served.template))
-
-        def encode() -> list[list[int]]:
-            texts = [render_chat(messages, served.template)] if messages is not None else prompts
-            return [prompt_ids(tokenizer, text) for text in texts]
-
-        prompts_ids = await anyio.to_thread.run_sync(encode, limiter=preparing)
-        prompt_tokens = sum(len(ids) for ids in prompts_ids)  # once per prompt, whatever n is
-        if prompt_tokens > options.max_prompt_tokens:
-            param = "messages" if chat else "prompt"
-            what = f"prompt tokens = {prompt_tokens}"
-            raise _over_limit(param, what, options.max_prompt_tokens, "--max-prompt-tokens")
-
+            sampling = replace(sampling, stop=sampling.stop + reply_stops(template))
+        prompts_ids = await anyio.to_thread.run_sync(
+            encode_prompts, request, tokenizer, template, limiter=self.preparing
+        )
+        prompt_tokens = count_prompt_tokens(prompts_ids, request.chat, self.options.max_prompt_tokens)
         loop = asyncio.get_running_loop()
         ready = asyncio.Event()
 
@@ -483,104 +693,52 @@ def build_app(options: ServeOptions, on_load_error: Callable[[str], None] | None
             with contextlib.suppress(RuntimeError):  # the loop is closed: the server is stopping
                 loop.call_soon_threadsafe(ready.set)
 
-        # choice k of a prompt is seeded with seed + k: n choices differ, and a seeded request repeats
-        assert sampling.seed is not None  # _settings gives every request one
-        rows = [
-            (ids, replace(sampling, seed=(sampling.seed + k) % 2**63))
-            for ids in prompts_ids
-            for k in range(n)
-        ]
-        del prompts_ids  # the engine keeps what the model sees of them
         try:
-            streams = engine.submit_all(rows, wake)
+            streams = engine.submit_all(choice_rows(prompts_ids, sampling, request.n), wake)
         except EngineBusy as exc:
             raise ApiError(
                 503,
-                f"this server is busy ({exc}; --max-waiting lets {options.max_waiting} wait): try again shortly",
+                f"this server is busy ({exc}; --max-waiting lets {self.options.max_waiting} wait): "
+                "try again shortly",
                 kind="server_error",
                 code="server_busy",
             ) from None
-        del rows
         choices = [
             _Choice(s, TextDecoder(tokenizer), StopCutter(s.sampling.stop), tokenizer.eot_id) for s in streams
         ]
-        head = {
-            "id": ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex,
-            "created": int(time.time()),
-            "model": options.name,
-        }
+        head = response_head(request.chat, self.options.name)
+        return _Generation(head, request.chat, choices, ready, prompt_tokens)
 
-        def usage() -> dict:
-            completion_tokens = sum(c.stream.generated for c in choices)
-            return {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            }
 
-        if stream:
-            return StreamingResponse(
-                _events(head, chat, choices, ready, usage if include_usage else None),
-                media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-            )
-        texts = [""] * len(choices)
-        failure: Exception | None = None
-        async with anyio.create_task_group() as group:
+# ---------------------------------------------------------------------------------------------
+# the app: routes that read a request, call the functions above and respond
 
-            async def watch() -> None:  # a client that goes away stops its generation
-                while not await request.is_disconnected():
-                    await anyio.sleep(0.1)
-                group.cancel_scope.cancel()
 
-            group.start_soon(watch)
-            try:
-                async for i, piece in _merged(choices, ready):
-                    texts[i] += piece or ""
-            except GenerationFailed as exc:
-                failure = exc
-            group.cancel_scope.cancel()
-        if failure is not None:
-            raise ApiError(500, str(failure), kind="server_error", code="generation_failed")
-        if chat:
-            out = [
-                {
-                    "index": i,
-                    "message": {"role": "assistant", "content": text},
-                    "logprobs": None,
-                    "finish_reason": c.finish_reason(),
-                }
-                for i, (text, c) in enumerate(zip(texts, choices, strict=True))
-            ]
-            return JSONResponse({**head, "object": "chat.completion", "choices": out, "usage": usage()})
-        out = [
-            {"index": i, "text": text, "logprobs": None, "finish_reason": c.finish_reason()}
-            for i, (text, c) in enumerate(zip(texts, choices, strict=True))
-        ]
-        return JSONResponse({**head, "object": "text_completion", "choices": out, "usage": usage()})
-
-    async def completions(request: Request) -> Response:
-        return await respond(request, chat=False)
-
-    async def chat_completions(request: Request) -> Response:
-        return await respond(request, chat=True)
+def build_app(options: ServeOptions, on_load_error: Callable[[str], None] | None = None) -> Starlette:
+    """The ASGI app; the model loads in the background when the app starts."""
+    served = ServedModel(options, on_load_error)
+    page = resources.files("gptcore.serve").joinpath("chat.html").read_text(encoding="utf-8")
 
     async def index(request: Request) -> Response:
         return HTMLResponse(page)
 
-    async def api_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ApiError)
-        return exc.response()
+    async def health(request: Request) -> Response:
+        status, body = served.health()
+        return JSONResponse(body, status_code=status)
 
-    async def http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        return ApiError(
-            exc.status_code, f"{request.method} {request.url.path}: {exc.detail}", kind=kind
-        ).response()
+    async def list_models(request: Request) -> Response:
+        check_api_key(request.headers.get("authorization"), options.api_key)
+        return JSONResponse({"object": "list", "data": [model_card(options.name)]})
 
-    async def server_error(request: Request, exc: Exception) -> Response:
-        return ApiError(500, f"internal error: {exc}", kind="server_error").response()
+    async def get_model(request: Request) -> Response:
+        check_api_key(request.headers.get("authorization"), options.api_key)
+        return JSONResponse(model_card_for(request.path_params["model"], options.name))
+
+    async def completions(request: Request) -> Response:
+        return await _complete(request, served, chat=False)
+
+    async def chat_completions(request: Request) -> Response:
+        return await _complete(request, served, chat=True)
 
     routes = [
         Route("/", index),
@@ -590,7 +748,7 @@ def build_app(options: ServeOptions, on_load_error: Callable[[str], None] | None
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
     ]
-    handlers = {ApiError: api_error, HTTPException: http_error, Exception: server_error}
+    handlers = {ApiError: _api_error, HTTPException: _http_error, Exception: _server_error}
     middleware = (
         [] if options.api_key is not None else [Middleware(_HostGuard, allowed=options.allowed_hosts)]
     )
@@ -598,32 +756,62 @@ def build_app(options: ServeOptions, on_load_error: Callable[[str], None] | None
         routes=routes,
         exception_handlers=handlers,
         middleware=middleware,
-        lifespan=contextlib.asynccontextmanager(lifespan),
+        lifespan=contextlib.asynccontextmanager(served.lifespan),
     )
 
 
-def host_allowed(host: str | None, allowed: Collection[str]) -> bool:
-    """Whether a key-less server answers a request with this Host header: `localhost`, an IP
-    address or a name in `allowed`, with any port. A page whose name an attacker rebinds to this
-    machine sends that name, never one of these; a request without a Host is no browser's."""
-    if host is None:
-        return True
-    name = host.strip().lower()
-    if name.startswith("["):  # [v6]:port
-        name = name[1 : name.find("]")] if "]" in name else name
-    elif name.count(":") == 1:
-        name = name.partition(":")[0]
-    if name == "localhost" or name in allowed:
-        return True
+async def _complete(request: Request, served: ServedModel, chat: bool) -> Response:
+    """POST /v1/completions (/v1/chat/completions with `chat`)."""
+    check_api_key(request.headers.get("authorization"), served.options.api_key)
+    body = await _read_json(request, served.options, served.preparing)
+    asked = parse_request(body, chat, served.options)
+    generation = await served.start(asked)
+    if asked.stream:
+        return StreamingResponse(
+            generation.events(asked.include_usage),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    return JSONResponse(await generation.response(request.is_disconnected))
+
+
+async def _read_json(request: Request, options: ServeOptions, limiter: anyio.CapacityLimiter) -> dict:
+    """The request's body, read no further than the body limit, parsed in a worker thread and
+    checked (`check_body`)."""
+    limit = options.max_body_bytes
+    check_body_headers(request.headers.get("content-type", ""), request.headers.get("content-length"), limit)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise _too_large(limit)
     try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
+        # parse_json itself in the thread: the nesting it can parse is the stack left to it
+        data = await anyio.to_thread.run_sync(parse_json, bytes(body), "the request body", limiter=limiter)
+    except DataError as exc:
+        raise ApiError(400, str(exc)) from None
+    return check_body(data, options.name)
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return exc.response()
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+    return ApiError(
+        exc.status_code, f"{request.method} {request.url.path}: {exc.detail}", kind=kind
+    ).response()
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    return ApiError(500, f"internal error: {exc}", kind="server_error").response()
 
 
 class _HostGuard:
-    """Refuses, with a 403, a request whose Host `host_allowed` does not allow."""
+    """Refuses, with a 403, a request whose Host `check_host` refuses."""
 
     def __init__(self, app: ASGIApp, allowed: Collection[str]) -> None:
         self.app = app
@@ -632,62 +820,12 @@ class _HostGuard:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             hosts = [value.decode("latin-1") for key, value in scope["headers"] if key == b"host"]
-            if len(hosts) > 1 or not host_allowed(hosts[0] if hosts else None, self.allowed):
-                error = ApiError(
-                    403,
-                    f"Host {', '.join(hosts)!r} is not allowed: without an API key this server answers "
-                    "only localhost, IP addresses and the names given with --allow-host",
-                    code="host_not_allowed",
-                )
+            try:
+                check_host(hosts, self.allowed)
+            except ApiError as error:
                 await error.response()(scope, receive, send)
                 return
         await self.app(scope, receive, send)
-
-
-def _too_large(limit: int) -> ApiError:
-    return ApiError(413, f"the request body is larger than this server's limit of {limit} bytes")
-
-
-def _sse(data: dict | str) -> bytes:
-    text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
-    return f"data: {text}\n\n".encode()
-
-
-async def _events(
-    head: dict,
-    chat: bool,
-    choices: list[_Choice],
-    ready: asyncio.Event,
-    usage: Callable[[], dict] | None,
-) -> AsyncIterator[bytes]:
-    """A streamed response: one chunk per text piece, a last one per choice with its
-    finish_reason, the usage when asked, then [DONE]; a generation that fails ends the stream with
-    an error event, `data: {"error": {...}}`, instead (what OpenAI's clients raise on)."""
-    kind = "chat.completion.chunk" if chat else "text_completion"
-
-    def chunk(i: int, text: str | None, finish: str | None, role: bool = False) -> bytes:
-        if chat:
-            delta: dict[str, Any] = {"role": "assistant", "content": ""} if role else {}
-            if text is not None:
-                delta["content"] = text
-            choice = {"index": i, "delta": delta, "logprobs": None, "finish_reason": finish}
-        else:
-            choice = {"index": i, "text": text or "", "logprobs": None, "finish_reason": finish}
-        return _sse({**head, "object": kind, "choices": [choice]})
-
-    try:
-        if chat:
-            for i in range(len(choices)):
-                yield chunk(i, None, None, role=True)
-        async for i, piece in _merged(choices, ready):
-            yield chunk(i, piece, None) if piece is not None else chunk(i, None, choices[i].finish_reason())
-        if usage is not None:
-            yield _sse({**head, "object": kind, "choices": [], "usage": usage()})
-    except Exception as exc:  # the status line is sent: the client learns of it in the stream
-        message = str(exc) if isinstance(exc, GenerationFailed) else f"internal error: {exc}"
-        yield _sse(ApiError(500, message, kind="server_error", code="generation_failed").body())
-        return
-    yield _sse("[DONE]")
 
 
 def serve(options: ServeOptions, host: str, port: int) -> None:
