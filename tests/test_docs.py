@@ -93,10 +93,12 @@ def section(text: str, title: str) -> str:
 
 
 def ci_setup_commands() -> list[str]:
-    """The last two command lines of .ci/run: the install and the test command."""
+    """The install and the test command of .ci/run: the command line that makes the virtual
+    environment and the last one (the lint step runs between them)."""
     lines = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
     commands = [line for line in lines if line.strip() and not line.lstrip().startswith("#")]
-    return commands[-2:]
+    install = next(line for line in commands if line.startswith("python3 -m venv "))
+    return [install, commands[-1]]
 
 
 def layout_tree(readme_text: str) -> dict[str, set[str]]:
