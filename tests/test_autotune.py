@@ -14,8 +14,9 @@ from conftest import COUNTING_VOCAB as VOCAB
 from support_train import BASE
 
 from gptcore import autotune
-from gptcore.autotune import Choice, Timing, TrainingProbe, decide, machine_key, pick, search
+from gptcore.autotune import Choice, Timing, TrainingProbe, decide, pick, search
 from gptcore.model import GPTConfig
+from gptcore.params import TrainParams
 from gptcore.train import model_config, train
 
 CPU = torch.device("cpu")
@@ -158,10 +159,31 @@ def test_a_damaged_cache_is_measured_again_and_rewritten(tmp_path: Path) -> None
     assert len(json.loads(cache.read_text())) == 1
 
 
-def test_the_cache_key_names_the_machine_torch_threads_and_shape() -> None:
-    key = json.loads(machine_key(AUTO, CONFIG, CPU, 4))
-    assert key["torch"] == torch.__version__ and key["threads"] == torch.get_num_threads()
-    assert key["model"] == CONFIG.to_dict() and key["micro_batch"] == 4 and key["hardware"]
+def test_cached_figures_serve_only_runs_of_the_same_micro_batch_threads_optimizer_and_torch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "autotune.json"
+    probe = FakeProbe({FP32: 1.0, BF16: 0.5, BF16_C: 0.49})
+
+    def source(params: TrainParams = AUTO, micro_batch: int = 4) -> str:
+        return decide(params, CONFIG, CPU, micro_batch, probe=probe, cache=cache).source
+
+    assert source() == "measured"
+    # what the step time does not depend on: another length, seed or learning rate reads the cache
+    assert source(dataclasses.replace(AUTO, max_iters=5_000, seed=1, learning_rate=1e-4)) == "cache"
+    # what it does depend on: each is timed afresh, and the first settings still read theirs
+    assert source(micro_batch=8) == "measured"
+    assert source(dataclasses.replace(AUTO, optimizer="muon")) == "measured"
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads + 1)
+        assert source() == "measured"
+    finally:
+        torch.set_num_threads(threads)
+    with monkeypatch.context() as m:
+        m.setattr(torch, "__version__", "99.0.0")  # an upgraded torch
+        assert source() == "measured"
+    assert source() == "cache"
 
 
 # --- the real probe ------------------------------------------------------------------------------

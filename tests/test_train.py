@@ -19,7 +19,7 @@ from gptcore.errors import GptcoreError
 from gptcore.model import GPT, GPTConfig, flops_per_token
 from gptcore.optimizers import configure_optimizer
 from gptcore.params import TrainParams
-from gptcore.train import lr_at, train
+from gptcore.train import TrainResult, lr_at, train
 
 
 def params(**changes: object) -> TrainParams:
@@ -240,24 +240,42 @@ def test_dropout_training_is_deterministic_too(stores) -> None:
     assert_same_weights(run(p, stores).model, run(p, stores).model)
 
 
-def test_grad_accumulation_counts_every_micro_batch(stores, monkeypatch: pytest.MonkeyPatch) -> None:
-    # count the training windows the loop really draws (evaluation batches are drawn up front from
-    # a generator of their own, so they are told apart by the generator they use)
-    drawn: list[int] = []
-    original = TokenStore.random_windows
+def trained_on(
+    p: TrainParams, stores: tuple[TokenStore, TokenStore], monkeypatch: pytest.MonkeyPatch
+) -> tuple[TrainResult, list[torch.Tensor]]:
+    """Train, recording the windows the model trained on: its forward passes in training mode
+    (evaluation scores its batches in eval mode)."""
+    windows: list[torch.Tensor] = []
+    forward = GPT.forward
 
-    def counted(self, batch_size, block_size, generator):
-        x, y = original(self, batch_size, block_size, generator)
-        if self is stores[0] and generator.initial_seed() == BASE.seed:
-            drawn.append(y.numel())
-        return x, y
+    def recording(self, idx, *args, **kwargs):
+        if self.training:
+            windows.append(idx.clone())
+        return forward(self, idx, *args, **kwargs)
 
-    monkeypatch.setattr(TokenStore, "random_windows", counted)
+    with monkeypatch.context() as m:
+        m.setattr(GPT, "forward", recording)
+        return run(p, stores), windows
+
+
+def test_grad_accumulation_trains_on_every_micro_batch_and_the_seed_fixes_them(
+    stores, monkeypatch: pytest.MonkeyPatch
+) -> None:
     p = params(grad_accum_steps=3, max_iters=4, eval_interval=2)
-    result = run(p, stores)
-    assert len(drawn) == 4 * 3  # a micro-batch per accumulation step per optimizer step
-    assert result.tokens_seen == sum(drawn) == 4 * 3 * p.batch_size * p.block_size
+    result, windows = trained_on(p, stores, monkeypatch)
+    assert len(windows) == 4 * 3  # a micro-batch per accumulation step per optimizer step
+    assert all(w.shape == (p.batch_size, p.block_size) for w in windows)
+    assert result.tokens_seen == 4 * 3 * p.batch_size * p.block_size
     assert math.isfinite(result.final_val_loss)
+    # each micro-batch of a step is new windows, not the step's first ones again
+    for step in range(4):
+        first, *rest = windows[3 * step : 3 * step + 3]
+        assert not any(torch.equal(first, w) for w in rest), step
+    # the same seed trains on the same tokens in the same order; another seed on others
+    _, again = trained_on(p, stores, monkeypatch)
+    assert all(torch.equal(a, b) for a, b in zip(windows, again, strict=True))
+    _, other = trained_on(dataclasses.replace(p, seed=p.seed + 1), stores, monkeypatch)
+    assert not all(torch.equal(a, b) for a, b in zip(windows, other, strict=True))
 
 
 def test_two_accumulated_micro_batches_update_like_one_double_batch(stores) -> None:
