@@ -8,7 +8,7 @@ settings the sample stage records, so `gptcore sample` reproduces reports/sample
 gptcore checkout they default to plain sampling: temperature 1, no top-k or top-p, a random seed.
 
 Each command's code is in the module named for it (gptcore.cli.chat, .sample, .info, .classify,
-.export, .serve); this one holds the parser, the argument types and settings they share, and `main`.
+.export, .serve); gptcore.cli.flags holds what they share; this one holds the parser and `main`.
 """
 
 from __future__ import annotations
@@ -16,126 +16,30 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import replace
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-import torch
 
 from gptcore.checkpoint import MODEL_FILE
-from gptcore.device import resolve_device
+from gptcore.cli.chat import cmd_chat
+from gptcore.cli.classify import cmd_classify
+from gptcore.cli.export import cmd_export
+from gptcore.cli.flags import (
+    DEFAULT_CLASSIFIER,
+    DEFAULT_PARAMS,
+    SAMPLING_FLAGS,
+    add_sampling_flag,
+    device_flag,
+    positive_int,
+    stop_flag,
+    typed,
+)
+from gptcore.cli.info import cmd_info
+from gptcore.cli.sample import cmd_sample
+from gptcore.cli.serve import cmd_serve
 from gptcore.errors import run_main
-from gptcore.hf.convert import load_any
-from gptcore.model import GPT
-from gptcore.params import SampleParams, device_name_problem, load_section
-from gptcore.sampling import RULES, Sampling, SamplingError, check_setting
-from gptcore.tokenizer import Tokenizer
-
-DEFAULT_CLASSIFIER = Path("models/classifier.pt")
-DEFAULT_PARAMS = Path("params.yaml")
-
-
-# ---------------------------------------------------------------------------------------------
-# arguments
-
-
-def _typed(
-    convert: Callable[[str], float], ok: Callable[[float], bool], allowed: str
-) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            value = convert(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {allowed}") from None
-        if not ok(value):
-            raise argparse.ArgumentTypeError(f"{text!r} is not {allowed}")
-        return value
-
-    return parse
-
-
-_positive_int = _typed(int, lambda v: v > 0, "an integer > 0")
-
-
-# how the text of a flag or a chat /command becomes each sampling setting's value
-_CONVERT: dict[str, Callable[[str], Any]] = {
-    "temperature": float,
-    "top_k": int,
-    "top_p": float,
-    "max_new_tokens": int,
-    "seed": int,
-}
-
-
-def parse_setting(field: str, text: str) -> Any:
-    """The value of sampling setting `field` written as `text`; SamplingError, with the message
-    that params.yaml and the Sampling type give, when it is not one."""
-    try:
-        value = _CONVERT[field](text.strip())
-    except ValueError:
-        raise SamplingError(field, text.strip(), RULES[field][1]) from None
-    check_setting(field, value)
-    return value
-
-
-def _flag(field: str) -> Callable[[str], Any]:
-    """An argparse type for the flag of sampling setting `field`."""
-
-    def parse(text: str) -> Any:
-        try:
-            return parse_setting(field, text)
-        except SamplingError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    return parse
-
-
-# the sampling settings that have a flag, and what each does (--seed is chat's and sample's:
-# a server seeds each request on its own)
-_SAMPLING_FLAGS = {
-    "temperature": "softmax temperature; 0 is greedy",
-    "top_k": "keep the k most likely tokens; 0 is off",
-    "top_p": "keep the smallest set of tokens whose probability reaches p; 1 is off",
-    "max_new_tokens": "tokens generated per completion",
-    "seed": "seeds sampling",
-}
-
-
-def _stop_flag(text: str) -> str:
-    try:
-        check_setting("stop", (text,))
-    except SamplingError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
-
-
-def _add_sampling_flag(parser: argparse.ArgumentParser, field: str) -> None:
-    """The flag of sampling setting `field`; its help shows the plain-sampling fallback."""
-    plain = getattr(Sampling(), field)  # the default outside a checkout
-    parser.add_argument(
-        f"--{field.replace('_', '-')}",
-        type=_flag(field),
-        help=f"{_SAMPLING_FLAGS[field]} (default: sample.{field}, else {'random' if plain is None else plain})",
-    )
-
-
-def _device(text: str) -> str:
-    problem = device_name_problem(text)
-    if problem:
-        raise argparse.ArgumentTypeError(f"{text!r} is invalid: {problem}")
-    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
-    # imported here: each command's module imports the shared helpers of this one
-    from gptcore.cli.chat import cmd_chat
-    from gptcore.cli.classify import cmd_classify
-    from gptcore.cli.export import cmd_export
-    from gptcore.cli.info import cmd_info
-    from gptcore.cli.sample import cmd_sample
-    from gptcore.cli.serve import cmd_serve
-
     parser = argparse.ArgumentParser(
         prog="gptcore", description="Chat with, sample from and size up gptcore models."
     )
@@ -155,19 +59,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help=f"params file whose sample section gives the defaults (default: {DEFAULT_PARAMS} if it exists)",
     )
-    for field in _SAMPLING_FLAGS:
+    for field in SAMPLING_FLAGS:
         if field != "seed":
-            _add_sampling_flag(sampling, field)
+            add_sampling_flag(sampling, field)
     sampling.add_argument(
         "--stop",
         action="append",
-        type=_stop_flag,
+        type=stop_flag,
         metavar="TEXT",
         help="end a completion just before this text; repeat for several (default: sample.stop)",
     )
     sampling.add_argument(
         "--device",
-        type=_device,
+        type=device_flag,
         default="auto",
         help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps",
     )
@@ -182,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: each line is the instruction)",
     )
     chat.set_defaults(run=cmd_chat)
-    _add_sampling_flag(chat, "seed")
+    add_sampling_flag(chat, "seed")
 
     sample = commands.add_parser("sample", parents=[sampling], help="print completions of prompts")
     sample.add_argument(
@@ -194,11 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sample.add_argument(
         "--num-samples",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         help="completions per prompt (default: %(default)s)",
     )
-    _add_sampling_flag(sample, "seed")
+    add_sampling_flag(sample, "seed")
     sample.set_defaults(run=cmd_sample)
 
     info = commands.add_parser(
@@ -220,7 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     classify_cmd.add_argument(
         "--model", type=Path, default=DEFAULT_CLASSIFIER, help="classifier file (default: %(default)s)"
     )
-    classify_cmd.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    classify_cmd.add_argument(
+        "--device", type=device_flag, default="auto", help="auto, cpu, cuda, cuda:N or mps"
+    )
     classify_cmd.set_defaults(run=cmd_classify)
 
     export = commands.add_parser(
@@ -250,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--port",
-        type=_typed(int, lambda v: 0 <= v < 65536, "a port number"),
+        type=typed(int, lambda v: 0 <= v < 65536, "a port number"),
         default=8000,
         help="(default: %(default)s)",
     )
@@ -278,48 +184,15 @@ def build_parser() -> argparse.ArgumentParser:
         ("--max-prompt-tokens", 32768, "tokens of one request's prompts together"),
         ("--max-waiting", 256, "choices waiting for a slot, across requests; past it requests get 503"),
     ):
-        serve.add_argument(flag, type=_positive_int, default=default, help=f"{what} (default: %(default)s)")
+        serve.add_argument(flag, type=positive_int, default=default, help=f"{what} (default: %(default)s)")
     serve.add_argument(
         "--threads",
-        type=_typed(int, lambda v: v >= 0, "an integer >= 0"),
+        type=typed(int, lambda v: v >= 0, "an integer >= 0"),
         default=0,
         help="CPU threads for torch (0: torch's default, one per core)",
     )
     serve.set_defaults(run=cmd_serve)
     return parser
-
-
-# ---------------------------------------------------------------------------------------------
-# the settings and the model the flags name, shared by the commands
-
-
-def params_file_of(args: argparse.Namespace) -> Path | None:
-    """--params when given (it must exist), else params.yaml when the current folder has one."""
-    if args.params is not None:
-        return args.params
-    return DEFAULT_PARAMS if DEFAULT_PARAMS.is_file() else None
-
-
-def resolve_sampling(args: argparse.Namespace) -> tuple[Sampling, SampleParams | None]:
-    """Flags first, then params.yaml's sample section (when the file exists), then plain sampling."""
-    params_file = params_file_of(args)
-    section: SampleParams | None = load_section("sample", params_file) if params_file else None
-
-    sampling = section.sampling() if section is not None else Sampling()
-    flags = {field: getattr(args, field, None) for field in _SAMPLING_FLAGS}  # serve has no --seed
-    flags["stop"] = tuple(args.stop) if args.stop else None
-    sampling = replace(sampling, **{k: v for k, v in flags.items() if v is not None})
-    if sampling.seed is None:
-        # a seed drawn here and reported, so that a run the user liked can be repeated
-        sampling = replace(sampling, seed=int.from_bytes(os.urandom(4), "little") % 2**31)
-    return sampling, section
-
-
-def load_from_flags(args: argparse.Namespace) -> tuple[GPT, Tokenizer, dict, torch.device]:
-    """The model, tokenizer and meta of --model, on the device --device names."""
-    device = resolve_device(args.device, key="--device")
-    model, tokenizer, meta = load_any(args.model, device)
-    return model, tokenizer, meta, device
 
 
 # ---------------------------------------------------------------------------------------------

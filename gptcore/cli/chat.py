@@ -7,7 +7,7 @@ import signal
 import sys
 from dataclasses import replace
 
-from gptcore.cli import load_from_flags, parse_setting, resolve_sampling
+from gptcore.cli.flags import load_from_flags, parse_setting, resolve_sampling
 from gptcore.cli.sample import note_unknown, write_completion
 from gptcore.errors import GptcoreError
 from gptcore.finetune.instruct import render_prompt, reply_stops, template_of

@@ -10,7 +10,7 @@ import torch
 
 from gptcore.autotune import Decision, cached_decision, decide
 from gptcore.checkpoint import MODEL_FILE
-from gptcore.cli import DEFAULT_PARAMS, params_file_of
+from gptcore.cli.flags import DEFAULT_PARAMS, params_file_of
 from gptcore.device import resolve_device
 from gptcore.errors import DataError
 from gptcore.hf.convert import load_any

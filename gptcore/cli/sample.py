@@ -7,7 +7,7 @@ import sys
 
 import torch
 
-from gptcore.cli import DEFAULT_PARAMS, load_from_flags, resolve_sampling
+from gptcore.cli.flags import DEFAULT_PARAMS, load_from_flags, resolve_sampling
 from gptcore.errors import GptcoreError
 from gptcore.generate import complete_batch, seeded_generator, stream_completion
 from gptcore.model import GPT

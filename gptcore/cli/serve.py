@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import torch
 
-from gptcore.cli import resolve_sampling
+from gptcore.cli.flags import resolve_sampling
 from gptcore.device import resolve_device
 from gptcore.errors import DataError, GptcoreError
 
