@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gptcore.atomic import atomic_file
+from gptcore.atomic import atomic_file, write_text
 from gptcore.errors import DataError
 
 if TYPE_CHECKING:
@@ -52,6 +52,33 @@ def live_logger(folder: str) -> Iterator[Callable[[int, dict[str, float]], None]
     except Exception:
         shutil.rmtree(folder, ignore_errors=True)
         raise
+
+
+def headline(report: dict[str, Any], keys: Iterable[str]) -> dict[str, Any]:
+    """The figures of a detailed report that `dvc metrics show` lists: the entries named by `keys`,
+    dotted for nested ones ("test.accuracy"), nested as in the report. A key the report lacks (mfu,
+    measured on CUDA only) is left out."""
+    out: dict[str, Any] = {}
+    for key in keys:
+        *parents, name = key.split(".")
+        source: Any = report
+        for part in parents:
+            source = source.get(part) if isinstance(source, dict) else None
+        if not isinstance(source, dict) or name not in source:
+            continue
+        target = out
+        for part in parents:
+            target = target.setdefault(part, {})
+        target[name] = source[name]
+    return out
+
+
+def copy_loss_log(source: Path | str, path: Path | str) -> None:
+    """Keep a copy of a DVCLive loss log beside the reports: DVCLive's own logs are a cached DVC
+    output (so the run-cache can restore them), absent from a clone that has no DVC remote, and the
+    `loss` plot must draw there too."""
+    read_loss_log(source)  # checks the columns
+    write_text(path, Path(source).read_text(encoding="utf-8"))
 
 
 def read_loss_log(path: Path | str) -> pd.DataFrame:

@@ -23,12 +23,22 @@ from gptcore.finetune.data import read_jsonl
 from gptcore.finetune.loop import fine_tune, set_threads
 from gptcore.model import GPT
 from gptcore.params import load_section
-from gptcore.reports import live_logger, plot_confusion
+from gptcore.reports import headline, live_logger, plot_confusion
 
 DATA_DIR = Path("data/finetune/classify")
 MODEL = Path("models/classifier.pt")
 LIVE_DIR = "dvclive/classify"
 REPORT = Path("reports/classify.json")
+# what `dvc metrics show` lists; the report holds the rest (per-class figures, counts)
+METRICS = Path("reports/classify_metrics.json")
+HEADLINE = (
+    "test.accuracy",
+    "test.macro_f1",
+    "val.accuracy",
+    "val.macro_f1",
+    "steps",
+    "wall_seconds",
+)
 CONFUSION = Path("reports/classify_confusion.json")
 CONFUSION_PNG = Path("reports/classify_confusion.png")
 
@@ -107,6 +117,7 @@ def main() -> None:
     )
     plot_confusion(matrix, labels, CONFUSION_PNG, title="Test confusion matrix")
     write_json(REPORT, report)
+    write_json(METRICS, headline(report, HEADLINE))
     summary = f"classify: {result.steps} steps in {result.wall_seconds:.1f} s"
     if "test" in report:
         t = report["test"]

@@ -1,4 +1,4 @@
-"""Stage evaluate: val loss over the whole split, perplexity, bits per byte; the loss chart."""
+"""Stage evaluate: val loss over the whole split, perplexity, bits per byte; the loss chart and its data."""
 
 from __future__ import annotations
 
@@ -11,12 +11,14 @@ from gptcore.device import resolve_device
 from gptcore.errors import run_main
 from gptcore.evaluate import evaluate_sample, evaluate_split
 from gptcore.params import load_section
-from gptcore.reports import plot_losses, read_loss_log
+from gptcore.reports import copy_loss_log, plot_losses, read_loss_log
 
 TOKENS_DIR = Path("data/tokens")
 LOSS_LOGS = {split: Path(f"dvclive/plots/metrics/{split}/loss.tsv") for split in ("train", "val")}
 REPORT = Path("reports/eval.json")
 PLOT = Path("reports/loss.png")
+# the same logs kept in git, which the `loss` plot of dvc.yaml draws
+LOSS_COPIES = {split: Path(f"reports/loss/{split}.tsv") for split in LOSS_LOGS}
 # seeds the fixed sample of train windows behind train_loss (any fixed value: the same every run)
 TRAIN_SAMPLE_SEED = 0
 
@@ -46,6 +48,8 @@ def main() -> None:
         },
     )
     plot_losses({split: read_loss_log(path) for split, path in LOSS_LOGS.items()}, PLOT)
+    for split, path in LOSS_LOGS.items():
+        copy_loss_log(path, LOSS_COPIES[split])
     print(f"evaluate: val loss {val.loss:.4f}, {val.bits_per_byte:.4f} bits/byte over {val.tokens} tokens")
 
 

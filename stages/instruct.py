@@ -22,12 +22,15 @@ from gptcore.finetune import instruct
 from gptcore.finetune.data import InstructionRecord, read_jsonl
 from gptcore.finetune.loop import fine_tune, set_threads
 from gptcore.params import load_section
-from gptcore.reports import live_logger
+from gptcore.reports import headline, live_logger
 
 DATA_DIR = Path("data/finetune/instruct")
 MODEL = Path("models/instruct.pt")
 LIVE_DIR = "dvclive/instruct"
 REPORT = Path("reports/instruct.json")
+# what `dvc metrics show` lists; the report holds the rest (record counts, the template)
+METRICS = Path("reports/instruct_metrics.json")
+HEADLINE = ("base_test_response_loss", "test_response_loss", "steps", "wall_seconds")
 SAMPLES = Path("reports/instruct_samples.md")
 
 
@@ -116,6 +119,7 @@ def main() -> None:
         "wall_seconds": round(result.wall_seconds, 1),
     }
     write_json(REPORT, report)
+    write_json(METRICS, headline(report, HEADLINE))
     print(
         f"instruct: {result.steps} steps in {result.wall_seconds:.1f} s; test response loss "
         f"{base_test_loss:.3f} (base) -> {test_loss:.3f} (fine-tuned); "

@@ -74,6 +74,13 @@ def write_counting_store(path: Path, documents: list[np.ndarray]) -> TokenStore:
     return TokenStore(path)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # an end-to-end run is slow by definition: `pytest -m "not slow"` leaves it out with the others
+    for item in items:
+        if item.get_closest_marker("e2e"):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def one_torch_thread():
     # the tests' models are tiny: on a shared 2-core machine, torch's second worker thread only

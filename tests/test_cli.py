@@ -62,6 +62,7 @@ def reference_completion(prompt: str, max_new_tokens: int, seed: int, **settings
 # chat
 
 
+# left in the fast tier, though a child process: its one run of the command as a user runs it
 def test_chat_through_a_pipe_answers_each_line_and_exits_zero_at_eof(workdir: Path) -> None:
     args = shlex.split("chat --model models/model.pt --temperature 0 --max-new-tokens 12 --device cpu")
     result = run_cli(args, workdir, stdin="ROMEO:\nJULIET:\n")
@@ -76,6 +77,7 @@ def test_chat_through_a_pipe_answers_each_line_and_exits_zero_at_eof(workdir: Pa
     assert "> " not in result.stdout  # no prompt when stdin is not a terminal
 
 
+@pytest.mark.slow
 def test_chat_commands_change_the_settings_and_reset_forgets_the_conversation(workdir: Path) -> None:
     args = shlex.split("chat --model models/model.pt --temperature 0.9 --max-new-tokens 12 --device cpu")
     lines = [
@@ -128,6 +130,7 @@ def start_chat(folder: Path) -> subprocess.Popen:
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGINT delivery is POSIX")
+@pytest.mark.slow
 def test_ctrl_c_during_a_reply_stops_it_and_returns_to_the_prompt(tmp_path: Path) -> None:
     save_tiny_model(tmp_path / "models" / "model.pt", never_eot=True)
     proc = start_chat(tmp_path)
@@ -143,6 +146,7 @@ def test_ctrl_c_during_a_reply_stops_it_and_returns_to_the_prompt(tmp_path: Path
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGINT delivery is POSIX")
+@pytest.mark.slow
 def test_ctrl_c_at_the_prompt_exits_cleanly(workdir: Path) -> None:
     proc = start_chat(workdir)
     assert proc.stderr is not None
@@ -156,6 +160,7 @@ def test_ctrl_c_at_the_prompt_exits_cleanly(workdir: Path) -> None:
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="pseudo-terminals are POSIX")
+@pytest.mark.slow
 def test_ctrl_c_at_an_idle_terminal_prompt_clears_the_line_and_ctrl_d_quits(workdir: Path) -> None:
     import pty
     import select
@@ -188,6 +193,7 @@ def test_ctrl_c_at_an_idle_terminal_prompt_clears_the_line_and_ctrl_d_quits(work
     assert os.waitstatus_to_exitcode(status) == 0
 
 
+@pytest.mark.slow
 def test_prompt_characters_outside_a_char_vocabulary_are_noted_once(workdir: Path) -> None:
     args = shlex.split("chat --model models/model.pt --temperature 0 --max-new-tokens 3 --device cpu")
     result = run_cli(args, workdir, stdin="ROMEO: Ω and €\nJULIET: Ω and ✓\nROMEO:\n")

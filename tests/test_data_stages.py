@@ -106,6 +106,7 @@ def test_an_empty_corpus_or_a_glob_that_matches_nothing_is_a_clear_error(
         assert "holds no files" in failed.stderr
 
 
+@pytest.mark.slow
 def test_a_corrupt_split_file_fails_tokenize_and_leaves_no_tokens(tmp_path: Path) -> None:
     ws = workspace(tmp_path, include=["**/*.jsonl.zst"])
     (ws / "data/raw/00.jsonl.zst").write_bytes(pile_shard(0, 60))
@@ -122,6 +123,7 @@ def test_a_corrupt_split_file_fails_tokenize_and_leaves_no_tokens(tmp_path: Path
     assert TokenStore(ws / "data/tokens/val.h5").documents == sum(1 for _ in iter_split_file(val))
 
 
+@pytest.mark.slow
 def test_a_200_megabyte_single_line_document_goes_through_every_data_stage(tmp_path: Path) -> None:
     ws = workspace(tmp_path, include=["**/*.txt"])
     line = b"All the world's a stage, and all the men and women merely players. " * 3_000_000

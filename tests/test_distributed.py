@@ -99,6 +99,7 @@ def one_and_two(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
     return runs
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_loss_curve_of_one_on_the_same_global_batch(
     one_and_two: dict[int, Path],
 ) -> None:
@@ -109,6 +110,7 @@ def test_two_processes_give_the_loss_curve_of_one_on_the_same_global_batch(
             assert float(b) == pytest.approx(float(a), rel=1e-5, abs=1e-6), name
 
 
+@pytest.mark.slow
 def test_muon_under_two_processes_ends_with_the_weights_of_one(tmp_path: Path) -> None:
     # every rank steps Muon on the same all-reduced gradients: its orthogonalised updates agree
     runs = {
@@ -131,6 +133,7 @@ def test_muon_under_two_processes_ends_with_the_weights_of_one(tmp_path: Path) -
             assert float(b) == pytest.approx(float(a), rel=1e-3), name
 
 
+@pytest.mark.slow
 def test_two_processes_end_with_the_weights_of_one(one_and_two: dict[int, Path]) -> None:
     one, _, _ = load_model(one_and_two[1] / "models" / "model.pt")
     two, _, _ = load_model(one_and_two[2] / "models" / "model.pt")
@@ -138,6 +141,7 @@ def test_two_processes_end_with_the_weights_of_one(one_and_two: dict[int, Path])
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=name)
 
 
+@pytest.mark.slow
 def test_only_rank_0_writes_and_the_report_counts_the_global_batch(one_and_two: dict[int, Path]) -> None:
     reports = [json.loads((one_and_two[n] / "reports" / "train.json").read_text()) for n in (1, 2)]
     assert (reports[0]["processes"], reports[1]["processes"]) == (1, 2)
@@ -146,6 +150,7 @@ def test_only_rank_0_writes_and_the_report_counts_the_global_batch(one_and_two: 
     assert sorted(p.name for p in (one_and_two[2] / "models").iterdir()) == ["model.pt"]
 
 
+@pytest.mark.slow
 def test_two_processes_killed_then_resumed_end_identical_to_an_uninterrupted_pair(
     one_and_two: dict[int, Path], tmp_path: Path
 ) -> None:
@@ -158,6 +163,7 @@ def test_two_processes_killed_then_resumed_end_identical_to_an_uninterrupted_pai
         assert logged(ws, name) == logged(one_and_two[2], name)
 
 
+@pytest.mark.slow
 def test_workers_die_with_a_sigkilled_torchrun_instead_of_training_on(tmp_path: Path) -> None:
     ws = stage_workspace(tmp_path / "ws", **{**TWO, "max_iters": 100000, "checkpoint_interval": 10})
     proc = subprocess.Popen(
@@ -198,6 +204,7 @@ run_main(main)
 """
 
 
+@pytest.mark.slow
 def test_a_failing_rank_fails_the_whole_run_with_its_error_and_never_hangs(tmp_path: Path) -> None:
     ws = stage_workspace(tmp_path / "ws", **TWO)
     (ws / "failing_rank.py").write_text(FAILING_RANK, encoding="utf-8")
@@ -218,6 +225,7 @@ def test_a_failing_rank_fails_the_whole_run_with_its_error_and_never_hangs(tmp_p
     assert not (ws / "models" / "model.pt").exists()
 
 
+@pytest.mark.slow
 def test_the_llama_family_trains_under_two_processes_like_under_one(tmp_path: Path) -> None:
     llama = {**TWO, "arch": "llama", "qk_norm": True, "tie_embeddings": False, "max_iters": 20}
     models = []

@@ -55,6 +55,7 @@ def test_blocks_hold_every_document_in_order_each_followed_by_eot(workers: int) 
     assert source_bytes == sum(len(t.encode()) for t in TEXTS)
 
 
+@pytest.mark.slow
 def test_token_files_are_byte_identical_for_any_number_of_workers(tmp_path: Path) -> None:
     digests = set()
     for workers in (1, 2, 3):

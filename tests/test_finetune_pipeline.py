@@ -145,7 +145,18 @@ def test_instruct_reports_base_and_finetuned_response_loss_and_samples(finetuned
 def test_metrics_and_plots_show_include_the_finetuning_results(finetuned: dict[str, Any]) -> None:
     repo: Repo = finetuned["repo"]
     metrics = json.loads(repo.dvc("metrics", "show", "--json").stdout)[""]["data"]
-    assert {"reports/classify.json", "reports/instruct.json", "reports/eval.json"} <= set(metrics)
+    assert {"reports/classify_metrics.json", "reports/instruct_metrics.json", "reports/eval.json"} <= set(
+        metrics
+    )
+    assert not {"reports/classify.json", "reports/instruct.json"} & set(metrics)  # details: out of the table
+    classify = repo.read_json("reports/classify.json")
+    assert metrics["reports/classify_metrics.json"]["data"]["test"] == {
+        k: classify["test"][k] for k in ("accuracy", "macro_f1")
+    }
+    assert (
+        metrics["reports/instruct_metrics.json"]["data"]["test_response_loss"]
+        == (repo.read_json("reports/instruct.json")["test_response_loss"])
+    )
     shown = json.loads(repo.dvc("plots", "show", "--json").stdout)["data"]
     names = set(shown)
     assert {"finetune/dvc.yaml::classify_loss", "finetune/dvc.yaml::instruct_loss"} <= names or {

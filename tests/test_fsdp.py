@@ -17,7 +17,10 @@ from support_stage import TWO, finish, kill_after_checkpoints, logged, stage_wor
 
 from gptcore.checkpoint import load_checkpoint, load_model
 
-pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch without distributed")
+pytestmark = [
+    pytest.mark.slow,  # every test runs torchrun
+    pytest.mark.skipif(not torch.distributed.is_available(), reason="torch without distributed"),
+]
 
 # two micro-batches a step and activation checkpointing: fsdp's reduce on each micro-batch and the
 # recomputation in the backward pass both take part

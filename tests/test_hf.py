@@ -464,6 +464,7 @@ def test_a_folder_whose_tokenizer_is_not_the_datas_is_refused(bpe: BpeTokenizer,
         check_vocabulary(tmp_path / "hf", other)
 
 
+@pytest.mark.slow
 def test_gptcore_never_imports_transformers_at_run_time() -> None:
     # transformers is a test dependency: the package, the CLI and the train loop run without it
     code = (

@@ -127,7 +127,7 @@ def shape_config(shape: str) -> GPTConfig:
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("checkpointing", [False, True])
+@pytest.mark.parametrize("checkpointing", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_the_plan_matches_what_a_training_step_allocates_within_5_percent(
     shape: str, checkpointing: bool
 ) -> None:

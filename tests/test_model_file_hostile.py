@@ -479,6 +479,7 @@ def test_every_command_that_loads_a_model_refuses_it_in_one_line(
     assert_one_line_error(capsys.readouterr().err, said)
 
 
+@pytest.mark.slow
 def test_serve_refuses_a_hostile_model_at_startup_in_one_line(
     hostile: dict[str, tuple[Path, str]], tmp_path: Path
 ) -> None:

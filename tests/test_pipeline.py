@@ -34,6 +34,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from gptcore.checkpoint import load_model
 from gptcore.params import TRAIN_KEYS_WITHOUT_OUTPUT, TrainParams
+from stages.train import HEADLINE as TRAIN_HEADLINE
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_STAGES = STAGES[:4]
@@ -87,6 +88,32 @@ def test_stage_deps_list_exactly_the_gptcore_modules_its_script_uses_even_indire
     listed = {d for d in DVC_YAML["stages"][stage]["deps"] if d.startswith("gptcore/")}
     expected = (modules - PLUMBING) | THROUGH_PARAMS.get(stage, set())
     assert listed == {module_path(m) for m in expected}
+
+
+def declared_metrics(dvc_yaml: Path) -> list[Path]:
+    """The metrics files a dvc.yaml declares, stage-level and top-level, as repository paths."""
+    spec = yaml.safe_load(dvc_yaml.read_text(encoding="utf-8"))
+    wdirs = {name: dvc_yaml.parent / stage.get("wdir", ".") for name, stage in spec["stages"].items()}
+    paths = [
+        wdirs[name] / next(iter(entry)) if isinstance(entry, dict) else wdirs[name] / entry
+        for name, stage in spec["stages"].items()
+        for entry in stage.get("metrics", [])
+    ]
+    paths += [dvc_yaml.parent / entry for entry in spec.get("metrics", [])]
+    return [path.resolve() for path in paths]
+
+
+def leaves(value: Any) -> int:
+    return sum(leaves(v) for v in value.values()) if isinstance(value, dict) else 1
+
+
+@pytest.mark.parametrize("dvc_yaml", ["dvc.yaml", "finetune/dvc.yaml"])
+def test_declared_metrics_are_headline_files_of_at_most_12_figures(dvc_yaml: str) -> None:
+    # `dvc metrics show` prints one column per figure of every file: the details stay in the reports
+    metrics = declared_metrics(ROOT / dvc_yaml)
+    assert metrics
+    for path in metrics:
+        assert leaves(json.loads(path.read_text(encoding="utf-8"))) <= 12, path
 
 
 def test_the_train_stage_depends_on_the_presets() -> None:
@@ -175,8 +202,11 @@ def test_repro_writes_every_declared_output(built: dict[str, Any]) -> None:
         "reports/data.json",
         "reports/tokens.json",
         "reports/train.json",
+        "reports/train_metrics.json",
         "reports/eval.json",
         "reports/loss.png",
+        "reports/loss/train.tsv",
+        "reports/loss/val.tsv",
         "reports/samples.md",
         "dvclive/metrics.json",
     ]
@@ -250,21 +280,36 @@ def test_samples_report_completes_every_prompt(built: dict[str, Any]) -> None:
 
 
 @pytest.mark.e2e
-def test_metrics_show_lists_the_eval_metrics(built: dict[str, Any]) -> None:
-    shown = json.loads(built["repo"].dvc("metrics", "show", "--json").stdout)
-    files = shown[""]["data"]
+def test_metrics_show_lists_the_headline_metrics_and_the_details_on_request(built: dict[str, Any]) -> None:
+    repo: Repo = built["repo"]
+    files = json.loads(repo.dvc("metrics", "show", "--json").stdout)[""]["data"]
+    assert set(files) == {"reports/eval.json", "reports/train_metrics.json", "dvclive/metrics.json"}
     assert files["reports/eval.json"]["data"] == json.loads(built["reports/eval.json"])
-    assert {"reports/train.json", "dvclive/metrics.json"} <= set(files)
+    train = json.loads(built["reports/train.json"])
+    assert files["reports/train_metrics.json"]["data"] == {k: train[k] for k in TRAIN_HEADLINE if k in train}
+    detail = json.loads(repo.dvc("metrics", "show", "reports/train.json", "--json").stdout)
+    assert detail[""]["data"]["reports/train.json"]["data"]["precision"]["source"]
 
 
 @pytest.mark.e2e
 def test_plots_show_draws_train_and_val_loss_on_one_chart(built: dict[str, Any]) -> None:
-    shown = json.loads(built["repo"].dvc("plots", "show", "--json").stdout)["data"]
+    repo: Repo = built["repo"]
+    shown = json.loads(repo.dvc("plots", "show", "--json").stdout)["data"]
     vega = {name: plots for name, plots in shown.items() if any(p["type"] == "vega" for p in plots)}
     assert list(vega) == ["loss"]
     assert len(vega["loss"]) == 1
     values = vega["loss"][0]["content"]["data"]["values"]
-    assert {row["filename"] for row in values} == {"train/loss.tsv", "val/loss.tsv"}
+    assert {row["filename"] for row in values} == {"train.tsv", "val.tsv"}
+    # the plotted logs are evaluate's copies in git, so a clone without the DVC cache draws them too
+    for split in ("train", "val"):
+        copy = (repo.path / f"reports/loss/{split}.tsv").read_bytes()
+        assert copy == (repo.path / f"dvclive/plots/metrics/{split}/loss.tsv").read_bytes()
+    shutil.rmtree(repo.path / "dvclive/plots")
+    try:
+        proc = repo.dvc("plots", "show", "-o", str(repo.path.parent / "plots-html"))
+        assert "failed" not in (proc.stdout + proc.stderr).lower(), proc.stderr
+    finally:
+        repo.dvc("checkout", "train")
 
 
 @pytest.mark.e2e
@@ -321,7 +366,7 @@ def test_plots_diff_compares_head_with_the_experiment(experiments: dict[str, Any
     assert set(loss[0]["revisions"]) == {"HEAD", "two-layers"}
     rows = loss[0]["content"]["data"]["values"]
     assert {(row["rev"], row["filename"]) for row in rows} == {
-        (rev, f"{split}/loss.tsv") for rev in ("HEAD", "two-layers") for split in ("train", "val")
+        (rev, f"{split}.tsv") for rev in ("HEAD", "two-layers") for split in ("train", "val")
     }
 
 

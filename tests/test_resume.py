@@ -91,6 +91,7 @@ def test_the_last_checkpoint_is_written_at_max_iters_and_resumes_to_the_final_ev
     assert_same_weights(result.model, uninterrupted[0].model)
 
 
+@pytest.mark.slow
 def test_a_compiled_run_resumes_bit_identically_too(stores, tmp_path: Path) -> None:
     # train.compile is on by default: Inductor's dropout must draw from the restored RNG state
     p = dataclasses.replace(P, compile=True)
@@ -339,6 +340,7 @@ def test_evaluations_log_throughput_and_learning_rate_but_no_cuda_figures_on_cpu
 # --- the stage, killed for real ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_train_stage_stops_on_a_non_finite_loss_with_no_model_and_the_checkpoint_kept(
     tmp_path: Path,
 ) -> None:
@@ -365,6 +367,7 @@ def test_the_train_stage_stops_on_a_non_finite_loss_with_no_model_and_the_checkp
     assert load_checkpoint(ws / "models" / "checkpoint.pt")["step"] >= 1
 
 
+@pytest.mark.slow
 def test_the_train_stage_killed_with_sigkill_resumes_to_identical_weights_and_curves(tmp_path: Path) -> None:
     straight = stage_workspace(tmp_path / "straight")
     finish(straight)

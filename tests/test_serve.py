@@ -160,6 +160,7 @@ def test_stop_string_ends_the_completion(client: openai.OpenAI, model_path: Path
     assert chunks[-1].choices[0].finish_reason == "stop"
 
 
+@pytest.mark.slow
 def test_chat_reply_is_what_gptcore_chat_says(
     client: openai.OpenAI, model_path: Path, tmp_path: Path
 ) -> None:
@@ -350,6 +351,7 @@ def test_health_answers_while_the_model_loads(model_path: Path, monkeypatch: pyt
         thread.join(timeout=30)
 
 
+@pytest.mark.slow
 def test_a_model_that_cannot_load_stops_the_command(tmp_path: Path) -> None:
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a model")
@@ -409,6 +411,7 @@ def test_a_client_that_disconnects_stops_its_generation(model_path: Path) -> Non
             )
 
 
+@pytest.mark.slow
 def test_serve_command_answers_on_loopback(model_path: Path, tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

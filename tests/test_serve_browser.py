@@ -15,10 +15,13 @@ from gptcore.serve.server import render_chat
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None or CHROMEDRIVER is None,
-    reason="no headless browser here: `apt-get install chromium chromium-driver` (.ci/run does) to test the page",
-)
+pytestmark = [
+    pytest.mark.slow,  # a headless browser and a server
+    pytest.mark.skipif(
+        CHROMIUM is None or CHROMEDRIVER is None,
+        reason="no headless browser here: `apt-get install chromium chromium-driver` (.ci/run does) to test the page",
+    ),
+]
 
 
 @pytest.fixture(scope="module")
