@@ -108,10 +108,11 @@ from typing import NamedTuple
 import torch
 
 from gptcore.autotune import decide
-from gptcore.device import autocast, gpu_bf16_peak
+from gptcore.device import gpu_bf16_peak
 from gptcore.model import GPT, GPTConfig, flops_per_token
 from gptcore.optimizers import configure_optimizer
 from gptcore.params import load_section
+from gptcore.step import lm_loss, train_step
 
 ROOT = Path(__file__).resolve().parents[1]
 # the optimisation settings the pipeline trains with
@@ -212,13 +213,20 @@ def gptcore_step(cfg: dict, variant: Variant, device: torch.device) -> tuple[Ste
     opt_step = torch.compile(opt.step) if variant.compile_opt else opt.step
     x, y = random_batch(cfg, device)
 
+    loss_of = lm_loss(fwd, device)
+
     def step() -> None:
-        with autocast(device, variant.dtype):
-            _, loss = fwd(x, y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), TRAIN_PARAMS.grad_clip)
-        opt_step()
-        opt.zero_grad(set_to_none=True)
+        # the training loop's step (gptcore.step), one micro-batch
+        train_step(
+            loss_of,
+            [(x, y)],
+            opt,
+            model.parameters(),
+            TRAIN_PARAMS.grad_clip,
+            device,
+            variant.dtype,
+            optimizer_step=opt_step,
+        )
 
     return step, flops_per_token(config, model.num_params())
 

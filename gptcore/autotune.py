@@ -8,8 +8,9 @@ hardware (measured in docs/training.md, "Precision, compiling and the attention 
 your machine"). So `auto` is measured, never looked up:
 
 1. each candidate precision (fp32; bf16 autocast where the device has it) with each attention
-   kernel (fused `sdpa`, `explicit`; gptcore.model) trains this run's model shape and micro-batch
-   eagerly for a few steps: warm-up steps, then timed ones (median);
+   kernel (fused `sdpa`, `explicit`; gptcore.model) trains this run's model (the imported one's
+   shape with `train.init_from`), micro-batch and gradient accumulation eagerly for a few steps of
+   the run's own step function (gptcore.step): warm-up steps, then timed ones (median);
 2. the fastest of those is then timed compiled as well (when `compile: auto`); compiling does not
    change which eager candidate is fastest often enough to pay for a second compile;
 3. each candidate's cost for this run is its warm-up (the compile, for a compiled one) plus its
@@ -47,16 +48,16 @@ from typing import Any, cast
 import torch
 
 from gptcore.atomic import atomic_file
-from gptcore.device import autocast
 from gptcore.model import ATTENTION_KERNELS, GPT, GPTConfig
 from gptcore.optimizers import configure_optimizer
 from gptcore.params import TrainParams
+from gptcore.step import lm_loss, train_step
 
 WARM_STEPS = 2  # the first steps allocate, autotune oneDNN kernels, and (compiled) compile
 TIMED_STEPS = 5
 PROBE_SECONDS = 10.0  # a candidate's timed steps stop after this much time (at least 2 are timed)
 MARGIN = 0.05  # a later candidate must be this much cheaper to win over an earlier one
-CACHE_VERSION = 2  # 2: candidates name their attention kernel
+CACHE_VERSION = 3  # 2: candidates name their attention kernel; 3: a step is an optimizer step
 
 
 @dataclass(frozen=True)
@@ -218,6 +219,7 @@ def machine_key(params: TrainParams, config: GPTConfig, device: torch.device, mi
         "threads": torch.get_num_threads(),
         "model": config.to_dict(),
         "micro_batch": micro_batch,
+        "grad_accum_steps": params.grad_accum_steps,
         "optimizer": params.optimizer,
     }
     return json.dumps(key, sort_keys=True)
@@ -286,7 +288,7 @@ def cached_decision(
         timings = search(params, device, lambda c: _lookup(cached, c), kernels)
     except LookupError:
         return None
-    return Decision(pick(timings, params.max_iters * params.grad_accum_steps), "cache", timings)
+    return Decision(pick(timings, params.max_iters), "cache", timings)
 
 
 def decide(
@@ -306,7 +308,7 @@ def decide(
     key = machine_key(params, config, device, micro_batch)
     timings = search(params, device, probe or TrainingProbe(params, config, device, micro_batch), kernels)
     store_timings(key, _merge(cached_timings(key, cache) or [], timings), cache)
-    return Decision(pick(timings, params.max_iters * params.grad_accum_steps), "measured", timings)
+    return Decision(pick(timings, params.max_iters), "measured", timings)
 
 
 def _lookup(timings: list[Timing], choice: Choice) -> Timing:
@@ -323,8 +325,9 @@ def _merge(old: list[Timing], new: list[Timing]) -> list[Timing]:
 
 @dataclass
 class TrainingProbe:
-    """Times one candidate: a fresh model of the run's shape, its optimizer, and full training
-    steps (forward, backward, clip, step) on random tokens. The global RNG is left as it was, so a
+    """Times one candidate: a fresh model of the run's shape, its optimizer, and the run's
+    training step (gptcore.step.train_step: train.grad_accum_steps micro-batches of forward and
+    backward, clip, optimizer step) on random tokens. The global RNG is left as it was, so a
     run measured and a run read from the cache train identically."""
 
     params: TrainParams
@@ -367,16 +370,19 @@ class TrainingProbe:
         x, y = (
             torch.randint(0, self.config.vocab_size, size, generator=gen).to(self.device) for _ in range(2)
         )
-        dtype = choice.autocast_dtype
+        batches = [(x, y)] * self.params.grad_accum_steps
+        loss_of = lm_loss(forward, self.device)
 
         def step() -> None:
-            with autocast(self.device, dtype):
-                _, loss = forward(x, y)
-            loss.backward()
-            if self.params.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), self.params.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            train_step(
+                loss_of,
+                batches,
+                optimizer,
+                model.parameters(),
+                self.params.grad_clip,
+                self.device,
+                choice.autocast_dtype,
+            )
 
         start = self._now()
         for _ in range(WARM_STEPS):

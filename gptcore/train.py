@@ -16,7 +16,6 @@ token data is never resumed; `resume_mismatch` says why.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import os
 import time
@@ -29,7 +28,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from gptcore.autotune import Decision, bf16_supported, decide
+from gptcore.autotune import Decision, bf16_supported, cached_decision, decide
 from gptcore.checkpoint import (
     device_rng_state,
     load_checkpoint,
@@ -40,7 +39,7 @@ from gptcore.checkpoint import (
     set_rng_states,
 )
 from gptcore.data.token_store import TokenStore
-from gptcore.device import autocast, model_flops_utilization, peak_flops, resolve_device
+from gptcore.device import model_flops_utilization, peak_flops, resolve_device
 from gptcore.distributed import (
     Ranks,
     from_main,
@@ -54,7 +53,7 @@ from gptcore.distributed import (
 )
 from gptcore.errors import DataError, GptcoreError
 from gptcore.evaluate import score_batches, seeded_batches
-from gptcore.hf.convert import initial_weights, read_config
+from gptcore.hf.convert import config_for_training, initial_weights, read_config
 from gptcore.memory import (
     MemoryPlan,
     checkpoint_blocks,
@@ -66,6 +65,7 @@ from gptcore.memory import (
 from gptcore.model import ATTENTION_KERNELS, GPT, GPTConfig, flops_per_token
 from gptcore.optimizers import configure_optimizer
 from gptcore.params import TrainParams
+from gptcore.step import lm_loss, train_step
 
 
 def model_config(params: TrainParams, vocab_size: int) -> GPTConfig:
@@ -86,20 +86,70 @@ def model_config(params: TrainParams, vocab_size: int) -> GPTConfig:
 
 def planned_config(params: TrainParams, vocab_size: int) -> GPTConfig:
     """The model the run will build, read without building it: with train.init_from the folder's
-    config (its SwiGLU width, say, which the train params do not carry), else `model_config`. A
-    folder that cannot be read is planned from the params; the run then reports it."""
+    config as training takes it (`config_for_training`: its SwiGLU width, say, which the train
+    params do not carry), else `model_config`. A folder that cannot be read is planned from the
+    params; the run then reports it."""
     if params.init_from:
         try:
-            config = read_config(params.init_from)
+            return config_for_training(read_config(params.init_from), params)
         except DataError:
             return model_config(params, vocab_size)
-        return dataclasses.replace(
-            config,
-            block_size=params.block_size,
-            dropout=params.dropout,
-            bias=config.bias or (params.bias and config.arch == "gpt2"),
-        )
     return model_config(params, vocab_size)
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What a run is, decided before anything is allocated: built by `plan_run`, used by the
+    training loop and by `gptcore info`."""
+
+    config: GPTConfig  # the model the run builds: train.init_from's folder's, else the params'
+    device: torch.device
+    precision: Decision | None  # dtype, compile, attention kernel; None: auto, not measured yet (info)
+    memory: MemoryPlan  # for the decided precision and kernel (auto undecided: the one needing less)
+    resume: dict[str, Any] | None = None  # the checkpoint the run continues from (its "step")
+
+
+def plan_run(
+    params: TrainParams,
+    vocab_size: int,
+    device: torch.device,
+    ranks: Ranks | None = None,
+    saved: dict[str, Any] | None = None,
+    config: GPTConfig | None = None,
+    measure: bool = True,
+    check: bool = True,
+) -> RunPlan:
+    """The run's plan: its model config (`planned_config`, or `config`), the memory plan, the
+    precision (the checkpoint's `saved` when resuming, else forced by params, cached, or with
+    `measure` timed by gptcore.autotune on this model, rank 0 deciding for all) and the memory plan
+    for that choice. With `check` (training) the plans are printed on rank 0 and a plan that does
+    not fit stops the run before anything is timed or allocated."""
+    ranks = ranks or Ranks()
+    config = config or planned_config(params, vocab_size)
+    memory = memory_plan(params, config, device)
+    if check:
+        if ranks.is_main:
+            for label, value in memory.rows():
+                _say(f"{label.strip()}: {value}")
+        check_memory_plan(memory)
+    if measure or saved is not None:
+        precision: Decision | None = _precision(params, config, device, ranks, saved)
+    else:
+        kernels = attention_kernels(params, config, device)
+        micro_batch = params.batch_size // params.world_size
+        precision = cached_decision(params, config, device, micro_batch, kernels=kernels)
+    if precision is not None:
+        if check and ranks.is_main:
+            _say(f"precision: {precision.summary(params.max_iters)}")
+        decided = (precision.choice.dtype == "bfloat16", precision.choice.attention == "explicit")
+        # auto chose the other precision or the explicit kernel: that plan must fit too
+        if decided != (memory.bf16, memory.explicit):
+            memory = memory_plan(params, config, device, bf16=decided[0], explicit=decided[1])
+            if check:
+                if ranks.is_main:
+                    _say(f"memory plan for the chosen precision and attention: {memory.verdict()}")
+                check_memory_plan(memory)
+    return RunPlan(config, device, precision, memory, saved)
 
 
 def memory_plan(
@@ -210,21 +260,21 @@ class _Run:
         train_store: TokenStore,
         val_store: TokenStore,
         ranks: Ranks,
-        device: torch.device,
-        precision: Decision,
+        plan: RunPlan,
     ) -> None:
         self.p = params
         self.train_store = train_store
         self.ranks = ranks
-        self.device = device
-        self.precision = precision
+        self.device = device = plan.device
+        assert plan.precision is not None, "training plans are decided"
+        self.precision = precision = plan.precision
         self.dtype = precision.choice.autocast_dtype
         torch.manual_seed(params.seed)
         initial = None
         if params.init_from:  # a Hugging Face folder: its config (checked against params), its weights
             self.config, initial = initial_weights(params, train_store.vocab_size)
         else:
-            self.config = model_config(params, train_store.vocab_size)
+            self.config = plan.config
         self.model = GPT(self.config)
         self.model.attention = precision.choice.attention
         if initial is not None:
@@ -471,28 +521,21 @@ class _Run:
         p = self.p
         # each group at its own peak times the schedule (Muon's muon_learning_rate, AdamW's learning_rate)
         self.optimizer.set_lr(lr_at(self.step, p))
-        total = torch.zeros((), device=self.device)
-        forward = self.ddp or self.fwd
-        for micro in range(p.grad_accum_steps):
-            # every rank draws the whole global batch, so the sampler stays the same on all of them
+        # every rank draws the whole global batch, so the sampler stays the same on all of them
+        batches = []
+        for _ in range(p.grad_accum_steps):
             x, y = self.train_store.random_windows(p.batch_size, p.block_size, self.batch_gen)
-            x, y = x[self.rows], y[self.rows]
-            last = micro == p.grad_accum_steps - 1
-            # ddp all-reduces gradients once per step, on the last micro-batch's backward. fsdp
-            # reduce-scatters on every micro-batch: skipping it would keep whole unsharded
-            # gradients until the last one, the 4 bytes a parameter fsdp is there to remove
-            sync = self.ddp.no_sync() if self.ddp and not last else contextlib.nullcontext()
-            with sync:
-                with autocast(self.device, self.dtype):
-                    _, loss = forward(
-                        x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-                    )
-                (loss / p.grad_accum_steps).backward()
-            total += loss.detach() / p.grad_accum_steps
-        if p.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), p.grad_clip)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+            batches.append((x[self.rows], y[self.rows]))
+        total = train_step(
+            lm_loss(self.ddp or self.fwd, self.device),
+            batches,
+            self.optimizer,
+            self.model.parameters(),
+            p.grad_clip,
+            self.device,
+            self.dtype,
+            ddp=self.ddp,
+        )
         self.pending.append((self.step, total))
         self.step += 1
         self.window_steps += 1
@@ -552,14 +595,17 @@ def train(
                 f"the {name} split has {len(store)} tokens, fewer than train.block_size + 1 "
                 f"({params.block_size + 1}): use more data or a smaller block_size"
             )
-    # the plan comes before anything is allocated: a run that cannot fit stops here, not at step 0
-    plan = memory_plan(params, planned_config(params, train_store.vocab_size), device)
-    if ranks.is_main:
-        for label, value in plan.rows():
-            _say(f"{label.strip()}: {value}")
-    check_memory_plan(plan)
     with process_group(ranks, device):
-        return _train(plan, params, train_store, val_store, on_eval, progress, checkpoint, ranks, device)
+        identity: dict[str, Any] = {}
+        saved = None
+        if checkpoint:
+            identity = run_identity(
+                params, {str(store.path): store.sha256() for store in (train_store, val_store)}
+            )
+            saved = resumable(checkpoint, identity, ranks)
+        # the plan comes before anything is allocated: a run that cannot fit stops here, not at step 0
+        plan = plan_run(params, train_store.vocab_size, device, ranks, saved)
+        return _train(plan, identity, params, train_store, val_store, on_eval, progress, checkpoint, ranks)
 
 
 def resumable(path: Path, identity: dict[str, Any], ranks: Ranks) -> dict[str, Any] | None:
@@ -607,7 +653,8 @@ def attention_kernels(params: TrainParams, config: GPTConfig, device: torch.devi
 
 
 def _train(
-    plan: MemoryPlan,
+    plan: RunPlan,
+    identity: dict[str, Any],
     params: TrainParams,
     train_store: TokenStore,
     val_store: TokenStore,
@@ -615,30 +662,11 @@ def _train(
     progress: bool,
     checkpoint: Path | None,
     ranks: Ranks,
-    device: torch.device,
 ) -> TrainResult:
-    identity: dict[str, Any] = {}
-    saved = None
-    if checkpoint:
-        identity = run_identity(
-            params, {str(store.path): store.sha256() for store in (train_store, val_store)}
-        )
-        saved = resumable(checkpoint, identity, ranks)
-    precision = _precision(params, model_config(params, train_store.vocab_size), device, ranks, saved)
-    if ranks.is_main:
-        _say(f"precision: {precision.summary(params.max_iters * params.grad_accum_steps)}")
-    decided_bf16 = precision.choice.dtype == "bfloat16"
-    decided_explicit = precision.choice.attention == "explicit"
-    # auto chose the other precision or the explicit kernel: that plan must fit too
-    if (decided_bf16, decided_explicit) != (plan.bf16, plan.explicit):
-        plan = memory_plan(params, plan.config, device, bf16=decided_bf16, explicit=decided_explicit)
-        if ranks.is_main:
-            _say(f"memory plan for the chosen precision and attention: {plan.verdict()}")
-        check_memory_plan(plan)
-    run = _Run(params, train_store, val_store, ranks, device, precision)
+    run = _Run(params, train_store, val_store, ranks, plan)
     run.identity = identity
-    if checkpoint and saved is not None:
-        run.resume(checkpoint, saved)
+    if checkpoint and plan.resume is not None:
+        run.resume(checkpoint, plan.resume)
     if on_eval:
         for record in run.history:
             on_eval(int(record["step"]), {k: v for k, v in record.items() if k != "step"})
@@ -658,7 +686,7 @@ def _train(
             run.evaluate(on_eval)
         run.train_step()
         if run.step == resumed_at + 1 or run.step == min(resumed_at + 3, params.max_iters):
-            run.report_memory(plan, first=run.step == resumed_at + 1)
+            run.report_memory(plan.memory, first=run.step == resumed_at + 1)
         bar.update(1)
         if run.step % params.log_interval == 0:
             mean_loss = run.check_pending()  # the only host sync in the hot loop

@@ -22,7 +22,7 @@ from gptcore.distributed import Ranks, die_with_parent, needs_torchrun, torchrun
 from gptcore.errors import run_main
 from gptcore.hf.convert import check_vocabulary
 from gptcore.params import load_section
-from gptcore.reports import live_logger
+from gptcore.reports import headline, live_logger
 from gptcore.tokenizer import load_tokenizer
 from gptcore.train import train
 
@@ -31,6 +31,18 @@ VOCAB_DIR = Path("data/vocab")
 CHECKPOINT = Path("models/checkpoint.pt")
 LIVE_DIR = "dvclive"
 REPORT = Path("reports/train.json")
+# what `dvc metrics show` lists; the report holds the rest (precision, the candidates auto timed)
+METRICS = Path("reports/train_metrics.json")
+HEADLINE = (
+    "final_train_loss",
+    "final_val_loss",
+    "steps",
+    "tokens_seen",
+    "tokens_per_second",
+    "wall_seconds",
+    "parameters",
+    "mfu",
+)
 
 
 def main() -> None:
@@ -81,7 +93,7 @@ def main() -> None:
             "final_train_loss": round(result.final_train_loss, 4),
             "final_val_loss": round(result.final_val_loss, 4),
             # the dtype and compile choice, and with dtype/compile: auto the timings behind it
-            "precision": result.precision.to_dict(result.steps * params.grad_accum_steps),
+            "precision": result.precision.to_dict(result.steps),
         }
         if result.mfu is not None:
             report["mfu"] = round(result.mfu, 4)
@@ -89,6 +101,7 @@ def main() -> None:
             report["peak_memory_gib"] = round(result.peak_memory_bytes / 2**30, 3)
         try:
             write_json(REPORT, report)
+            write_json(METRICS, headline(report, HEADLINE))
         except Exception:
             MODEL_FILE.unlink(missing_ok=True)  # no model without its report: the stage did not finish
             raise

@@ -8,17 +8,16 @@ from pathlib import Path
 
 import torch
 
-from gptcore.autotune import Decision, cached_decision, decide
 from gptcore.checkpoint import MODEL_FILE
 from gptcore.cli.flags import DEFAULT_PARAMS, params_file_of
 from gptcore.device import resolve_device
 from gptcore.errors import DataError
 from gptcore.hf.convert import load_any
 from gptcore.memory import human_bytes
-from gptcore.model import GPT, GPTConfig, flops_per_token
+from gptcore.model import GPT, flops_per_token
 from gptcore.params import TrainParams, load_section
 from gptcore.tokenizer import load_tokenizer
-from gptcore.train import attention_kernels, memory_plan, planned_config, torch_threads
+from gptcore.train import RunPlan, plan_run, planned_config, torch_threads
 
 VOCAB_DIR = Path("data/vocab")
 # Tokens given to a model whose vocabulary is not built yet: a byte-level alphabet, the size of
@@ -109,31 +108,26 @@ def cmd_info(args: argparse.Namespace) -> None:
         )
         if train.preset:
             rows.append(("preset", train.preset))
-        first, *candidates = _precision_rows(train, config, args.measure)
+        device = resolve_device(train.device)
+        threads = torch_threads(train, train.nproc_per_node)
+        if threads:  # the autotune cache is keyed by the thread count a training process runs with
+            torch.set_num_threads(threads)
+        # the plan a training run builds (gptcore.train.plan_run), for this model
+        plan = plan_run(train, config.vocab_size, device, config=config, measure=args.measure, check=False)
+        first, *candidates = _precision_rows(train, plan)
         rows.append(("precision (dtype, compile, attention)", first))
         rows += [("", line) for line in candidates]
-        rows += memory_plan(train, config, resolve_device(train.device)).rows()
+        rows += plan.memory.rows()
     print(_table(rows))
 
 
-def _precision_rows(train: TrainParams, config: GPTConfig, measure: bool) -> list[str]:
+def _precision_rows(train: TrainParams, plan: RunPlan) -> list[str]:
     """What train.dtype / train.compile / train.attention resolve to for this shape on the host
     (auto: the cached timings of gptcore.autotune; with --measure, timed now when there are none),
     among the candidates a training run would time."""
-    device = resolve_device(train.device)
-    threads = torch_threads(train, train.nproc_per_node)
-    if threads:  # the cache is keyed by the thread count a training process runs with
-        torch.set_num_threads(threads)
-    micro_batch = train.batch_size // train.world_size
-    kernels = attention_kernels(train, config, device)
-    decision: Decision | None
-    if measure:
-        decision = decide(train, config, device, micro_batch, kernels=kernels)
-    else:
-        decision = cached_decision(train, config, device, micro_batch, kernels=kernels)
-    if decision is None:
+    if plan.precision is None:
         return [
-            f"auto: not measured yet for this shape on this {device.type} (the first training run "
+            f"auto: not measured yet for this shape on this {plan.device.type} (the first training run "
             "times the candidates; `gptcore info --measure` does it now)"
         ]
-    return decision.summary(train.max_iters * train.grad_accum_steps).splitlines()
+    return plan.precision.summary(train.max_iters).splitlines()

@@ -3,7 +3,8 @@
 AdamW over the parameters that require gradients (decay on matrices only, as in pretraining), a
 constant learning rate (the book's recipe: fine-tuning runs are a few epochs, too short for a
 schedule to matter), gradient clipping, epochs of batches in a seeded random order, and an
-evaluation at step 0, every `eval_interval` steps and at the end. What a batch's loss is and what
+evaluation at step 0, every `eval_interval` steps and at the end. A step is pretraining's
+(gptcore.step.train_step), one micro-batch, in fp32. What a batch's loss is and what
 an evaluation measures are the caller's: `loss_on` and `evaluate`.
 """
 
@@ -21,6 +22,7 @@ from tqdm import tqdm
 
 from gptcore.errors import GptcoreError
 from gptcore.params import FinetuneParams
+from gptcore.step import train_step
 
 
 @dataclass
@@ -72,6 +74,12 @@ def fine_tune(
         if on_eval is not None:
             on_eval(step, metrics)
 
+    def checked_loss(batch: list[int]) -> torch.Tensor:
+        loss = loss_on(batch)
+        if not torch.isfinite(loss):
+            raise GptcoreError(f"the fine-tuning loss became {loss.item()} at step {result.steps + 1}")
+        return loss
+
     log(0, None)
     model.train()
     bar = tqdm(total=total, desc="fine-tune", unit="step", disable=not progress)
@@ -80,14 +88,14 @@ def fine_tune(
         order = torch.randperm(n_train, generator=order_gen).tolist()
         for first in range(0, n_train, params.batch_size):
             batch = order[first : first + params.batch_size]
-            loss = loss_on(batch)
-            if not torch.isfinite(loss):
-                raise GptcoreError(f"the fine-tuning loss became {loss.item()} at step {result.steps + 1}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if params.grad_clip > 0:
-                nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], params.grad_clip)
-            optimizer.step()
+            loss = train_step(
+                checked_loss,
+                [batch],
+                optimizer,
+                [p for p in model.parameters() if p.requires_grad],
+                params.grad_clip,
+                device,
+            )
             result.steps += 1
             result.examples += len(batch)
             recent.append(loss.item())

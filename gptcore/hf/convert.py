@@ -616,17 +616,17 @@ def initial_weights(params: TrainParams, vocab_size: int) -> tuple[GPTConfig, di
         config, state = read_folder(folder)
     except DataError as exc:
         raise DataError(f"{where}: {exc}") from None
-    if params.bias and config.arch == "gpt2" and not config.bias:
+    trained = config_for_training(config, params)
+    if trained.bias and not config.bias:
         # all-zero biases (a fresh GPT-2, an export of bias: false) were left out on reading;
         # training with biases starts them at zero, the same function
-        config = dataclasses.replace(config, bias=True)
-        zeros = {k: torch.zeros(shape) for k, shape in _shapes(config).items() if k.endswith("bias")}
+        zeros = {k: torch.zeros(shape) for k, shape in _shapes(trained).items() if k.endswith("bias")}
         state = {**zeros, **state}
     for key in _MUST_MATCH:
-        if getattr(params, key) != getattr(config, key):
+        if getattr(params, key) != getattr(trained, key):
             raise DataError(
                 f"params.yaml: train.{key} = {getattr(params, key)!r} contradicts {folder / CONFIG_FILE}, "
-                f"whose model has {key} = {getattr(config, key)!r}: set train.{key}: {getattr(config, key)!r}"
+                f"whose model has {key} = {getattr(trained, key)!r}: set train.{key}: {getattr(trained, key)!r}"
             )
     if params.block_size > config.block_size:
         raise DataError(
@@ -641,10 +641,17 @@ def initial_weights(params: TrainParams, vocab_size: int) -> tuple[GPTConfig, di
         )
     if "wpe.weight" in state:
         state["wpe.weight"] = state["wpe.weight"][: params.block_size].clone()
-    config = dataclasses.replace(config, block_size=params.block_size, dropout=params.dropout)
-    if config.tie_embeddings:
+    if trained.tie_embeddings:
         state["lm_head.weight"] = state["wte.weight"]
-    return config, state
+    return trained, state
+
+
+def config_for_training(config: GPTConfig, params: TrainParams) -> GPTConfig:
+    """A folder's model config as train.init_from trains it: the params' block_size and dropout,
+    and a GPT-2 without biases given zero ones when train.bias asks for them. The one rule, for
+    the run's plan (gptcore.train.planned_config) and for the weights it loads."""
+    bias = config.bias or (params.bias and config.arch == "gpt2")
+    return dataclasses.replace(config, block_size=params.block_size, dropout=params.dropout, bias=bias)
 
 
 def check_vocabulary(folder: Path | str, tokenizer: Tokenizer) -> None:
