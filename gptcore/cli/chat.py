@@ -7,7 +7,7 @@ import signal
 import sys
 from dataclasses import replace
 
-from gptcore.cli.flags import load_from_flags, parse_setting, resolve_sampling
+from gptcore.cli.flags import add_sampling_flag, load_from_flags, parse_setting, resolve_sampling
 from gptcore.cli.sample import note_unknown, write_completion
 from gptcore.errors import GptcoreError
 from gptcore.finetune.instruct import render_prompt, reply_stops, template_of
@@ -144,3 +144,20 @@ def cmd_chat(args: argparse.Namespace) -> None:
             reply += "\n"
         sys.stdout.flush()
         conversation = (conversation + line + reply)[-keep_chars:]
+
+
+def add_command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], sampling: argparse.ArgumentParser
+) -> None:
+    """The `chat` command's flags; `sampling` holds the model and sampling flags it may share."""
+    chat = commands.add_parser(
+        "chat", parents=[sampling], help="continue each line you type (or pipe in) with the model"
+    )
+    chat.add_argument(
+        "--instruction",
+        metavar="TEXT",
+        help="instruction-tuned models: the instruction of every turn, each line then being its input "
+        "(default: each line is the instruction)",
+    )
+    chat.set_defaults(run=cmd_chat)
+    add_sampling_flag(chat, "seed")

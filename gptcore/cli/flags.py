@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from gptcore.checkpoint import MODEL_FILE
 from gptcore.device import resolve_device
 from gptcore.hf.convert import load_any
 from gptcore.model import GPT
@@ -146,3 +147,37 @@ def load_from_flags(args: argparse.Namespace) -> tuple[GPT, Tokenizer, dict, tor
     device = resolve_device(args.device, key="--device")
     model, tokenizer, meta = load_any(args.model, device)
     return model, tokenizer, meta, device
+
+
+def sampling_parent() -> argparse.ArgumentParser:
+    """The flags of the commands that generate (chat, sample, serve): the model, the params file
+    whose sample section gives the defaults, the sampling settings but the seed, stop strings, device."""
+    sampling = argparse.ArgumentParser(add_help=False)
+    sampling.add_argument(
+        "--model",
+        type=Path,
+        default=MODEL_FILE,
+        help="model file or Hugging Face folder (default: %(default)s)",
+    )
+    sampling.add_argument(
+        "--params",
+        type=Path,
+        help=f"params file whose sample section gives the defaults (default: {DEFAULT_PARAMS} if it exists)",
+    )
+    for field in SAMPLING_FLAGS:
+        if field != "seed":
+            add_sampling_flag(sampling, field)
+    sampling.add_argument(
+        "--stop",
+        action="append",
+        type=stop_flag,
+        metavar="TEXT",
+        help="end a completion just before this text; repeat for several (default: sample.stop)",
+    )
+    sampling.add_argument(
+        "--device",
+        type=device_flag,
+        default="auto",
+        help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps",
+    )
+    return sampling

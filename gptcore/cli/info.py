@@ -131,3 +131,20 @@ def _precision_rows(train: TrainParams, plan: RunPlan) -> list[str]:
             "times the candidates; `gptcore info --measure` does it now)"
         ]
     return plan.precision.summary(train.max_iters).splitlines()
+
+
+def add_command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], sampling: argparse.ArgumentParser
+) -> None:
+    """The `info` command's flags; `sampling` holds the model and sampling flags it may share."""
+    info = commands.add_parser(
+        "info", help="parameters, FLOPs and memory of a model or of params.yaml's train section"
+    )
+    info.add_argument("--model", type=Path, help=f"model file (default: {MODEL_FILE} if it exists)")
+    info.add_argument("--params", type=Path, help=f"params file (default: {DEFAULT_PARAMS} if it exists)")
+    info.add_argument(
+        "--measure",
+        action="store_true",
+        help="time the dtype/compile candidates now if this machine has no figures for them yet",
+    )
+    info.set_defaults(run=cmd_info)

@@ -7,7 +7,13 @@ import sys
 
 import torch
 
-from gptcore.cli.flags import DEFAULT_PARAMS, load_from_flags, resolve_sampling
+from gptcore.cli.flags import (
+    DEFAULT_PARAMS,
+    add_sampling_flag,
+    load_from_flags,
+    positive_int,
+    resolve_sampling,
+)
 from gptcore.errors import GptcoreError
 from gptcore.generate import complete_batch, seeded_generator, stream_completion
 from gptcore.model import GPT
@@ -76,3 +82,25 @@ def cmd_sample(args: argparse.Namespace) -> None:
             full = prompt + text
             print(full, end="" if full.endswith("\n") else "\n")
     sys.stdout.flush()
+
+
+def add_command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], sampling: argparse.ArgumentParser
+) -> None:
+    """The `sample` command's flags; `sampling` holds the model and sampling flags it may share."""
+    sample = commands.add_parser("sample", parents=[sampling], help="print completions of prompts")
+    sample.add_argument(
+        "--prompt",
+        action="append",
+        dest="prompts",
+        metavar="TEXT",
+        help="prompt to complete; repeat for several (default: sample.prompts)",
+    )
+    sample.add_argument(
+        "--num-samples",
+        type=positive_int,
+        default=1,
+        help="completions per prompt (default: %(default)s)",
+    )
+    add_sampling_flag(sample, "seed")
+    sample.set_defaults(run=cmd_sample)
