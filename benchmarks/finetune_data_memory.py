@@ -42,6 +42,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
+from data_memory import claim_work_folder  # benchmarks/ is on sys.path when a script runs
 
 REPO = Path(__file__).resolve().parent.parent
 FILES = {  # file -> the stage that reads it
@@ -210,7 +211,7 @@ def main() -> None:
     names = [n for n in args.files.split(",") if n]
     if unknown := [n for n in names if n not in FILES]:
         parser.error(f"unknown files {unknown}; known: {', '.join(FILES)}")
-    args.work.mkdir(parents=True, exist_ok=True)
+    claim_work_folder(args.work, parser)  # it replaces files and workspaces inside: never a folder of yours
     repo = args.repo.resolve()
     print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; repo: {repo}; file size {args.size / 1e6:,.0f} MB")
     print(f"{'file':20s} {'stage':14s} {'exit':>4s} {'peak MB':>9s} {'wall s':>7s} {'CPU s':>7s}  result")
