@@ -41,7 +41,8 @@ class DiskFullError(GptcoreError):
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
-def _no_constant(name: str) -> Any:
+def refuse_constant(name: str) -> Any:
+    """A `parse_constant` hook for json: `NaN`, `Infinity` and `-Infinity` are not JSON."""
     raise ValueError(f"{name} is not a number JSON allows (finite values only)")
 
 
@@ -52,12 +53,12 @@ def parse_json(text: str | bytes, where: str) -> Any:
     (not JSON, and a label or a model size must be a finite number) and nesting too deep to parse
     (a RecursionError, which a caller would otherwise report as a crash)."""
     try:
-        return json.loads(text, parse_constant=_no_constant)
+        return json.loads(text, parse_constant=refuse_constant)
     except RecursionError:
         raise DataError(f"{where}: JSON nested too deeply") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"{where} is not valid JSON: {exc}") from None
-    except ValueError as exc:  # from _no_constant
+    except ValueError as exc:  # from refuse_constant
         raise DataError(f"{where}: {exc}") from None
 
 

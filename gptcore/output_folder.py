@@ -120,7 +120,7 @@ def _check(
     for held in [*protect, Path.cwd().resolve()]:
         if held == target or target in held.parents:
             what = "the working directory" if held == Path.cwd().resolve() else str(held)
-            raise OutputFolderError(refuse.format(f"or holds {what}"))
+            raise OutputFolderError(refuse.format(what if held == target else f"a folder holding {what}"))
     if not target.exists():
         return []
     for repo in (".git", ".dvc"):

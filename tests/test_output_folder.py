@@ -136,7 +136,7 @@ def test_the_models_own_folder_is_refused_even_with_force(
     before = snapshot(model_file.parent)
     for extra in ((), ("--force",)):
         err = refused(capsys, model_file, model_file.parent, *extra)
-        assert f"holds {model_file}" in err
+        assert f"is a folder holding {model_file}" in err
     refused(capsys, model_file, model_file.parent.parent, "--force")  # a folder above it too
     assert snapshot(model_file.parent) == before
 

@@ -49,7 +49,7 @@ from typing import Any, BinaryIO, Literal
 import numpy as np
 
 from gptcore.data.split import iter_split_file
-from gptcore.errors import DataError, parse_json
+from gptcore.errors import DataError, parse_json, refuse_constant
 
 SPLITS = ("train", "val", "test")
 # The most one record may take in its file: far more than any model's context holds, and what
@@ -148,14 +148,10 @@ def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return flagged
 
 
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a number JSON allows (finite values only)")
-
-
 # errors.parse_json's rules (NaN and Infinity refused, nesting too deep caught by the callers),
 # plus what it cannot give: objects with a key twice marked, and `raw_decode`, with which a JSON
 # array is parsed an element at a time.
-_DECODER = json.JSONDecoder(parse_constant=_no_constant, object_pairs_hook=_json_object)
+_DECODER = json.JSONDecoder(parse_constant=refuse_constant, object_pairs_hook=_json_object)
 
 
 def _parse_line(text: str, where: str) -> Any:
