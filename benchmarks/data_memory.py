@@ -546,7 +546,7 @@ def claim_work_folder(work: Path, ap: argparse.ArgumentParser) -> None:
     if work.is_dir() and any(work.iterdir()) and not (work / WORK_MARKER).is_file():
         ap.error(f"--work {work} holds files this benchmark did not write: name a new or empty folder")
     work.mkdir(parents=True, exist_ok=True)
-    (work / WORK_MARKER).write_text("corpora and workspaces of benchmarks/data_memory.py\n")
+    (work / WORK_MARKER).write_text("generated inputs and workspaces of the benchmarks/ scripts\n")
 
 
 def parse_size(text: str) -> int:
