@@ -19,8 +19,8 @@ import torch
 
 from gptcore.memory import checkpoint_blocks, peak_allocated, plan_memory
 from gptcore.model import GPT, GPTConfig
+from gptcore.optimizers import configure_optimizer
 from gptcore.params import load_section
-from gptcore.train import configure_optimizer
 
 
 def main() -> None:

@@ -10,7 +10,8 @@ your machine"). So `auto` is measured, never looked up:
 1. each candidate precision (fp32; bf16 autocast where the device has it) with each attention
    kernel (fused `sdpa`, `explicit`; gptcore.model) trains this run's model (the imported one's
    shape with `train.init_from`), micro-batch and gradient accumulation eagerly for a few steps of
-   the run's own step function (gptcore.step): warm-up steps, then timed ones (median);
+   the run's own step function (gptcore.step), its model wrapped as the run's is (ddp or fsdp over
+   the run's processes, which all time it together): warm-up steps, then timed ones (median);
 2. the fastest of those is then timed compiled as well (when `compile: auto`); compiling does not
    change which eager candidate is fastest often enough to pay for a second compile;
 3. each candidate's cost for this run is its warm-up (the compile, for a compiled one) plus its
@@ -48,8 +49,8 @@ from typing import Any, cast
 import torch
 
 from gptcore.atomic import atomic_file
+from gptcore.distributed import Ranks, from_main, gather_to_all, prepare
 from gptcore.model import ATTENTION_KERNELS, GPT, GPTConfig
-from gptcore.optimizers import configure_optimizer
 from gptcore.params import TrainParams
 from gptcore.step import lm_loss, train_step
 
@@ -57,7 +58,9 @@ WARM_STEPS = 2  # the first steps allocate, autotune oneDNN kernels, and (compil
 TIMED_STEPS = 5
 PROBE_SECONDS = 10.0  # a candidate's timed steps stop after this much time (at least 2 are timed)
 MARGIN = 0.05  # a later candidate must be this much cheaper to win over an earlier one
-CACHE_VERSION = 3  # 2: candidates name their attention kernel; 3: a step is an optimizer step
+# 2: candidates name their attention kernel; 3: a step is an optimizer step; 4: several processes
+# time their DDP or FSDP step together
+CACHE_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -221,6 +224,10 @@ def machine_key(params: TrainParams, config: GPTConfig, device: torch.device, mi
         "micro_batch": micro_batch,
         "grad_accum_steps": params.grad_accum_steps,
         "optimizer": params.optimizer,
+        "activation_checkpointing": params.activation_checkpointing,
+        # several processes time their all-reduce (ddp) or gathers (fsdp) too
+        "processes": params.world_size,
+        "parallel": params.parallel if params.world_size > 1 else None,
     }
     return json.dumps(key, sort_keys=True)
 
@@ -299,15 +306,26 @@ def decide(
     probe: Probe | None = None,
     cache: Path | None = None,
     kernels: tuple[str, ...] = ATTENTION_KERNELS,
+    ranks: Ranks | None = None,
 ) -> Decision:
     """The precision, compile and attention choice for this run: forced by params, else from the
-    cache, else measured now (and cached). `kernels`: see `search`."""
-    found = cached_decision(params, config, device, micro_batch, cache, kernels)
+    cache, else measured now (and cached). `kernels`: see `search`.
+
+    Under several processes every rank calls it and gets the same decision: rank 0 alone reads
+    and writes the cache, and its answer and its `kernels` go to all; when the candidates must be
+    measured, all ranks time each one together (`TrainingProbe`), so the step timed holds the
+    run's all-reduce or sharded gathers, and they agree on every figure."""
+    ranks = ranks or Ranks()
+    found = cached_decision(params, config, device, micro_batch, cache, kernels) if ranks.is_main else None
+    found, kernels = from_main((found, kernels), ranks)
     if found is not None:
-        return found
-    key = machine_key(params, config, device, micro_batch)
-    timings = search(params, device, probe or TrainingProbe(params, config, device, micro_batch), kernels)
-    store_timings(key, _merge(cached_timings(key, cache) or [], timings), cache)
+        return cast(Decision, found)
+    timings = search(
+        params, device, probe or TrainingProbe(params, config, device, micro_batch, ranks), kernels
+    )
+    if ranks.is_main:
+        key = machine_key(params, config, device, micro_batch)
+        store_timings(key, _merge(cached_timings(key, cache) or [], timings), cache)
     return Decision(pick(timings, params.max_iters), "measured", timings)
 
 
@@ -325,15 +343,21 @@ def _merge(old: list[Timing], new: list[Timing]) -> list[Timing]:
 
 @dataclass
 class TrainingProbe:
-    """Times one candidate: a fresh model of the run's shape, its optimizer, and the run's
-    training step (gptcore.step.train_step: train.grad_accum_steps micro-batches of forward and
-    backward, clip, optimizer step) on random tokens. The global RNG is left as it was, so a
-    run measured and a run read from the cache train identically."""
+    """Times one candidate: a fresh model of the run's shape, prepared as the run prepares its own
+    (gptcore.step.prepare: activation checkpointing, fsdp or ddp over the run's processes, its
+    optimizer), and the run's training step (gptcore.step.train_step: train.grad_accum_steps
+    micro-batches of forward and backward, clip, optimizer step) on random tokens. The global RNG
+    is left as it was, so a run measured and a run read from the cache train identically.
+
+    Under several processes every rank must call it with the same candidate, together: their
+    steps are timed with the collectives in them, and each rank returns the same figures, the
+    slowest rank's (a step waits for it), or a rank's error."""
 
     params: TrainParams
     config: GPTConfig
     device: torch.device
     micro_batch: int
+    ranks: Ranks = field(default_factory=Ranks)
     clock: Callable[[], float] = time.perf_counter
 
     def _now(self) -> float:
@@ -341,47 +365,59 @@ class TrainingProbe:
             torch.cuda.synchronize(self.device)
         return self.clock()
 
+    def _more(self, elapsed: float) -> bool:
+        """Whether to time another step: every rank takes each step (its collectives wait for
+        all), so rank 0's clock decides for all."""
+        return bool(from_main(elapsed < PROBE_SECONDS, self.ranks))
+
     def __call__(self, choice: Choice) -> Timing:
         devices = [self.device] if self.device.type == "cuda" else []
+        failure: Exception | None = None
         with torch.random.fork_rng(devices=devices):
             try:
-                return self._time(choice)
+                timing = self._time(choice)
             # an optional lever that does not work here (an Inductor error, a dtype the device
             # lacks) is a result: the candidate is out, the run goes on with the others
             except Exception as exc:
-                if choice == Choice("float32", False):
-                    raise
+                failure = exc
                 first_line = (str(exc).strip().splitlines() or [""])[0][:200]
                 error = f"{type(exc).__name__}: {first_line}"
-                return Timing(choice.dtype, choice.compile, 0.0, None, error, choice.attention)
+                timing = Timing(choice.dtype, choice.compile, 0.0, None, error, choice.attention)
             finally:
                 if choice.compile:
                     torch.compiler.reset()
+        timing = _agreed(gather_to_all(timing, self.ranks))
+        if timing.error is not None and choice == Choice("float32", False):
+            # the baseline every run can fall back to failed: that is the run's error, not a result
+            if failure is not None:
+                raise failure
+            raise RuntimeError(f"another process failed the float32 step: {timing.error}")
+        return timing
 
     def _time(self, choice: Choice) -> Timing:
         torch.manual_seed(0)
         model = GPT(self.config).to(self.device)
         model.attention = choice.attention
         model.train()
-        optimizer = configure_optimizer(model, self.params, self.device)
-        forward = torch.compile(model) if choice.compile else model
+        prepared = prepare(model, self.params, self.device, self.ranks, choice.autocast_dtype, choice.compile)
         gen = torch.Generator().manual_seed(0)
         size = (self.micro_batch, self.config.block_size)
         x, y = (
             torch.randint(0, self.config.vocab_size, size, generator=gen).to(self.device) for _ in range(2)
         )
         batches = [(x, y)] * self.params.grad_accum_steps
-        loss_of = lm_loss(forward, self.device)
+        loss_of = lm_loss(prepared.train_forward, self.device)
 
         def step() -> None:
             train_step(
                 loss_of,
                 batches,
-                optimizer,
+                prepared.optimizer,
                 model.parameters(),
                 self.params.grad_clip,
                 self.device,
                 choice.autocast_dtype,
+                ddp=prepared.ddp,
             )
 
         start = self._now()
@@ -390,8 +426,23 @@ class TrainingProbe:
         warm = self._now() - start
         times: list[float] = []
         began = self._now()
-        while len(times) < TIMED_STEPS and (len(times) < 2 or self._now() - began < PROBE_SECONDS):
+        while len(times) < TIMED_STEPS and (len(times) < 2 or self._more(self._now() - began)):
             t0 = self._now()
             step()
             times.append(self._now() - t0)
         return Timing(choice.dtype, choice.compile, warm, statistics.median(times), None, choice.attention)
+
+
+def _agreed(timings: list[Timing]) -> Timing:
+    """One candidate's figures over all ranks: the first error, else the slowest rank's."""
+    failed = next((t for t in timings if t.error is not None), None)
+    if failed is not None:
+        return failed
+    return Timing(
+        timings[0].dtype,
+        timings[0].compile,
+        max(t.warm_seconds for t in timings),
+        max(cast(float, t.step_seconds) for t in timings),
+        None,
+        timings[0].attention,
+    )

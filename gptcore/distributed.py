@@ -32,7 +32,7 @@ import ctypes
 import os
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -42,9 +42,11 @@ from torch import nn
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
+from torch.nn.parallel import DistributedDataParallel
 
-from gptcore.memory import blocks
+from gptcore.memory import blocks, checkpoint_blocks
 from gptcore.model import GPT, GPTConfig
+from gptcore.optimizers import Optimizers, configure_optimizer
 from gptcore.params import TrainParams
 
 
@@ -159,6 +161,56 @@ def from_main(value: Any, ranks: Ranks) -> Any:
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+# --- the model as training wraps it ----------------------------------------------------------------
+
+
+@dataclass
+class Prepared:
+    """A model made ready to train, as `prepare` leaves it."""
+
+    model: nn.Module  # the module itself: its parameters, state dict and (fsdp) shards
+    optimizer: Optimizers
+    forward: nn.Module  # the model, compiled where asked: what evaluation calls
+    ddp: DistributedDataParallel | None  # ddp over several processes: what training calls
+    sharded: bool  # fsdp over several processes
+
+    @property
+    def train_forward(self) -> nn.Module:
+        return self.ddp or self.forward
+
+
+def prepare(
+    model: nn.Module,
+    params: TrainParams,
+    device: torch.device,
+    ranks: Ranks,
+    dtype: torch.dtype | None,
+    compile: bool,
+    before_optimizer: Callable[[], object] | None = None,
+) -> Prepared:
+    """Wrap `model` (on `device`) for training under `params`: its blocks recompute activations
+    with train.activation_checkpointing; over several processes, fsdp shards it in place before
+    the optimizer sees it (its moments are sharded too), ddp wraps the (compiled) forward, which
+    then averages gradients over ranks. `before_optimizer` runs just before the optimizer is
+    built (training seeds each rank's dropout there)."""
+    if params.activation_checkpointing:
+        checkpoint_blocks(model)
+    sharded = params.parallel == "fsdp" and ranks.distributed
+    if sharded:
+        shard_model(model, device, ranks, bf16=dtype is torch.bfloat16)
+    if before_optimizer is not None:
+        before_optimizer()
+    optimizer = configure_optimizer(model, params, device)
+    # a compiled module is a module (OptimizedModule), though torch.compile's stubs say a callable
+    forward = cast(nn.Module, torch.compile(model)) if compile else model
+    ddp = None
+    if ranks.distributed and not sharded:
+        ids = [device.index] if device.type == "cuda" else None
+        # gradients as views of the all-reduce buckets: one copy of them, not two
+        ddp = DistributedDataParallel(forward, device_ids=ids, gradient_as_bucket_view=True)
+    return Prepared(model, optimizer, forward, ddp, sharded)
 
 
 # --- FSDP2 ---------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """One training step: forward, loss and backward over the step's micro-batches, clip, optimizer step.
 
 Pretraining (gptcore.train), the precision probe (gptcore.autotune), fine-tuning
-(gptcore.finetune.loop) and benchmarks/train_speed.py all take their steps here, so what the probe
-times is the step the run takes, gradient accumulation included.
+(gptcore.finetune.loop) and benchmarks/train_speed.py all take their steps here, and pretraining and
+the probe wrap their model the same way (gptcore.distributed.prepare), so what the probe times is
+the step the run takes, gradient accumulation and the all-reduce or the sharded gathers included.
 """
 
 from __future__ import annotations

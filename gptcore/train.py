@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -48,22 +48,20 @@ from gptcore.distributed import (
     gather_to_all,
     load_full_state,
     mean_over_ranks,
+    prepare,
     process_group,
-    shard_model,
 )
 from gptcore.errors import DataError, GptcoreError
 from gptcore.evaluate import score_batches, seeded_batches
 from gptcore.hf.convert import config_for_training, initial_weights, read_config
 from gptcore.memory import (
     MemoryPlan,
-    checkpoint_blocks,
     device_memory,
     held_bytes,
     plan_memory,
     what_would_fit,
 )
 from gptcore.model import ATTENTION_KERNELS, GPT, GPTConfig, flops_per_token
-from gptcore.optimizers import configure_optimizer
 from gptcore.params import TrainParams
 from gptcore.step import lm_loss, train_step
 
@@ -283,25 +281,16 @@ class _Run:
             self.model.zero_output_projections()
         self.model.to(self.device)
         self.flops_per_token = flops_per_token(self.config, self.model.num_params())
-        if params.activation_checkpointing:
-            checkpoint_blocks(self.model)
-        # fsdp shards the weights in place, before the optimizer sees them: its moments are sharded too
-        self.sharded = params.parallel == "fsdp" and ranks.distributed
-        if self.sharded:
-            shard_model(self.model, device, ranks, bf16=self.dtype is torch.bfloat16)
-        if ranks.rank:
-            torch.manual_seed(params.seed + ranks.rank)  # each rank its own dropout masks
-        self.optimizer = configure_optimizer(self.model, params, self.device)
-        # a compiled module is a module (OptimizedModule), though torch.compile's stubs say a callable
-        self.fwd = (
-            cast(torch.nn.Module, torch.compile(self.model)) if precision.choice.compile else self.model
-        )
-        # ddp training goes through DDP, which averages gradients over ranks; evaluation does not
-        self.ddp: DistributedDataParallel | None = None
-        if ranks.distributed and not self.sharded:
-            ids = [device.index] if device.type == "cuda" else None
-            # gradients as views of the all-reduce buckets: one copy of them, not two
-            self.ddp = DistributedDataParallel(self.fwd, device_ids=ids, gradient_as_bucket_view=True)
+
+        def seed_rank() -> None:
+            if ranks.rank:
+                torch.manual_seed(params.seed + ranks.rank)  # each rank its own dropout masks
+
+        prepared = prepare(self.model, params, device, ranks, self.dtype, precision.choice.compile, seed_rank)
+        self.sharded = prepared.sharded
+        self.optimizer = prepared.optimizer
+        self.fwd = prepared.forward  # evaluation calls the model itself, never through DDP
+        self.ddp: DistributedDataParallel | None = prepared.ddp
         self.peak = peak_flops(self.device, self.dtype)
         self.batch_gen = torch.Generator().manual_seed(params.seed)
         self.rows = ranks.rows(params.batch_size)
@@ -632,16 +621,14 @@ def _precision(
     params: TrainParams, config: GPTConfig, device: torch.device, ranks: Ranks, saved: dict[str, Any] | None
 ) -> Decision:
     """dtype, compile and the attention kernel: the checkpoint's when resuming (a run never
-    changes them midway), else forced by params or measured (gptcore.autotune) on rank 0, the same
-    on every rank. `attention: auto` tries the explicit kernel only where its memory plan fits
+    changes them midway), else forced by params, cached or measured (gptcore.autotune: every rank
+    times the step together, rank 0's cache and kernels decide), the same on every rank.
+    `attention: auto` tries the explicit kernel only where its memory plan fits
     (`attention_kernels`)."""
     if saved is not None and "precision" in saved:
         return Decision.from_dict(saved["precision"], "checkpoint")
-    decision = None
-    if ranks.is_main:
-        kernels = attention_kernels(params, config, device)
-        decision = decide(params, config, device, params.batch_size // ranks.world_size, kernels=kernels)
-    return from_main(decision, ranks)
+    kernels = attention_kernels(params, config, device) if ranks.is_main else ATTENTION_KERNELS
+    return decide(params, config, device, params.batch_size // ranks.world_size, kernels=kernels, ranks=ranks)
 
 
 def attention_kernels(params: TrainParams, config: GPTConfig, device: torch.device) -> tuple[str, ...]:

@@ -237,3 +237,103 @@ def test_the_llama_family_trains_under_two_processes_like_under_one(tmp_path: Pa
     assert two.config.arch == "llama" and two.config.qk_norm and not two.config.tie_embeddings
     for (name, a), (_, b) in zip(one.state_dict().items(), two.state_dict().items(), strict=True):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=name)
+
+
+# --- train.*: auto under several processes ------------------------------------------------------
+
+PROBE_UNDER_TORCHRUN = """
+import itertools, json, sys
+
+import torch
+
+import gptcore.distributed as distributed
+from gptcore.autotune import Choice, TrainingProbe
+from gptcore.distributed import Ranks, process_group
+from gptcore.model import GPTConfig
+from gptcore.params import parse_section
+from support_train import train_section
+
+ranks = Ranks.from_env()
+params = parse_section("train", train_section(nproc_per_node=2, grad_accum_steps=2, parallel=sys.argv[1]))
+config = GPTConfig(vocab_size=32, block_size=8, n_layer=1, n_head=2, n_embd=16, bias=False)
+seen = {"ddp_forwards": 0, "shards": 0}
+
+class CountingDDP(distributed.DistributedDataParallel):
+    def forward(self, *args, **kwargs):
+        seen["ddp_forwards"] += 1
+        return super().forward(*args, **kwargs)
+
+shard = distributed.shard_model
+def counting_shard(*args, **kwargs):
+    seen["shards"] += 1
+    return shard(*args, **kwargs)
+
+distributed.DistributedDataParallel = CountingDDP
+distributed.shard_model = counting_shard
+# every clock reading is one tick later: rank 0's ticks are short, so its probe never reaches its
+# time bound; rank 1's are long, so alone it would stop timing after two steps while rank 0 waits
+# in the all-reduce of a third (binary fractions: the sums are exact)
+ticks = itertools.count(0.0, 4.0 if ranks.rank else 0.125)
+with process_group(ranks, torch.device("cpu")):
+    timing = TrainingProbe(params, config, torch.device("cpu"), 2, ranks, clock=lambda: next(ticks))(
+        Choice("float32", False)
+    )
+result = {"rank": ranks.rank, **seen, "warm": timing.warm_seconds, "step": timing.step_seconds}
+with open(f"rank{ranks.rank}.json", "w") as out:
+    json.dump(result, out)
+"""
+
+
+def probe_under_torchrun(tmp_path: Path, parallel: str) -> list[dict[str, float]]:
+    (tmp_path / "probe.py").write_text(PROBE_UNDER_TORCHRUN, encoding="utf-8")
+    argv = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
+    env = {**stage_env(), "PYTHONPATH": f"{stage_env()['PYTHONPATH']}:{Path(__file__).parent}"}
+    proc = subprocess.run(
+        [*argv, "probe.py", parallel], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return [json.loads((tmp_path / f"rank{r}.json").read_text(encoding="utf-8")) for r in (0, 1)]
+
+
+@pytest.mark.slow
+def test_the_probe_times_the_ddp_step_on_every_rank_and_they_agree_on_the_slowest(tmp_path: Path) -> None:
+    from gptcore.autotune import TIMED_STEPS, WARM_STEPS
+
+    ranks = probe_under_torchrun(tmp_path, "ddp")
+    assert [r["rank"] for r in ranks] == [0, 1]
+    # every micro-batch of every probed step went through DDP, which all-reduces the gradients;
+    # rank 0's clock decided how many steps both timed
+    steps = WARM_STEPS + TIMED_STEPS
+    assert [r["ddp_forwards"] for r in ranks] == [2 * steps, 2 * steps]
+    assert [r["shards"] for r in ranks] == [0, 0]
+    # the clock is read once around the warm-up steps and once around each timed step: one tick;
+    # both ranks report rank 1's, the slower
+    assert [(r["warm"], r["step"]) for r in ranks] == [(4.0, 4.0)] * 2
+
+
+@pytest.mark.slow
+def test_the_probe_times_the_sharded_step_under_fsdp(tmp_path: Path) -> None:
+    ranks = probe_under_torchrun(tmp_path, "fsdp")
+    assert [(r["shards"], r["ddp_forwards"]) for r in ranks] == [(1, 0), (1, 0)]
+    assert ranks[0]["step"] == ranks[1]["step"] == 4.0
+
+
+@pytest.mark.slow
+def test_auto_under_two_processes_measures_once_together_and_rank_0_caches_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GPTCORE_CACHE_DIR", str(tmp_path / "cache"))
+    auto = {**TWO, "max_iters": 10, "dtype": "auto", "attention": "auto"}
+    sources = []
+    for name in ("first", "second"):
+        ws = stage_workspace(tmp_path / name, **auto)
+        finish(ws)
+        report = json.loads((ws / "reports" / "train.json").read_text(encoding="utf-8"))
+        assert report["processes"] == 2
+        sources.append(report["precision"]["source"])
+    assert sources == ["measured", "cache"]
+    cache = json.loads((tmp_path / "cache" / "autotune.json").read_text(encoding="utf-8"))
+    keys = [json.loads(k) for k in cache]
+    assert [(k["processes"], k["parallel"], k["micro_batch"]) for k in keys] == [(2, "ddp", 8)]
+    timed = {(t["dtype"], t["attention"]) for t in next(iter(cache.values())) if t["step_seconds"]}
+    assert ("float32", "sdpa") in timed and ("float32", "explicit") in timed

@@ -17,9 +17,10 @@ from gptcore.data.token_store import TokenStore
 from gptcore.errors import GptcoreError
 from gptcore.memory import Sizes, checkpoint_blocks, held_bytes, peak_allocated, plan_memory, what_would_fit
 from gptcore.model import GPT, GPTConfig
+from gptcore.optimizers import configure_optimizer
 from gptcore.params import ParamsError, parse_section
 from gptcore.presets import PRESETS
-from gptcore.train import configure_optimizer, train
+from gptcore.train import train
 
 GPT2_VOCAB = 50257
 NULL_SHAPE = {"n_layer": None, "n_head": None, "n_embd": None, "block_size": None}

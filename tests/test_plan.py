@@ -60,7 +60,7 @@ def test_with_init_from_the_plan_autotune_and_info_use_the_folders_shape(
 
     timed: list[GPTConfig] = []
 
-    def probe(params, config: GPTConfig, device, micro_batch):
+    def probe(params, config: GPTConfig, device, micro_batch, ranks):
         timed.append(config)
         return lambda c: Timing(c.dtype, c.compile, 0.2, 0.1, None, c.attention)
 
