@@ -124,8 +124,18 @@ class KVCache:
     appends idx's keys and values and attends over everything cached.
     """
 
-    def __init__(self, config: GPTConfig, batch_size: int, device: torch.device, dtype: torch.dtype) -> None:
-        shape = (config.n_layer, batch_size, config.n_head, config.block_size, config.head_dim)
+    def __init__(
+        self,
+        config: GPTConfig,
+        batch_size: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        positions: int | None = None,
+    ) -> None:
+        # `positions`: storage for fewer than block_size, for a caller that knows how many it adds
+        # (benchmark scoring); every position is written before attention reads it
+        size = config.block_size if positions is None else positions
+        shape = (config.n_layer, batch_size, config.n_head, size, config.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.block_size = config.block_size
@@ -443,10 +453,11 @@ class GPT(nn.Module):
         loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
         return logits, loss
 
-    def hidden_states(self, idx: torch.Tensor) -> torch.Tensor:
+    def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """The final norm's output (B, T, n_embd) for token ids (B, T): what lm_head reads,
-        and what a task head (a classifier) reads instead of it."""
-        return self._trunk(idx, explicit=None, cache=None)
+        and what a task head (a classifier) reads instead of it. With `cache`, as `forward`'s:
+        a caller that needs the logits of some positions only applies lm_head to those."""
+        return self._trunk(idx, explicit=None, cache=cache)
 
     def _trunk(
         self,

@@ -144,6 +144,8 @@ class TrainParams:
     eval_iters: int
     log_interval: int
     checkpoint_interval: int
+    benchmark_interval: int
+    benchmark_items: int
     seed: int
     device: str
     dtype: str
@@ -203,9 +205,10 @@ class TrainParams:
             "eval_interval",
             "eval_iters",
             "log_interval",
+            "benchmark_items",
         ):
             _positive(f"train.{key}", getattr(self, key))
-        for key in ("warmup_iters", "threads", "checkpoint_interval"):
+        for key in ("warmup_iters", "threads", "checkpoint_interval", "benchmark_interval"):
             _non_negative(f"train.{key}", getattr(self, key))
         for key in ("learning_rate", "min_lr", "weight_decay", "grad_clip", "muon_weight_decay"):
             _non_negative(f"train.{key}", getattr(self, key))
@@ -252,6 +255,14 @@ class TrainParams:
                 "train.optimizer",
                 self.optimizer,
                 "not with train.parallel: fsdp over several processes (use adamw, or ddp)",
+            )
+        if self.benchmark_interval and self.parallel == "fsdp" and self.world_size > 1:
+            # every process holds a shard of each weight, and scoring runs the whole model on one
+            _fail(
+                "train.benchmark_interval",
+                self.benchmark_interval,
+                "not with train.parallel: fsdp over several processes (set it to 0 and score models/model.pt "
+                "with the benchmark stage, or use ddp)",
             )
         if self.nnodes > 1 and ":" not in self.rdzv_endpoint:
             _fail(
@@ -329,6 +340,40 @@ class SampleParams:
             self.sampling()
         except SamplingError as exc:  # the rules live with the type; the key is this file's
             raise ParamsError(f"params.yaml: sample.{exc}") from None
+
+
+@dataclass(frozen=True)
+class BenchmarkParams:
+    source: str
+    tasks: list[str]
+    limit: int | None
+    batch_size: int
+    dtype: str
+
+    def check(self) -> None:
+        if self.dtype not in ("float32", "bfloat16"):
+            _fail("benchmark.dtype", self.dtype, "allowed: float32, bfloat16")
+        if not self.source.strip():
+            _fail(
+                "benchmark.source",
+                self.source,
+                "must name the suite's wheel: pip:<requirement>, a URL or a path",
+            )
+        if not self.tasks:
+            _fail("benchmark.tasks", self.tasks, "must list at least one task (e.g. hellaswag, arc_easy)")
+        for name in self.tasks:
+            task, colon, variant = name.partition(":")
+            if not task or (colon and not variant) or any(c.isspace() for c in name):
+                _fail(
+                    "benchmark.tasks",
+                    name,
+                    "a task is named <task> or <task>:<variant>, e.g. hellaswag:5shot",
+                )
+        if len(set(self.tasks)) != len(self.tasks):
+            _fail("benchmark.tasks", self.tasks, "names a task twice")
+        if self.limit is not None:
+            _positive("benchmark.limit", self.limit)
+        _positive("benchmark.batch_size", self.batch_size)
 
 
 # the names of gptcore.finetune.instruct.TEMPLATES (a test keeps the two equal); named here so that
@@ -463,6 +508,7 @@ SECTIONS: dict[str, type] = {
     "train": TrainParams,
     "evaluate": EvaluateParams,
     "sample": SampleParams,
+    "benchmark": BenchmarkParams,
     "classify_data": ClassifyDataParams,
     "classify": ClassifyParams,
     "instruct_data": InstructDataParams,

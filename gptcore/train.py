@@ -11,11 +11,17 @@ same train params and token files continues from there, and on CPU its weights a
 are bit-identical to a run never stopped: batches come from the saved sampler state, dropout from
 the saved torch state, and nothing else in a step is random. A checkpoint of other params or other
 token data is never resumed; `resume_mismatch` says why.
+
+Benchmark during training. With train.benchmark_interval the loop also scores a fixed HellaSwag
+subset every that many steps and at the end (`BenchmarkSubset`), as llm.c does, and logs its
+acc_norm beside the losses. Scoring draws no random number and changes no weight, so the run's
+model and losses are those of the same run without it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import os
 import time
@@ -29,6 +35,8 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from gptcore.autotune import Decision, bf16_supported, cached_decision, decide
+from gptcore.benchmark.score import encode_request, predicted, score_items
+from gptcore.benchmark.suite import Suite, Task
 from gptcore.checkpoint import (
     device_rng_state,
     load_checkpoint,
@@ -64,6 +72,7 @@ from gptcore.memory import (
 from gptcore.model import ATTENTION_KERNELS, GPT, GPTConfig, flops_per_token
 from gptcore.params import TrainParams
 from gptcore.step import lm_loss, train_step
+from gptcore.tokenizer import Tokenizer, canonical_json
 
 
 def model_config(params: TrainParams, vocab_size: int) -> GPTConfig:
@@ -211,6 +220,62 @@ def lr_at(step: int, params: TrainParams) -> float:
     return params.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (params.learning_rate - params.min_lr)
 
 
+# the task train.benchmark_interval scores, as llm.c does: 0-shot HellaSwag, whose acc_norm a small
+# model lifts above chance early in training
+BENCHMARK_TASK = "hellaswag"
+
+
+@dataclass(frozen=True)
+class BenchmarkSubset:
+    """The items a run scores every train.benchmark_interval steps (`load_benchmark`), and the
+    tokenizer that turns them into the run's token ids."""
+
+    task: Task
+    tokenizer: Tokenizer
+    source: str  # the suite they were read from
+
+    @property
+    def metric(self) -> str:
+        return f"benchmark/{self.task.name}_acc_norm"
+
+    def identity(self) -> tuple[str, str]:
+        """(what they are, a sha256 of the token ids scored and the gold choices): a checkpoint
+        whose logged figures scored other items is not resumed."""
+        items = self.task.items
+        ids = [[encode_request(self.tokenizer, c, k) for c, k in item.requests] for item in items]
+        digest = hashlib.sha256(canonical_json([ids, [item.gold for item in items]])).hexdigest()
+        return f"{self.source} ({self.task.name}, first {len(items)} items)", digest
+
+    def acc_norm(self, model: GPT, rows: int, device: torch.device) -> float:
+        """The model's acc_norm on the items, scored as the benchmark stage scores them, `rows`
+        continuations per forward pass; leaves the model in eval mode."""
+        scores = score_items(model, self.tokenizer, self.task.items, rows, device)
+        right = [
+            predicted(item, s, norm=True) == item.gold
+            for item, s in zip(self.task.items, scores, strict=True)
+        ]
+        return sum(right) / len(right)
+
+
+def load_benchmark(params: TrainParams, suite_dir: Path, tokenizer: Tokenizer) -> BenchmarkSubset | None:
+    """train.benchmark_interval's items: the first train.benchmark_items of HellaSwag in the suite
+    at `suite_dir` (what the download_benchmarks stage fetched), or None when it is off. A stage
+    reads them before training, so that a missing suite stops it before the first step."""
+    if not params.benchmark_interval:
+        return None
+    needs = f"train.benchmark_interval = {params.benchmark_interval} scores {BENCHMARK_TASK} from {suite_dir}"
+    fetch = "fetch it with `dvc repro download_benchmarks`, or set train.benchmark_interval to 0"
+    if not suite_dir.exists():
+        raise GptcoreError(f"{needs}, which does not exist: {fetch}")
+    try:
+        with Suite(suite_dir) as suite:
+            task = suite.load(BENCHMARK_TASK, params.benchmark_items)
+            source = str(suite.source)
+    except DataError as exc:
+        raise DataError(f"{needs}: {exc} ({fetch})") from None
+    return BenchmarkSubset(task, tokenizer, source)
+
+
 class NonFiniteLossError(GptcoreError):
     """The loss or the weights became NaN or infinite: training cannot go on from here."""
 
@@ -235,7 +300,9 @@ class TrainResult:
 
 
 # (step, metrics) at each evaluation: "train/loss", "val/loss", "lr", and from the second
-# evaluation on "perf/tokens_per_second" (plus "perf/mfu" and "perf/peak_memory_gib" on CUDA)
+# evaluation on "perf/tokens_per_second" (plus "perf/mfu" and "perf/peak_memory_gib" on CUDA);
+# with train.benchmark_interval also (step, {BenchmarkSubset.metric: acc_norm}) at each of its steps,
+# after the losses when both fall on one step
 EvalCallback = Callable[[int, dict[str, float]], None]
 
 
@@ -259,8 +326,10 @@ class _Run:
         val_store: TokenStore,
         ranks: Ranks,
         plan: RunPlan,
+        benchmark: BenchmarkSubset | None,
     ) -> None:
         self.p = params
+        self.bench = benchmark
         self.train_store = train_store
         self.ranks = ranks
         self.device = device = plan.device
@@ -506,6 +575,26 @@ class _Run:
         self.window_steps, self.window_began = 0, self.train_seconds()
         return record
 
+    def benchmark(self, on_eval: EvalCallback | None) -> None:
+        """Score the benchmark subset, record its acc_norm in the history and hand it to `on_eval`.
+        Rank 0 scores the model itself, never a compiled or DDP wrapper (the other ranks hold the
+        same weights and wait for its figure), without gradients and in eval mode, so it draws no
+        random number, and the model goes back to train mode. Paused."""
+        assert self.bench is not None
+        assert not self.sharded, "params refuse train.benchmark_interval with fsdp over several processes"
+        with self._paused():
+            value = 0.0
+            if self.ranks.is_main:
+                was_training = self.model.training
+                with torch.no_grad():
+                    # the micro-batch as continuations per pass: whatever memory trains it, scores it
+                    value = self.bench.acc_norm(self.model, self.rows.stop - self.rows.start, self.device)
+                self.model.train(was_training)
+            record = {self.bench.metric: float(from_main(value, self.ranks))}
+            self.history.append({"step": self.step, **record})
+            if on_eval:
+                on_eval(self.step, record)
+
     def train_step(self) -> None:
         p = self.p
         # each group at its own peak times the schedule (Muon's muon_learning_rate, AdamW's learning_rate)
@@ -558,15 +647,21 @@ def train(
     progress: bool = True,
     checkpoint: Path | None = None,
     ranks: Ranks | None = None,
+    benchmark: BenchmarkSubset | None = None,
 ) -> TrainResult:
     """Train a GPT on the token stores, writing a resumable checkpoint to `checkpoint` every
     train.checkpoint_interval steps (0: never) and continuing from it when it holds this run's;
-    `on_eval` receives every evaluation of the run, earlier segments' first.
+    `on_eval` receives every evaluation of the run, earlier segments' first. With
+    train.benchmark_interval, `benchmark` (`load_benchmark`) is scored every that many steps.
 
     Under torchrun pass `ranks` (`Ranks.from_env()`): this process then trains its share of each
     batch in the run's process group, and only rank 0 writes the checkpoint; give `on_eval` on
     rank 0 only. Every rank returns the same trained model."""
     ranks = ranks or Ranks()
+    if params.benchmark_interval and benchmark is None:
+        raise GptcoreError(
+            f"train.benchmark_interval = {params.benchmark_interval}: pass the items to score (load_benchmark)"
+        )
     device = resolve_device(params.device)
     if device.type == "cuda" and ranks.distributed:
         device = torch.device("cuda", ranks.local_rank)
@@ -588,13 +683,17 @@ def train(
         identity: dict[str, Any] = {}
         saved = None
         if checkpoint:
-            identity = run_identity(
-                params, {str(store.path): store.sha256() for store in (train_store, val_store)}
-            )
+            inputs = {str(store.path): store.sha256() for store in (train_store, val_store)}
+            if benchmark is not None and params.benchmark_interval:
+                what, digest = benchmark.identity()
+                inputs[what] = digest
+            identity = run_identity(params, inputs)
             saved = resumable(checkpoint, identity, ranks)
         # the plan comes before anything is allocated: a run that cannot fit stops here, not at step 0
         plan = plan_run(params, train_store.vocab_size, device, ranks, saved)
-        return _train(plan, identity, params, train_store, val_store, on_eval, progress, checkpoint, ranks)
+        return _train(
+            plan, identity, params, train_store, val_store, on_eval, progress, checkpoint, ranks, benchmark
+        )
 
 
 def resumable(path: Path, identity: dict[str, Any], ranks: Ranks) -> dict[str, Any] | None:
@@ -649,8 +748,9 @@ def _train(
     progress: bool,
     checkpoint: Path | None,
     ranks: Ranks,
+    benchmark: BenchmarkSubset | None,
 ) -> TrainResult:
-    run = _Run(params, train_store, val_store, ranks, plan)
+    run = _Run(params, train_store, val_store, ranks, plan, benchmark)
     run.identity = identity
     if checkpoint and plan.resume is not None:
         run.resume(checkpoint, plan.resume)
@@ -671,6 +771,8 @@ def _train(
     while run.step < params.max_iters:
         if run.step % params.eval_interval == 0:
             run.evaluate(on_eval)
+        if params.benchmark_interval and run.step % params.benchmark_interval == 0:
+            run.benchmark(on_eval)
         run.train_step()
         if run.step == resumed_at + 1 or run.step == min(resumed_at + 3, params.max_iters):
             run.report_memory(plan.memory, first=run.step == resumed_at + 1)
@@ -682,5 +784,7 @@ def _train(
             run.save_checkpoint(checkpoint)
     run.check_pending()
     final = run.evaluate(on_eval)
+    if params.benchmark_interval:
+        run.benchmark(on_eval)
     bar.close()
     return run.result(final)

@@ -1,5 +1,8 @@
 """Stage train: train a GPT on data/tokens, log losses with DVCLive, write models/model.pt.
 
+With train.benchmark_interval it also logs HellaSwag's acc_norm (`benchmark/hellaswag_acc_norm`)
+from the suite in data/benchmarks, which the download_benchmarks stage fetches.
+
 A killed run resumes: every train.checkpoint_interval steps the loop writes models/checkpoint.pt,
 and the next run of the same train params and token files continues from it and ends exactly as
 an uninterrupted run would; once the model file is written the checkpoint is deleted. Why the
@@ -24,10 +27,11 @@ from gptcore.hf.convert import check_vocabulary
 from gptcore.params import load_section
 from gptcore.reports import headline, live_logger
 from gptcore.tokenizer import load_tokenizer
-from gptcore.train import train
+from gptcore.train import load_benchmark, train
 
 TOKENS_DIR = Path("data/tokens")
 VOCAB_DIR = Path("data/vocab")
+SUITE_DIR = Path("data/benchmarks")
 CHECKPOINT = Path("models/checkpoint.pt")
 LIVE_DIR = "dvclive"
 REPORT = Path("reports/train.json")
@@ -57,11 +61,20 @@ def main() -> None:
     stores = {split: TokenStore(TOKENS_DIR / f"{split}.h5") for split in ("train", "val")}
     for store in stores.values():
         store.check_vocab(tokenizer.identity)
+    benchmark = load_benchmark(params, SUITE_DIR, tokenizer)
     ranks = Ranks.from_env()
     if ranks.distributed:
         die_with_parent()
     if not ranks.is_main:
-        train(params, stores["train"], stores["val"], progress=False, checkpoint=CHECKPOINT, ranks=ranks)
+        train(
+            params,
+            stores["train"],
+            stores["val"],
+            progress=False,
+            checkpoint=CHECKPOINT,
+            ranks=ranks,
+            benchmark=benchmark,
+        )
         return
 
     with live_logger(LIVE_DIR) as log:
@@ -72,6 +85,7 @@ def main() -> None:
             on_eval=log,
             checkpoint=CHECKPOINT,
             ranks=ranks,
+            benchmark=benchmark,
         )
 
         save_model(

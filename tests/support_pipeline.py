@@ -16,7 +16,17 @@ from typing import Any
 import yaml
 from conftest import REPO
 
-STAGES = ["download", "extract_split", "build_vocab", "tokenize", "train", "evaluate", "sample"]
+STAGES = [
+    "download",
+    "extract_split",
+    "build_vocab",
+    "tokenize",
+    "train",
+    "evaluate",
+    "download_benchmarks",
+    "benchmark",
+    "sample",
+]
 TINY_TRAIN = {
     "n_layer": 1,
     "n_head": 2,

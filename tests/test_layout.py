@@ -28,6 +28,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "evaluate",
             "distributed",
             "hf",
+            "benchmark",
         },
     ),
     ("training", {"train", "autotune"}),
