@@ -42,7 +42,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -344,7 +344,7 @@ def _merge(old: list[Timing], new: list[Timing]) -> list[Timing]:
 @dataclass
 class TrainingProbe:
     """Times one candidate: a fresh model of the run's shape, prepared as the run prepares its own
-    (gptcore.step.prepare: activation checkpointing, fsdp or ddp over the run's processes, its
+    (gptcore.distributed.prepare: activation checkpointing, fsdp or ddp over the run's processes, its
     optimizer), and the run's training step (gptcore.step.train_step: train.grad_accum_steps
     micro-batches of forward and backward, clip, optimizer step) on random tokens. The global RNG
     is left as it was, so a run measured and a run read from the cache train identically.
@@ -438,11 +438,8 @@ def _agreed(timings: list[Timing]) -> Timing:
     failed = next((t for t in timings if t.error is not None), None)
     if failed is not None:
         return failed
-    return Timing(
-        timings[0].dtype,
-        timings[0].compile,
-        max(t.warm_seconds for t in timings),
-        max(cast(float, t.step_seconds) for t in timings),
-        None,
-        timings[0].attention,
+    return replace(
+        timings[0],
+        warm_seconds=max(t.warm_seconds for t in timings),
+        step_seconds=max(cast(float, t.step_seconds) for t in timings),
     )

@@ -14,6 +14,7 @@ same module, one process per rank (gptcore.distributed); rank 0 writes every out
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -65,28 +66,15 @@ def main() -> None:
     ranks = Ranks.from_env()
     if ranks.distributed:
         die_with_parent()
+    run = functools.partial(
+        train, params, stores["train"], stores["val"], checkpoint=CHECKPOINT, ranks=ranks, benchmark=benchmark
+    )
     if not ranks.is_main:
-        train(
-            params,
-            stores["train"],
-            stores["val"],
-            progress=False,
-            checkpoint=CHECKPOINT,
-            ranks=ranks,
-            benchmark=benchmark,
-        )
+        run(progress=False)
         return
 
     with live_logger(LIVE_DIR) as log:
-        result = train(
-            params,
-            stores["train"],
-            stores["val"],
-            on_eval=log,
-            checkpoint=CHECKPOINT,
-            ranks=ranks,
-            benchmark=benchmark,
-        )
+        result = run(on_eval=log)
 
         save_model(
             MODEL_FILE,

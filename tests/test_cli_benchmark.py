@@ -188,3 +188,25 @@ def test_bfloat16_autocast_scores_close_to_float32(workdir: Path, capsys: pytest
     for a, b in zip(fp32, bf16, strict=True):
         assert a["loglikelihoods"] != b["loglikelihoods"] or a["loglikelihoods"] == []
         assert b["loglikelihoods"] == pytest.approx(a["loglikelihoods"], rel=0.05, abs=0.05)
+
+
+def test_out_and_items_replace_only_an_earlier_result(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    main(["benchmark", "--tasks", "piqa", "--limit", "2", "--out", "r.json", "--items", "i.jsonl"])
+    main(["benchmark", "--tasks", "piqa", "--limit", "3", "--out", "r.json", "--items", "i.jsonl"])
+    capsys.readouterr()
+    assert len(Path("i.jsonl").read_text(encoding="utf-8").splitlines()) == 3  # the second run's
+    mine = {"notes.json": '{"mine": 1}\n', "notes.txt": "my notes\n"}
+    for name, text in mine.items():
+        Path(name).write_text(text, encoding="utf-8")
+        for args in (["--out", name], ["--out", "r.json", "--items", name]):
+            proc = run_cli(["benchmark", "--tasks", "piqa", *args], workdir)
+            assert proc.returncode == 1, proc.stderr
+            assert f"{name} exists and is not an earlier result of gptcore benchmark" in proc.stderr
+            assert Path(name).read_text(encoding="utf-8") == text
+    proc = run_cli(["benchmark", "--tasks", "piqa", "--out", "models"], workdir)
+    assert proc.returncode == 1 and "--out models is not a file" in proc.stderr
+    proc = run_cli(["benchmark", "--tasks", "piqa", "--out", "r.json", "--items", "./r.json"], workdir)
+    assert proc.returncode == 1 and "--out and --items name the same file" in proc.stderr
+    assert len(Path("i.jsonl").read_text(encoding="utf-8").splitlines()) == 3

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from gptcore.atomic import write_json, write_text
 from gptcore.benchmark.score import Scores, predicted, score_items
-from gptcore.benchmark.suite import Suite, Task
+from gptcore.benchmark.suite import Item, Suite, Task
 from gptcore.errors import DataError
 from gptcore.model import GPT
 from gptcore.tokenizer import Tokenizer
@@ -53,17 +53,12 @@ class TaskResult:
                 "bits_per_byte": nats / math.log(2) / max(1, size),
             }
         return {
-            "acc": _mean(self._pred(i, s, False) == item.gold for i, (item, s) in enumerate(self._pairs())),
-            "acc_norm": _mean(
-                self._pred(i, s, True) == item.gold for i, (item, s) in enumerate(self._pairs())
-            ),
+            "acc": _mean(predicted(item, s, False) == item.gold for item, s in self._pairs()),
+            "acc_norm": _mean(predicted(item, s, True) == item.gold for item, s in self._pairs()),
         }
 
-    def _pairs(self) -> Iterable[tuple[Any, Scores]]:
+    def _pairs(self) -> Iterable[tuple[Item, Scores]]:
         return zip(self.task.items, self.scores, strict=True)
-
-    def _pred(self, index: int, scores: Scores, norm: bool) -> int:
-        return predicted(self.task.items[index], scores, norm)
 
     @property
     def chance(self) -> float:
@@ -94,7 +89,7 @@ class TaskResult:
 
     def records(self) -> Iterable[dict[str, Any]]:
         """One JSON-ready record per item, to diff two runs item by item."""
-        for i, (item, s) in enumerate(self._pairs()):
+        for item, s in self._pairs():
             record: dict[str, Any] = {
                 "task": self.task.name,
                 "doc_id": item.doc_id,
@@ -102,7 +97,9 @@ class TaskResult:
                 "tokens": list(s.tokens),
             }
             if self.task.kind == "choice":
-                record.update(gold=item.gold, pred=self._pred(i, s, False), pred_norm=self._pred(i, s, True))
+                record.update(
+                    gold=item.gold, pred=predicted(item, s, False), pred_norm=predicted(item, s, True)
+                )
             else:
                 record.update(greedy=s.greedy[0])
             if s.truncated:

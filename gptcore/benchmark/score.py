@@ -131,7 +131,7 @@ def _batches(groups: list[_Group], rows: int) -> list[list[_Group]]:
 
 @torch.inference_mode()
 def _score_batch(
-    model: GPT, batch: list[_Group], rows: int, device: torch.device
+    model: GPT, batch: list[_Group], rows: int, device: torch.device, dtype: torch.dtype | None
 ) -> list[tuple[int, int, float, bool]]:
     """(item, request, log-likelihood, greedy) of every member of `batch`'s groups: one pass over
     the prefixes, then the continuations over their prefix's cache, at most `rows` a pass, in
@@ -142,7 +142,6 @@ def _score_batch(
     prefix = torch.tensor([g.prefix for g in batch], dtype=torch.long, device=device)
     P = prefix.shape[1]
     # keys and values kept in the precision the passes compute in
-    dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
     cache = KVCache(config, len(batch), device, dtype or model.lm_head.weight.dtype, positions=P)
     hidden = model.hidden_states(prefix, cache=cache)
     first = F.log_softmax(model.lm_head(hidden[:, -1]).float(), dim=-1)  # (G, V): each first token
@@ -154,6 +153,7 @@ def _score_batch(
     while start < len(members):
         shortest = len(members[start][1][2])
         stop = start + 1
+        # a pass is padded to its longest row: keep rows within a quarter (and 2 tokens) of its shortest
         while (
             stop < len(members) and stop - start < rows and len(members[stop][1][2]) <= shortest * 5 // 4 + 2
         ):
@@ -252,7 +252,7 @@ def score_items(
     for batch in _batches(groups, batch_size):
         finished = 0
         with autocast(device, dtype):
-            scored = _score_batch(model, batch, batch_size, device)
+            scored = _score_batch(model, batch, batch_size, device, dtype)
         for i, r, ll, exact in scored:
             loglik[i][r], greedy[i][r] = ll, exact
             left[i] -= 1

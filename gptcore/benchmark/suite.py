@@ -33,8 +33,8 @@ from gptcore.errors import DataError, parse_json
 TASKS_DIR = "oe_eval_tasks"
 REQUESTS = "requests.jsonl.gz"
 CONFIG = "config.json"
-# the decompressed request file of the suite's largest task (hellaswag rc_0shot) is about 70 MB: a
-# file that inflates far past that is not a request file
+# far past the suite's largest request file (HellaSwag's 0-shot one) once inflated: a file that
+# inflates past it is not a request file
 MAX_REQUESTS_BYTES = 1 << 30
 MAX_LINE_CHARS = 1 << 20
 # the suite's metric names, as gptcore names them
@@ -78,7 +78,6 @@ class Suite:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self._zip: zipfile.ZipFile | None = None
-        self._root = ""
         self._files: dict[str, str] = {}  # "task/variant/file" -> member path or file path
         if not self.path.exists():
             raise DataError(
@@ -116,6 +115,11 @@ class Suite:
                         self._files["/".join(rel)] = name
         if not self._files:
             raise DataError(f"{source} holds no benchmark request files ({TASKS_DIR}/<task>/<variant>/)")
+        self._variants: dict[str, list[str]] = {}
+        for key in sorted(self._files):
+            task, variant, name = key.split("/")
+            if name == REQUESTS:
+                self._variants.setdefault(task, []).append(variant)
 
     def close(self) -> None:
         if self._zip is not None:
@@ -131,12 +135,7 @@ class Suite:
 
     def variants(self) -> dict[str, list[str]]:
         """Each task's variants that hold requests, sorted."""
-        out: dict[str, list[str]] = {}
-        for key in self._files:
-            task, variant, file = key.split("/")
-            if file == REQUESTS:
-                out.setdefault(task, []).append(variant)
-        return {task: sorted(v) for task, v in sorted(out.items())}
+        return {task: list(v) for task, v in self._variants.items()}
 
     def resolve(self, name: str) -> tuple[str, str, str]:
         """(task, variant, the report's name) for a name as params and `--tasks` take it."""
@@ -149,27 +148,23 @@ class Suite:
         wanted = variant or "0shot"
         if wanted in have:
             chosen = wanted
-        elif wanted in ("0shot", "5shot") or wanted.endswith("shot") and wanted[:-4].isdigit():
-            shots = [v for v in have if v == f"rc_{wanted}"] or [v for v in have if v.endswith(f"_{wanted}")]
-            if len(shots) != 1:
+        elif wanted.endswith("shot") and wanted[:-4].isdigit():
+            shots = _with_shots(have, wanted)
+            if shots is None:
                 raise DataError(
                     f"benchmark task {task!r} has no single {wanted} variant; its variants: {', '.join(have)} "
                     f"(name one as {task}:<variant>)"
                 )
-            chosen = shots[0]
+            chosen = shots
         else:
             raise DataError(
                 f"benchmark task {task!r} has no variant {variant!r}; its variants: {', '.join(have)}"
             )
-        default = self.resolve_default(task)
-        return task, chosen, task if chosen == default else f"{task}:{chosen}"
+        return task, chosen, task if chosen == self.resolve_default(task) else f"{task}:{chosen}"
 
     def resolve_default(self, task: str) -> str | None:
-        have = self.variants().get(task, [])
-        if "rc_0shot" in have:
-            return "rc_0shot"
-        zero = [v for v in have if v.endswith("_0shot")]
-        return zero[0] if len(zero) == 1 else None
+        """The variant a bare task name means: its 0-shot one."""
+        return _with_shots(self._variants.get(task, []), "0shot")
 
     # contents
 
@@ -267,6 +262,15 @@ class Suite:
         if continuation == {True} and primary == "acc_norm":
             primary = "acc"  # one continuation per item: nothing to normalise between
         return Task(report_name, task, variant, primary, tuple(items))
+
+
+def _with_shots(variants: list[str], shots: str) -> str | None:
+    """The variant of `shots` ("0shot", "5shot"): the cloze one (`rc_`) where there is one, else
+    the only variant of that count; None when there is none, or several."""
+    if f"rc_{shots}" in variants:
+        return f"rc_{shots}"
+    found = [v for v in variants if v.endswith(f"_{shots}")]
+    return found[0] if len(found) == 1 else None
 
 
 def _mapping(value: Any) -> dict[str, Any]:

@@ -2,13 +2,16 @@
 
 `--model` takes a gptcore model file or a Hugging Face folder (one `gptcore export` wrote, or a
 GPT-2, Llama or Qwen3 checkpoint saved by transformers); `--out` writes the same JSON as the stage's
-reports/benchmark.json, `--items` its per-item lines. Tasks, limit and batch size default to
+reports/benchmark.json, `--items` its per-item lines. Either replaces only a file it wrote before
+(or an empty one): any other file at that path is the user's, and the command stops before scoring. Tasks, limit and batch size default to
 params.yaml's `benchmark` section when the current folder has one.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -20,6 +23,7 @@ from gptcore.cli.flags import DEFAULT_PARAMS, device_flag
 from gptcore.device import resolve_device
 from gptcore.errors import DataError
 from gptcore.hf.convert import load_any
+from gptcore.limits import MAX_JSON_BYTES
 from gptcore.params import BenchmarkParams, load_section
 
 SUITE_DIR = Path("data/benchmarks")
@@ -42,9 +46,52 @@ def _tasks(text: str) -> list[str]:
     return names
 
 
+def _headline(data: bytes) -> bool:
+    """Whether `data` is what --out writes: a JSON object with `core`."""
+    parsed = json.loads(data)
+    return isinstance(parsed, dict) and "core" in parsed
+
+
+def _item_lines(data: bytes) -> bool:
+    """Whether `data` starts as what --items writes: JSON lines with a task and a doc_id."""
+    parsed = json.loads(data.split(b"\n", 1)[0])
+    return isinstance(parsed, dict) and {"task", "doc_id"} <= parsed.keys()
+
+
+def _check_replaceable(path: Path, flag: str, ours: Callable[[bytes], bool]) -> None:
+    """`path` may be written: it is new, empty, or an earlier result of this command, as `ours`
+    recognises its first MAX_JSON_BYTES; a file of anything else is the user's and is kept."""
+    if not path.exists():
+        return
+    if not path.is_file():
+        raise DataError(f"{flag} {path} is not a file: name a file to write")
+    try:
+        with path.open("rb") as f:
+            head = f.read(MAX_JSON_BYTES)
+    except OSError as exc:
+        raise DataError(f"{flag} {path} cannot be read: {exc}") from None
+    if not head.strip():
+        return
+    try:
+        known = ours(head)
+    except (ValueError, RecursionError):  # not JSON (or cut short), not UTF-8, nested too deep
+        known = False
+    if not known:
+        raise DataError(
+            f"{flag} {path} exists and is not an earlier result of gptcore benchmark: "
+            "it is left as it is; name another file or remove it"
+        )
+
+
 def cmd_benchmark(args: argparse.Namespace) -> None:
     if args.items is not None and args.out is None:
         raise DataError("--items needs --out")
+    if args.out is not None:  # checked before anything is scored
+        if args.items is not None and args.out.resolve() == args.items.resolve():
+            raise DataError("--out and --items name the same file")
+        _check_replaceable(args.out, "--out", _headline)
+        if args.items is not None:
+            _check_replaceable(args.items, "--items", _item_lines)
     params: BenchmarkParams | None = load_section("benchmark") if DEFAULT_PARAMS.is_file() else None
     suite_path = args.suite or SUITE_DIR
     with Suite(suite_path) as suite:
