@@ -260,9 +260,13 @@ class MultiHeadAttention(nn.Module):
         # (B, nh, T, hs) -> (B, T, C)
         return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(B, T, nh * hs)))
 
-    def forward(self, x: torch.Tensor, rope: Rope | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, rope: Rope | None = None, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Causal attention over x's tokens; with `mask` (B, 1, T, T), token i attends to the
+        tokens j where mask[b, 0, i, j] is True instead (several sequences packed in one row)."""
         q, k, v = self._heads(x, rope)
-        return self._merge(F.scaled_dot_product_attention(q, k, v, is_causal=True))
+        return self._merge(F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None))
 
     def forward_cached(
         self,
@@ -370,10 +374,13 @@ class Block(nn.Module):
         explicit: bool = False,
         kv: tuple[torch.Tensor, torch.Tensor, int | torch.Tensor] | None = None,
         rope: Rope | None = None,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         h = self.ln_1(x)
         if kv is not None:
             x = x + self.attn.forward_cached(h, *kv, rope=rope)
+        elif mask is not None:
+            x = x + self.attn(h, rope, mask)
         else:
             x = x + (self.attn.forward_explicit(h, rope)[0] if explicit else self.attn(h, rope))
         return x + self.mlp(self.ln_2(x))
@@ -458,6 +465,28 @@ class GPT(nn.Module):
         and what a task head (a classifier) reads instead of it. With `cache`, as `forward`'s:
         a caller that needs the logits of some positions only applies lm_head to those."""
         return self._trunk(idx, explicit=None, cache=cache)
+
+    def packed_hidden_states(
+        self, idx: torch.Tensor, positions: torch.Tensor, allowed: torch.Tensor
+    ) -> torch.Tensor:
+        """The final norm's output (B, T, n_embd) for rows of several sequences packed together:
+        token t of row b is idx[b, t] at position positions[b, t] of its own sequence, and attends
+        to the tokens j where allowed[b, t, j] is True (its sequence's earlier tokens). What a
+        sequence computes does not depend on what else shares its row; a token that sees no
+        other attends at least to itself."""
+        if int(positions.max()) >= self.config.block_size:
+            raise ValueError(f"position {int(positions.max())} exceeds block_size {self.config.block_size}")
+        x = self.wte(idx)
+        if self.wpe is not None:
+            x = x + self.wpe(positions)
+        rope = None
+        if self.rotary is not None:  # each token's own angles, (B, 1, T, hs) to broadcast over heads
+            rope = (self.rotary.cos[positions][:, None], self.rotary.sin[positions][:, None])
+        x = self.drop(x)
+        mask = allowed[:, None]
+        for block in self.h:
+            x = block(x, rope=rope, mask=mask)
+        return self.ln_f(x)
 
     def _trunk(
         self,

@@ -266,3 +266,28 @@ def test_tiny_model_overfits_one_batch() -> None:
     with torch.no_grad():
         _, final = model(x, y)
     assert final.item() < 0.1
+
+
+@pytest.mark.parametrize("config", FAMILIES.values(), ids=FAMILIES)
+def test_sequences_packed_in_one_row_compute_what_each_computes_alone(config: GPTConfig) -> None:
+    """packed_hidden_states: two sequences and a stray token share a row, each at its own
+    positions and seeing only its own earlier tokens; each gets the hidden states of its own
+    forward pass, and the position past the block is refused."""
+    model = make_model(config).eval()
+    a, b = tokens(1, 7, seed=4)[0], tokens(1, 5, seed=5)[0]
+    idx = torch.cat([a, b, torch.tensor([3])])[None]
+    positions = torch.tensor([[*range(7), *range(5), 0]])
+    sequence = torch.tensor([[0] * 7 + [1] * 5 + [2]])
+    allowed = (sequence[:, :, None] == sequence[:, None, :]) & (
+        positions[:, None, :] <= positions[:, :, None]
+    )
+    with torch.no_grad():
+        packed = model.packed_hidden_states(idx, positions, allowed)[0]
+        alone = [model.hidden_states(s[None])[0] for s in (a, b, torch.tensor([3]))]
+    torch.testing.assert_close(packed, torch.cat(alone), rtol=1e-5, atol=1e-5)
+    # seeing the other sequence would change the answer: the mask is what keeps them apart
+    with torch.no_grad():
+        leaky = model.packed_hidden_states(idx, positions, torch.ones_like(allowed).tril())[0]
+    assert not torch.allclose(leaky[7:12], alone[1], atol=1e-3)
+    with pytest.raises(ValueError, match="exceeds block_size"):
+        model.packed_hidden_states(idx, torch.full_like(positions, SMALL.block_size), allowed)

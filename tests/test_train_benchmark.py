@@ -291,7 +291,7 @@ def test_under_two_processes_rank_0_scores_the_trained_model_and_the_others_wait
     ws = benchmarked_stage(tmp_path / "ws", nproc_per_node=2, dropout=0.0)
     rows = logged(ws, METRIC)
     assert [step for step, _ in rows] == ["0", "5", "10", "12"]
-    # each rank's micro-batch is half the global batch: that many continuations per pass
+    # each rank's micro-batch is half the global batch: that many rows per pass
     assert float(rows[-1][1]) == final_score(ws, STAGE["batch_size"] // 2)
 
 

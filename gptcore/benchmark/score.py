@@ -9,20 +9,19 @@ long for the block is cut from the left, and the item is counted as truncated. A
 longer than the whole block is scored on its last block_size tokens.
 
 Speed. An item's choices usually share their context (HellaSwag's four endings follow one
-sentence). The context is run once, its keys and values kept (gptcore.model.KVCache), and all the
-choices' continuations then run together over that cache: the context's tokens are computed once,
-not once per choice. Items are batched by context length (equal lengths need no padding, so
-every row of a batch attends exactly to its own tokens), continuations padded at the right (a
-causal model's earlier positions never see the padding). A choice whose context is its own
-(Winogrande's) or that must be cut to fit (each choice is cut at its own place, so nothing is
-shared) is scored as one sequence, batched with others of the same length: a choice cut to the
-block costs what it costs the harness.
+sentence). The context and all its continuations are laid out once, one after another, in one row
+of a forward pass: context, continuation 1, continuation 2, ... Each token carries its position in
+its own sequence and attends only to the context and to its own continuation's earlier tokens, so
+every choice is computed exactly as if alone, but the context's tokens once, not once per choice.
+Short groups share a row (packed best-fit, longest first), so passes are full and padding is
+small; the output head runs only where a continuation token is predicted. A choice whose context
+is its own (Winogrande's) or that must be cut to fit (each choice is cut at its own place, so
+nothing is shared) is a group of one: a choice cut to the block costs what it costs the harness.
 """
 
 from __future__ import annotations
 
-import copy
-from collections import defaultdict
+import bisect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -31,7 +30,7 @@ import torch.nn.functional as F
 
 from gptcore.benchmark.suite import Item
 from gptcore.device import autocast
-from gptcore.model import GPT, KVCache
+from gptcore.model import GPT
 from gptcore.tokenizer import Tokenizer
 
 
@@ -99,134 +98,102 @@ def _groups(
     return groups, truncated, counts
 
 
-def _batches(groups: list[_Group], rows: int) -> list[list[_Group]]:
-    """Batches of at most `rows` continuations (one group at least): groups of several requests by
-    equal prefix length (their continuations run over the prefix's cache); groups of one request
-    (a context of its own, or cut to fit) by equal total length, each scored as one sequence."""
-    by_length: dict[int, list[_Group]] = defaultdict(list)
-    alone: dict[int, list[_Group]] = defaultdict(list)
-    for group in groups:
-        if len(group.members) == 1:
-            alone[len(group.prefix) + len(group.members[0][2]) - 1].append(group)
+@dataclass
+class _Row:
+    """Groups packed one after another into one row of a forward pass."""
+
+    groups: list[_Group]
+    used: int  # tokens taken
+
+
+def _packed_length(group: _Group) -> int:
+    """Tokens a group takes in a row: its prefix once, then each continuation but its last token
+    (a continuation's first token is predicted by the prefix's last position, each later one by
+    the token before it)."""
+    return len(group.prefix) + sum(len(cont) - 1 for _, _, cont in group.members)
+
+
+def _rows(groups: list[_Group], width: int) -> list[_Row]:
+    """The groups packed into rows of at most `width` tokens (a longer group gets a row of its
+    own): best fit, longest first, so rows come out full and few."""
+    rows: list[_Row] = []
+    free: list[tuple[int, int]] = []  # (tokens left, row index), ascending
+    for group in sorted(groups, key=_packed_length, reverse=True):
+        n = _packed_length(group)
+        at = bisect.bisect_left(free, (n, -1))
+        if at < len(free):
+            left, r = free.pop(at)
+            rows[r].groups.append(group)
+            rows[r].used += n
+            if left - n:
+                bisect.insort(free, (left - n, r))
         else:
-            by_length[len(group.prefix)].append(group)
-    batches: list[list[_Group]] = [
-        same[start : start + rows] for _, same in sorted(alone.items()) for start in range(0, len(same), rows)
-    ]
-    for length in sorted(by_length, reverse=True):
-        # similar continuation lengths together: less padding in the continuation pass
-        same = sorted(by_length[length], key=lambda g: max(len(c) for _, _, c in g.members))
-        batch: list[_Group] = []
-        used = 0
-        for group in same:
-            if batch and used + len(group.members) > rows:
-                batches.append(batch)
-                batch, used = [], 0
-            batch.append(group)
-            used += len(group.members)
-        if batch:
-            batches.append(batch)
-    return batches
+            rows.append(_Row([group], n))
+            if width - n > 0:
+                bisect.insort(free, (width - n, len(rows) - 1))
+    return rows
 
 
 @torch.inference_mode()
-def _score_batch(
-    model: GPT, batch: list[_Group], rows: int, device: torch.device, dtype: torch.dtype | None
-) -> list[tuple[int, int, float, bool]]:
-    """(item, request, log-likelihood, greedy) of every member of `batch`'s groups: one pass over
-    the prefixes, then the continuations over their prefix's cache, at most `rows` a pass, in
-    passes of similar length (less padding)."""
-    if all(len(g.members) == 1 for g in batch):
-        return _score_whole(model, batch, device)
-    config = model.config
-    prefix = torch.tensor([g.prefix for g in batch], dtype=torch.long, device=device)
-    P = prefix.shape[1]
-    # keys and values kept in the precision the passes compute in
-    cache = KVCache(config, len(batch), device, dtype or model.lm_head.weight.dtype, positions=P)
-    hidden = model.hidden_states(prefix, cache=cache)
-    first = F.log_softmax(model.lm_head(hidden[:, -1]).float(), dim=-1)  # (G, V): each first token
-    members = sorted(
-        ((g, m) for g, group in enumerate(batch) for m in group.members), key=lambda gm: len(gm[1][2])
+def _score_rows(model: GPT, rows: list[_Row], device: torch.device) -> list[tuple[int, int, float, bool]]:
+    """(item, request, log-likelihood, greedy) of every request in `rows`, in one forward pass.
+
+    Each token carries its group (`segment`), its branch (0: the shared prefix, k: the group's
+    k-th continuation) and its position in its own sequence; it attends to its group's tokens at
+    earlier positions that are in the prefix or in its own branch. So every continuation sees
+    exactly prefix + its own earlier tokens, as if scored alone; padding attends to itself."""
+    T = max(row.used for row in rows)
+    ids = [[0] * T for _ in rows]
+    position = [[0] * T for _ in rows]
+    segment = [[-1] * T for _ in rows]
+    branch = [[0] * T for _ in rows]
+    where: list[int] = []  # flat index (row * T + column) of each predicting position
+    targets: list[int] = []
+    request: list[int] = []  # which request each predicted token belongs to
+    owners: list[tuple[int, int]] = []
+    for b, row in enumerate(rows):
+        at = 0
+        for g, group in enumerate(row.groups):
+            P = len(group.prefix)
+            ids[b][at : at + P] = group.prefix
+            position[b][at : at + P] = range(P)
+            segment[b][at : at + P] = [g] * P
+            last = b * T + at + P - 1  # the prefix's last token predicts every first token
+            at += P
+            for k, (i, r, cont) in enumerate(group.members, start=1):
+                n = len(cont) - 1
+                ids[b][at : at + n] = cont[:-1]
+                position[b][at : at + n] = range(P, P + n)
+                segment[b][at : at + n] = [g] * n
+                branch[b][at : at + n] = [k] * n
+                where += [last, *range(b * T + at, b * T + at + n)]
+                targets += cont
+                request += [len(owners)] * (n + 1)
+                owners.append((i, r))
+                at += n
+    idx = torch.tensor(ids, device=device)
+    pos = torch.tensor(position, device=device)
+    seg = torch.tensor(segment, device=device)
+    br = torch.tensor(branch, device=device)
+    allowed = (
+        (seg[:, :, None] == seg[:, None, :])
+        & (pos[:, None, :] <= pos[:, :, None])
+        & ((br[:, None, :] == 0) | (br[:, None, :] == br[:, :, None]))
     )
-    out = []
-    start = 0
-    while start < len(members):
-        shortest = len(members[start][1][2])
-        stop = start + 1
-        # a pass is padded to its longest row: keep rows within a quarter (and 2 tokens) of its shortest
-        while (
-            stop < len(members) and stop - start < rows and len(members[stop][1][2]) <= shortest * 5 // 4 + 2
-        ):
-            stop += 1
-        out += _continue(model, cache, first, members[start:stop], P, device)
-        start = stop
-    return out
-
-
-def _score_whole(model: GPT, batch: list[_Group], device: torch.device) -> list[tuple[int, int, float, bool]]:
-    """Groups of one request, of equal total length: each scored as the sequence prefix +
-    continuation[:-1] in one pass, the continuation's tokens predicted by the sequence's last
-    positions (no cache to copy: nothing is shared)."""
-    conts = [g.members[0][2] for g in batch]
-    seqs = torch.tensor([list(g.prefix) + c[:-1] for g, c in zip(batch, conts, strict=True)], device=device)
-    width = max(len(c) for c in conts)
-    hidden = model.hidden_states(seqs)[:, -width:]  # the last `width` positions predict the continuations
-    steps = F.log_softmax(model.lm_head(hidden).float(), dim=-1)  # (B, width, V)
-    targets = torch.zeros((len(batch), width), dtype=torch.long, device=device)
-    for row, cont in enumerate(conts):
-        targets[row, width - len(cont) :] = torch.tensor(cont, dtype=torch.long)  # right-aligned
-    lengths = torch.tensor([len(c) for c in conts], device=device)
-    valid = torch.arange(width, device=device)[None, :] >= width - lengths[:, None]
-    return _sums(steps, targets, valid, [g.members[0][:2] for g in batch])
-
-
-def _sums(
-    steps: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor, owners: list[tuple[int, int]]
-) -> list[tuple[int, int, float, bool]]:
-    """(item, request, summed log-likelihood, greedy) per row of log-probabilities `steps`
-    (R, width, V) at the `valid` positions of `targets` (R, width)."""
-    picked = steps.gather(2, targets[:, :, None])[:, :, 0].double().masked_fill(~valid, 0.0).sum(dim=1)
-    greedy = ((steps.argmax(dim=-1) == targets) | ~valid).all(dim=1)
+    hidden = model.packed_hidden_states(idx, pos, allowed).flatten(0, 1)
+    # the head only where a continuation token is predicted
+    logp = F.log_softmax(model.lm_head(hidden[torch.tensor(where, device=device)]).float(), dim=-1)
+    target = torch.tensor(targets, device=device)
+    owner = torch.tensor(request, device=device)
+    picked = logp.gather(1, target[:, None])[:, 0].double()
+    sums = torch.zeros(len(owners), dtype=torch.float64, device=device).index_add_(0, owner, picked)
+    misses = torch.zeros(len(owners), dtype=torch.long, device=device).index_add_(
+        0, owner, (logp.argmax(dim=-1) != target).long()
+    )
     return [
-        (i, r, float(ll), bool(exact))
-        for (i, r), ll, exact in zip(owners, picked.tolist(), greedy.tolist(), strict=True)
+        (i, r, float(ll), miss == 0)
+        for (i, r), ll, miss in zip(owners, sums.tolist(), misses.tolist(), strict=True)
     ]
-
-
-def _continue(
-    model: GPT,
-    cache: KVCache,
-    first: torch.Tensor,
-    members: list[tuple[int, tuple[int, int, list[int]]]],
-    P: int,
-    device: torch.device,
-) -> list[tuple[int, int, float, bool]]:
-    """Score `members` (group index, (item, request, continuation)) over the prefix cache."""
-    config = model.config
-    owner = torch.tensor([g for g, _ in members], device=device)
-    lengths = torch.tensor([len(cont) for _, (_, _, cont) in members], device=device)
-    width = int(lengths.max())
-    targets = torch.zeros((len(members), width), dtype=torch.long, device=device)
-    for row, (_, (_, _, cont)) in enumerate(members):
-        targets[row, : len(cont)] = torch.tensor(cont, dtype=torch.long)
-    valid = torch.arange(width, device=device)[None, :] < lengths[:, None]  # (R, width)
-    # the first token is predicted by the prefix's last position; the rest by the continuation's
-    steps = first[owner][:, None, :]  # (R, 1, V)
-    if width > 1:
-        # each row continues its group's prefix: the prefix's keys and values, copied per row,
-        # in storage just long enough for prefix + continuation
-        grown = copy.copy(cache)
-        shape = (config.n_layer, len(members), config.n_head, P + width - 1, config.head_dim)
-        grown.k = torch.empty(shape, device=device, dtype=cache.k.dtype)
-        grown.v = torch.empty(shape, device=device, dtype=cache.v.dtype)
-        grown.k[:, :, :, :P] = cache.k[:, owner, :, :P]
-        grown.v[:, :, :, :P] = cache.v[:, owner, :, :P]
-        grown.length = P
-        later = F.log_softmax(
-            model.lm_head(model.hidden_states(targets[:, :-1], cache=grown)).float(), dim=-1
-        )
-        steps = torch.cat([steps, later], dim=1)  # (R, width, V)
-    return _sums(steps, targets, valid, [(i, r) for _, (i, r, _) in members])
 
 
 def score_items(
@@ -238,7 +205,7 @@ def score_items(
     progress: Callable[[int], object] | None = None,
     dtype: torch.dtype | None = None,
 ) -> list[Scores]:
-    """Each item's scores (see the module's doc); `batch_size`: continuations per forward pass;
+    """Each item's scores (see the module's doc); `batch_size`: rows per forward pass (each the block long);
     `progress` is called with the number of items just finished; `dtype`: autocast the forward
     passes to it (None: the model's own precision, fp32 as the harness scores; bf16 is faster where
     the CPU or GPU has fast bf16 matmuls, and moves log-likelihoods by rounding)."""
@@ -249,10 +216,12 @@ def score_items(
     left = [sum(1 for n in c if n) for c in counts]  # requests of each item still to score
     if progress is not None and left.count(0):
         progress(left.count(0))  # items with nothing to compute
-    for batch in _batches(groups, batch_size):
+    # rows as wide as the model's context, or as the longest group if that is wider
+    rows = _rows(groups, max([model.config.block_size, *map(_packed_length, groups)]))
+    for start in range(0, len(rows), batch_size):
         finished = 0
         with autocast(device, dtype):
-            scored = _score_batch(model, batch, batch_size, device, dtype)
+            scored = _score_rows(model, rows[start : start + batch_size], device)
         for i, r, ll, exact in scored:
             loglik[i][r], greedy[i][r] = ll, exact
             left[i] -= 1

@@ -143,7 +143,9 @@ def add_command(
         "--limit", type=_positive, help="score the first N items of each task (default: benchmark.limit)"
     )
     bench.add_argument(
-        "--batch-size", type=_positive, help="continuations per forward pass (default: benchmark.batch_size)"
+        "--batch-size",
+        type=_positive,
+        help="rows of packed items per forward pass (default: benchmark.batch_size)",
     )
     bench.add_argument(
         "--suite",
