@@ -98,6 +98,9 @@ def _groups(
     return groups, truncated, counts
 
 
+PACK = 256  # tokens of a row that several groups share
+
+
 @dataclass
 class _Row:
     """Groups packed one after another into one row of a forward pass."""
@@ -216,8 +219,10 @@ def score_items(
     left = [sum(1 for n in c if n) for c in counts]  # requests of each item still to score
     if progress is not None and left.count(0):
         progress(left.count(0))  # items with nothing to compute
-    # rows as wide as the model's context, or as the longest group if that is wider
-    rows = _rows(groups, max([model.config.block_size, *map(_packed_length, groups)]))
+    # short groups share rows of up to PACK tokens (or the block, if shorter), a longer group has a
+    # row of its own: attention's cost grows with the square of a row's length, and a pass is as
+    # long as its longest row, so rows of similar lengths go together
+    rows = sorted(_rows(groups, min(PACK, model.config.block_size)), key=lambda row: row.used, reverse=True)
     for start in range(0, len(rows), batch_size):
         finished = 0
         with autocast(device, dtype):
