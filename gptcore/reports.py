@@ -1,5 +1,6 @@
-"""Reports kept in git: the train-vs-val loss chart and a confusion matrix (PNG), and the DVCLive
-logger of the training and fine-tuning stages. (Metric JSON files: atomic.write_json.)
+"""Reports kept in git: the train-vs-val loss chart and a confusion matrix (PNG), the DVCLive
+logger of the training and fine-tuning stages, and their telemetry. (Metric JSON files:
+atomic.write_json.)
 
 matplotlib, pandas and DVCLive are imported by the functions that use them, so a stage that only
 logs does not pay for the plotting libraries, and one that only plots does not import DVCLive."""
@@ -9,10 +10,11 @@ from __future__ import annotations
 import contextlib
 import shutil
 from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gptcore.atomic import atomic_file, write_text
+from gptcore.atomic import atomic_file, write_json, write_text
 from gptcore.errors import DataError
 
 if TYPE_CHECKING:
@@ -28,11 +30,47 @@ def _pyplot() -> Any:
     return plt
 
 
+# Logged metrics named perf/... are telemetry (`Telemetry`), never DVCLive's
+TELEMETRY_PREFIX = "perf/"
+
+
+class Telemetry:
+    """What a run measured of itself where it ran: throughput, wall seconds, memory, what
+    `auto` timed. Two runs of the same inputs never agree on these, so they are kept apart from
+    the stage's outputs: no dvc.yaml declares the files, so DVC neither hashes them into dvc.lock
+    nor lists them in `dvc exp show`, and a re-run of the same inputs leaves the lock as it was.
+
+    `path` (reports/telemetry/<stage>.json) gets the run's figures and when it finished; the .tsv
+    beside it one row per logged step (`step`, then the perf/ metrics without their prefix, an
+    empty cell where a step has none), for a plot against time. Both are written by `write` once
+    the stage's outputs are, so a run that fails, or a stage that DVC restores from its run-cache
+    instead of running, leaves the telemetry of the last run that finished here."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.log_path = self.path.with_suffix(".tsv")
+        self.rows: dict[int, dict[str, float]] = {}
+
+    def record(self, step: int, figures: dict[str, float]) -> None:
+        self.rows.setdefault(step, {}).update(figures)
+
+    def write(self, figures: dict[str, Any]) -> None:
+        finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        write_json(self.path, {"finished_at": finished, **figures})
+        columns = list(dict.fromkeys(name for row in self.rows.values() for name in row))
+        lines = ["\t".join(["step", *columns])]
+        for step, row in sorted(self.rows.items()):
+            lines.append("\t".join([str(step), *(f"{row[c]:.6g}" if c in row else "" for c in columns)]))
+        write_text(self.log_path, "\n".join(lines) + "\n")
+
+
 @contextlib.contextmanager
-def live_logger(folder: str) -> Iterator[Callable[[int, dict[str, float]], None]]:
+def live_logger(folder: str, telemetry: Telemetry) -> Iterator[Callable[[int, dict[str, float]], None]]:
     """A function logging (step, {name: value}) to DVCLive in `folder`: one TSV per name under
     folder/plots/metrics, and folder/metrics.json with the latest values. dvcyaml=False: the
-    dvc.yaml files are written by hand, and DVCLive must not edit them.
+    dvc.yaml files are written by hand, and DVCLive must not edit them. Names starting with perf/
+    go to `telemetry` instead: DVCLive's files are outputs hashed in dvc.lock, which must come out
+    the same from the same inputs, and for that reason their rows carry no timestamp either.
 
     If the run fails (a full disk, a loss that became NaN), `folder` is removed: a stage leaves no
     half-written output, and a resumed run re-logs the evaluations its checkpoint holds. An
@@ -43,9 +81,15 @@ def live_logger(folder: str) -> Iterator[Callable[[int, dict[str, float]], None]
         with Live(dir=folder, dvcyaml=False, save_dvc_exp=False) as live:
 
             def log(step: int, metrics: dict[str, float]) -> None:
+                measured = {k: v for k, v in metrics.items() if k.startswith(TELEMETRY_PREFIX)}
+                if measured:
+                    telemetry.record(step, {k.removeprefix(TELEMETRY_PREFIX): v for k, v in measured.items()})
+                results = {k: v for k, v in metrics.items() if k not in measured}
+                if not results:
+                    return
                 live.step = step
-                for name, value in metrics.items():
-                    live.log_metric(name, value)
+                for name, value in results.items():
+                    live.log_metric(name, value, timestamp=False)
                 live.make_summary()
 
             yield log

@@ -248,7 +248,7 @@ class BenchmarkSubset:
 
     def acc_norm(self, model: GPT, rows: int, device: torch.device) -> float:
         """The model's acc_norm on the items, scored as the benchmark stage scores them, `rows`
-        continuations per forward pass; leaves the model in eval mode."""
+        rows per forward pass; leaves the model in eval mode."""
         scores = score_items(model, self.tokenizer, self.task.items, rows, device)
         right = [
             predicted(item, s, norm=True) == item.gold
@@ -299,8 +299,10 @@ class TrainResult:
     precision: Decision  # the dtype, compile and attention choice the run trained with, and why
 
 
-# (step, metrics) at each evaluation: "train/loss", "val/loss", "lr", and from the second
-# evaluation on "perf/tokens_per_second" (plus "perf/mfu" and "perf/peak_memory_gib" on CUDA);
+# (step, metrics) at each evaluation: "train/loss", "val/loss", "lr", "perf/wall_seconds" (the
+# run's so far), and from the second evaluation on "perf/tokens_per_second" (plus "perf/mfu" and
+# "perf/peak_memory_gib" on CUDA); perf/ figures are measurements, which the stage keeps apart
+# from the outputs (gptcore.reports.Telemetry);
 # with train.benchmark_interval also (step, {BenchmarkSubset.metric: acc_norm}) at each of its steps,
 # after the losses when both fall on one step
 EvalCallback = Callable[[int, dict[str, float]], None]
@@ -562,6 +564,7 @@ class _Run:
                 if not math.isfinite(record[f"{split}/loss"]):
                     raise self.fail(f"the {split} loss estimate became {record[f'{split}/loss']}", self.step)
             record["lr"] = lr_at(self.step, self.p)
+            record["perf/wall_seconds"] = self.wall_seconds()
             if tokens_per_second is not None:
                 record["perf/tokens_per_second"] = tokens_per_second
                 mfu = model_flops_utilization(self.flops_per_token, tokens_per_second, self.peak)
@@ -587,7 +590,7 @@ class _Run:
             if self.ranks.is_main:
                 was_training = self.model.training
                 with torch.no_grad():
-                    # the micro-batch as continuations per pass: whatever memory trains it, scores it
+                    # the micro-batch as rows per pass: whatever memory trains it, scores it
                     value = self.bench.acc_norm(self.model, self.rows.stop - self.rows.start, self.device)
                 self.model.train(was_training)
             record = {self.bench.metric: float(from_main(value, self.ranks))}

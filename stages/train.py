@@ -1,5 +1,10 @@
 """Stage train: train a GPT on data/tokens, log losses with DVCLive, write models/model.pt.
 
+Its outputs (the model, the loss logs, reports/train.json) come out byte-identical from the same
+inputs on the same machine; what the run measured of itself (tokens/s, wall seconds, what
+`auto` timed) goes to reports/telemetry/train.json and .tsv, which are not outputs: a re-run
+leaves dvc.lock as it was (docs/experiments.md, "Telemetry: speed apart from results").
+
 With train.benchmark_interval it also logs HellaSwag's acc_norm (`benchmark/hellaswag_acc_norm`)
 from the suite in data/benchmarks, which the download_benchmarks stage fetches.
 
@@ -14,6 +19,7 @@ same module, one process per rank (gptcore.distributed); rank 0 writes every out
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import sys
@@ -26,7 +32,7 @@ from gptcore.distributed import Ranks, die_with_parent, needs_torchrun, torchrun
 from gptcore.errors import run_main
 from gptcore.hf.convert import check_vocabulary
 from gptcore.params import load_section
-from gptcore.reports import headline, live_logger
+from gptcore.reports import Telemetry, headline, live_logger
 from gptcore.tokenizer import load_tokenizer
 from gptcore.train import load_benchmark, train
 
@@ -36,18 +42,12 @@ SUITE_DIR = Path("data/benchmarks")
 CHECKPOINT = Path("models/checkpoint.pt")
 LIVE_DIR = "dvclive"
 REPORT = Path("reports/train.json")
-# what `dvc metrics show` lists; the report holds the rest (precision, the candidates auto timed)
+# what `dvc metrics show` lists; the report holds the rest (FLOPs per token, the precision chosen)
 METRICS = Path("reports/train_metrics.json")
-HEADLINE = (
-    "final_train_loss",
-    "final_val_loss",
-    "steps",
-    "tokens_seen",
-    "tokens_per_second",
-    "wall_seconds",
-    "parameters",
-    "mfu",
-)
+HEADLINE = ("final_train_loss", "final_val_loss", "steps", "tokens_seen", "parameters")
+# throughput, wall time, memory, what auto timed and the step a resumed run started from: what the
+# run measured of itself, apart from the outputs (`dvc metrics show reports/telemetry/train.json`)
+TELEMETRY = Path("reports/telemetry/train.json")
 
 
 def main() -> None:
@@ -73,7 +73,8 @@ def main() -> None:
         run(progress=False)
         return
 
-    with live_logger(LIVE_DIR) as log:
+    telemetry = Telemetry(TELEMETRY)
+    with live_logger(LIVE_DIR, telemetry) as log:
         result = run(on_eval=log)
 
         save_model(
@@ -85,25 +86,32 @@ def main() -> None:
         report = {
             "steps": result.steps,
             "processes": ranks.world_size,
-            "start_step": result.resumed_from or 0,
             "tokens_seen": result.tokens_seen,
-            "tokens_per_second": round(result.tokens_per_second, 1),
-            "wall_seconds": round(result.wall_seconds, 1),
             "parameters": result.model.num_params(non_embedding=False),
             "flops_per_token": result.flops_per_token,
-            "model_flops_per_second": round(result.flops_per_token * result.tokens_per_second),
             "final_train_loss": round(result.final_train_loss, 4),
             "final_val_loss": round(result.final_val_loss, 4),
-            # the dtype and compile choice, and with dtype/compile: auto the timings behind it
+            # the dtype, compile and attention kernel trained with; why: the telemetry
+            "precision": dataclasses.asdict(result.precision.choice),
+        }
+        measured = {
+            "steps": result.steps,
+            "processes": ranks.world_size,
+            "start_step": result.resumed_from or 0,
+            "tokens_per_second": round(result.tokens_per_second, 1),
+            "wall_seconds": round(result.wall_seconds, 1),
+            "model_flops_per_second": round(result.flops_per_token * result.tokens_per_second),
+            # where the choice came from, and with dtype/compile: auto the timings behind it
             "precision": result.precision.to_dict(result.steps),
         }
         if result.mfu is not None:
-            report["mfu"] = round(result.mfu, 4)
+            measured["mfu"] = round(result.mfu, 4)
         if result.peak_memory_bytes is not None:
-            report["peak_memory_gib"] = round(result.peak_memory_bytes / 2**30, 3)
+            measured["peak_memory_gib"] = round(result.peak_memory_bytes / 2**30, 3)
         try:
             write_json(REPORT, report)
             write_json(METRICS, headline(report, HEADLINE))
+            telemetry.write(measured)
         except Exception:
             MODEL_FILE.unlink(missing_ok=True)  # no model without its report: the stage did not finish
             raise

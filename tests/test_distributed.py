@@ -330,7 +330,8 @@ def test_auto_under_two_processes_measures_once_together_and_rank_0_caches_it(
         finish(ws)
         report = json.loads((ws / "reports" / "train.json").read_text(encoding="utf-8"))
         assert report["processes"] == 2
-        sources.append(report["precision"]["source"])
+        telemetry = json.loads((ws / "reports" / "telemetry" / "train.json").read_text(encoding="utf-8"))
+        sources.append(telemetry["precision"]["source"])
     assert sources == ["measured", "cache"]
     cache = json.loads((tmp_path / "cache" / "autotune.json").read_text(encoding="utf-8"))
     keys = [json.loads(k) for k in cache]

@@ -5,10 +5,10 @@ and a bad labelled file that stops it with nothing half-written."""
 from __future__ import annotations
 
 import json
-import random
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,22 +16,22 @@ import pytest
 import yaml
 from PIL import Image
 from support_pipeline import (
+    GENRES,
     PLUMBING,
     STAGES,
     TINY_TRAIN,
-    WORDS,
     Repo,
     environment,
     module_path,
     ran,
     stage_imports,
+    unchanged,
+    write_plays,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
 FINETUNE_YAML = yaml.safe_load((ROOT / "finetune/dvc.yaml").read_text(encoding="utf-8"))
 FINETUNE_STAGES = ["classify_data", "classify", "instruct_data", "instruct"]
-GENRES = ("comedies", "histories", "tragedies")
-NAMES = ("ANNE", "BEN", "CAROL", "DUKE")
 
 
 def test_finetune_pipeline_is_its_own_and_runs_from_the_root() -> None:
@@ -50,30 +50,13 @@ def test_finetune_stage_deps_and_params_match_what_its_script_uses(stage: str) -
     assert set(spec["params"]) == sections
 
 
-def write_plays(folder: Path) -> None:
-    """Three genres of three plays: scenes of speeches, each genre with words of its own."""
-    rng = random.Random(0)
-    for g, genre in enumerate(GENRES):
-        words = WORDS[g::3] + ["the", "and"]
-        for p in range(3):
-            lines = [f"# Play {genre} {p}", ""]
-            for scene in range(3):
-                lines += [f"### SCENE {scene}.", "", "_Enter all_", ""]
-                for _ in range(12):
-                    speech = [" ".join(rng.choice(words) for _ in range(rng.randint(3, 7))) for _ in range(2)]
-                    lines += [f"**{rng.choice(NAMES)}**  ", *(s.capitalize() + ".  " for s in speech), ""]
-            path = folder / genre / f"play{p}.md"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text("\n".join(lines), encoding="utf-8")
-
-
 @pytest.fixture(scope="module")
-def finetuned(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def finetune_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     base = tmp_path_factory.mktemp("finetune")
     corpus = base / "plays"
     write_plays(corpus)
     repo = Repo(base / "repo", environment(base / "dvc-site"))
-    repo.path.mkdir()
+    repo.init()
     repo.copy_in("dvc.yaml", "params.yaml", "stages", "gptcore", ".gitignore", ".dvcignore", "finetune")
     repo.edit_params("data", source=str(corpus), include=["**/*.md"], val_fraction=0.2)
     repo.edit_params("vocab", vocab_size=300)
@@ -86,13 +69,19 @@ def finetuned(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     repo.edit_params(
         "instruct", epochs=1, batch_size=4, eval_interval=2, samples=2, max_new_tokens=8, threads=1
     )
-    repo.run("git", "init", "-q", "-b", "main")
-    repo.dvc("init", "-q")
     repo.commit("pipeline")
     main = repo.dvc("repro")
     first = repo.dvc("repro", "finetune/dvc.yaml")
     second = repo.dvc("repro", "finetune/dvc.yaml")
+    repo.commit("fine-tuned")
     return {"repo": repo, "main": main.stdout, "first": first.stdout, "second": second.stdout}
+
+
+@pytest.fixture
+def finetuned(finetune_run: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """`finetune_run`, for one test to read: it fails a test that changed the repository."""
+    with unchanged(finetune_run["repo"]):
+        yield finetune_run
 
 
 @pytest.mark.e2e
@@ -142,7 +131,9 @@ def test_instruct_reports_base_and_finetuned_response_loss_and_samples(finetuned
 
 
 @pytest.mark.e2e
-def test_metrics_and_plots_show_include_the_finetuning_results(finetuned: dict[str, Any]) -> None:
+def test_metrics_and_plots_show_include_the_finetuning_results(
+    finetuned: dict[str, Any], tmp_path: Path
+) -> None:
     repo: Repo = finetuned["repo"]
     metrics = json.loads(repo.dvc("metrics", "show", "--json").stdout)[""]["data"]
     assert {"reports/classify_metrics.json", "reports/instruct_metrics.json", "reports/eval.json"} <= set(
@@ -157,7 +148,8 @@ def test_metrics_and_plots_show_include_the_finetuning_results(finetuned: dict[s
         metrics["reports/instruct_metrics.json"]["data"]["test_response_loss"]
         == (repo.read_json("reports/instruct.json")["test_response_loss"])
     )
-    shown = json.loads(repo.dvc("plots", "show", "--json").stdout)["data"]
+    # -o: the image plots are copied there, not into the repository's dvc_plots/
+    shown = json.loads(repo.dvc("plots", "show", "--json", "-o", str(tmp_path / "plots")).stdout)["data"]
     names = set(shown)
     assert {"finetune/dvc.yaml::classify_loss", "finetune/dvc.yaml::instruct_loss"} <= names or {
         "classify_loss",
@@ -187,9 +179,8 @@ def test_the_cli_uses_the_finetuned_models(finetuned: dict[str, Any]) -> None:
 
 
 @pytest.mark.e2e
-def test_exp_run_trains_the_classifier_from_random_weights(finetuned: dict[str, Any]) -> None:
-    repo: Repo = finetuned["repo"]
-    repo.commit("fine-tuned")
+def test_exp_run_trains_the_classifier_from_random_weights(finetuned: dict[str, Any], tmp_path: Path) -> None:
+    repo = finetuned["repo"].copy(tmp_path / "repo")
     before = repo.read_json("reports/classify.json")
     proc = repo.dvc("exp", "run", "finetune/dvc.yaml", "-n", "random-init", "-S", "classify.init=random")
     assert "Running stage 'finetune/dvc.yaml:classify'" in proc.stdout
@@ -198,7 +189,6 @@ def test_exp_run_trains_the_classifier_from_random_weights(finetuned: dict[str, 
     after = repo.read_json("reports/classify.json")
     assert after["init"] == "random" and before["init"] == "pretrained"
     assert after["test"] != before["test"] or after["val"] != before["val"]
-    repo.run("git", "checkout", "--", ".")
 
 
 @pytest.mark.e2e

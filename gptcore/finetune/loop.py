@@ -5,7 +5,9 @@ constant learning rate (the book's recipe: fine-tuning runs are a few epochs, to
 schedule to matter), gradient clipping, epochs of batches in a seeded random order, and an
 evaluation at step 0, every `eval_interval` steps and at the end. A step is pretraining's
 (gptcore.step.train_step), one micro-batch, in fp32. What a batch's loss is and what
-an evaluation measures are the caller's: `loss_on` and `evaluate`.
+an evaluation measures are the caller's: `loss_on` and `evaluate`. Each evaluation also logs
+perf/wall_seconds, the run's seconds so far: a measurement, which the stages keep apart from
+their outputs (gptcore.reports.Telemetry).
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ def fine_tune(
         model.train()
         if train_loss is not None:
             metrics = {"train/loss": train_loss, **metrics}
+        metrics = {**metrics, "perf/wall_seconds": time.perf_counter() - start}
         result.history.append({"step": step, **metrics})
         if on_eval is not None:
             on_eval(step, metrics)
