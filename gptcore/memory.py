@@ -24,6 +24,11 @@ head counted once) and W processes:
   train.optimizer: muon, Muon's one fp32 momentum (4 bytes) for the blocks' matrices it owns;
 - activations: what autograd keeps of one micro-batch (this process's rows) for the backward pass,
   and the loss's gradients as it starts, `peak_activation_bytes`.
+Fine-tuning (`trainable`: one process, fp32) keeps gradients and AdamW's moments for the trained
+parameters only; with LoRA those are the adapters (`adapters` parameters, beside the frozen
+weights), whose activations add a few values a token (`adapter_per_token`, gptcore.finetune.lora).
+The frozen projections' inputs are still counted as kept, though a frozen matmul needs none for a
+weight gradient: the plan errs on the side of too much there.
 Not counted: the CUDA context, the allocator's cached and fragmented blocks, and temporaries that
 live within one operation; `HEADROOM` leaves room for them. On CUDA the train stage logs the plan
 beside `torch.cuda.max_memory_allocated` after the first steps.
@@ -234,6 +239,8 @@ class MemoryPlan:
     where: str  # what `available` is
     optimizer_name: str = "AdamW"  # "AdamW + Muon" with train.optimizer: muon
     explicit: bool = False  # the explicit attention kernel, which keeps the attention weights
+    trainable: int | None = None  # fine-tuning: the parameters that train (None: all of them)
+    adapters: int = 0  # LoRA's parameters, beside the model's
 
     @property
     def total(self) -> int:
@@ -248,6 +255,11 @@ class MemoryPlan:
     @property
     def fits(self) -> bool | None:
         return None if self.available is None else self.total <= HEADROOM * self.available
+
+    @property
+    def config_parameters(self) -> int:
+        """The model's own parameters (a tied head once), LoRA's adapters left out."""
+        return self.weights // 4 - self.adapters
 
     def setting(self) -> str:
         mode = f"{self.parallel} over {self.processes}" if self.processes > 1 else "one process"
@@ -271,8 +283,14 @@ class MemoryPlan:
         def amount(n: int) -> str:
             return f"{n:,} bytes ({human_bytes(n)})"
 
+        trained = []
+        if self.trainable is not None:
+            total = self.config_parameters + self.adapters
+            share = f"{self.trainable / total:.1%}" if total else "-"
+            trained = [("  trainable parameters", f"{self.trainable:,} of {total:,} ({share})")]
         return [
             ("memory plan", self.setting()),
+            *trained,
             ("  weights (fp32 masters)", amount(self.weights)),
             ("  working copies", amount(self.working)),
             ("  gradients", amount(self.gradients)),
@@ -295,8 +313,15 @@ def plan_memory(
     sizes: Sizes | None = None,
     optimizer: str = "adamw",
     explicit: bool = False,
+    trainable: int | None = None,
+    adapters: int = 0,
+    adapter_per_token: int = 0,
 ) -> MemoryPlan:
-    """The plan for `batch_size` sequences a micro-step, shared by `processes` (see the module doc)."""
+    """The plan for `batch_size` sequences a micro-step, shared by `processes` (see the module doc);
+    for fine-tuning, `trainable` parameters train (of the model's and `adapters` LoRA ones), whose
+    activations keep `adapter_per_token` more bytes a token."""
+    if trainable is not None and (processes > 1 or optimizer != "adamw"):
+        raise ValueError("a fine-tuning plan is of one process with AdamW")
     sizes = sizes or Sizes.of(config)
     n = sizes.total
     # Muon keeps one fp32 moment (its momentum) for the blocks' matrices it owns; AdamW two for the rest
@@ -315,6 +340,12 @@ def plan_memory(
         local = n
         working = 2 * sizes.cast if bf16 else 0
         gradients = 4 * n
+    optimizer_bytes = 8 * (local - muon) + 4 * muon
+    activations = peak_activation_bytes(config, batch_size // processes, bf16, checkpointing, explicit)
+    if trainable is not None:
+        local += adapters
+        gradients, optimizer_bytes = 4 * trainable, 8 * trainable
+        activations += batch_size * config.block_size * adapter_per_token
     return MemoryPlan(
         config=config,
         batch_size=batch_size,
@@ -326,13 +357,15 @@ def plan_memory(
         weights=4 * local,
         working=working,
         gradients=gradients,
-        optimizer=8 * (local - muon) + 4 * muon,
-        activations=peak_activation_bytes(config, batch_size // processes, bf16, checkpointing, explicit),
+        optimizer=optimizer_bytes,
+        activations=activations,
         recomputed=recomputed_bytes(config, batch_size // processes, bf16, explicit) if checkpointing else 0,
         available=available,
         where=where,
         optimizer_name="AdamW + Muon" if optimizer == "muon" else "AdamW",
         explicit=explicit,
+        trainable=trainable,
+        adapters=adapters,
     )
 
 

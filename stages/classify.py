@@ -3,8 +3,13 @@
 The pretrained network (or, with classify.init = random, the same network freshly initialised)
 gets a classification head on its last real token; classify.train_blocks says what trains.
 Writes models/classifier.pt; reports/classify.json (accuracy, macro F1, per-class precision and
-recall, the majority-class baseline, on val and test; wall time); the test confusion matrix as
-rows for DVC's confusion template and as a PNG; step-wise losses and accuracy with DVCLive.
+recall, the majority-class baseline, on val and test); the test confusion matrix as rows for
+DVC's confusion template and as a PNG; step-wise losses and accuracy with DVCLive. Wall seconds and
+examples/s go to reports/telemetry/classify.json (and .tsv), which are not outputs, so that the
+same inputs give the same outputs and dvc.lock. With classify.method: lora the backbone stays
+frozen and adapters in its last train_blocks blocks train with the head (gptcore.finetune.lora):
+models/classifier_adapter holds them and the head alone, models/classifier.pt the classifier with
+them merged; with full that folder is empty.
 """
 
 from __future__ import annotations
@@ -18,27 +23,23 @@ from gptcore.atomic import write_json
 from gptcore.checkpoint import MODEL_FILE, load_model
 from gptcore.device import resolve_device
 from gptcore.errors import run_main
-from gptcore.finetune import classify
+from gptcore.finetune import classify, lora
 from gptcore.finetune.data import read_jsonl
 from gptcore.finetune.loop import fine_tune, set_threads
 from gptcore.model import GPT
 from gptcore.params import load_section
-from gptcore.reports import headline, live_logger, plot_confusion
+from gptcore.reports import Telemetry, headline, live_logger, plot_confusion
 
 DATA_DIR = Path("data/finetune/classify")
 MODEL = Path("models/classifier.pt")
+ADAPTER = Path("models/classifier_adapter")
 LIVE_DIR = "dvclive/classify"
 REPORT = Path("reports/classify.json")
 # what `dvc metrics show` lists; the report holds the rest (per-class figures, counts)
 METRICS = Path("reports/classify_metrics.json")
-HEADLINE = (
-    "test.accuracy",
-    "test.macro_f1",
-    "val.accuracy",
-    "val.macro_f1",
-    "steps",
-    "wall_seconds",
-)
+HEADLINE = ("test.accuracy", "test.macro_f1", "val.accuracy", "val.macro_f1", "steps")
+# what the run measured of itself: `dvc metrics show reports/telemetry/classify.json`
+TELEMETRY = Path("reports/telemetry/classify.json")
 CONFUSION = Path("reports/classify_confusion.json")
 CONFUSION_PNG = Path("reports/classify_confusion.png")
 
@@ -54,7 +55,15 @@ def main() -> None:
     torch.manual_seed(params.seed)
     backbone = pretrained if params.init == "pretrained" else GPT(pretrained.config)
     model = classify.Classifier(backbone, len(labels)).to(device)
-    trainable = classify.set_trainable(model, params.train_blocks)
+    tuner = None
+    if params.method == "lora":  # after the head, whose initial weights stay those of full fine-tuning
+        base = lora.Base.of(backbone, MODEL_FILE)
+        tuner, settings, adapter = lora.adapt(backbone, params, "classify", base, params.train_blocks)
+        if adapter is not None:
+            lora.load_head(model.head, adapter, labels)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    else:
+        trainable = classify.set_trainable(model, params.train_blocks)
     block, pad = backbone.config.block_size, tokenizer.eot_id
 
     seqs, truncated, y = {}, {}, {}
@@ -76,12 +85,24 @@ def main() -> None:
             model, [seqs["train"][i] for i in batch], [y["train"][i] for i in batch], pad, device
         )
 
-    with live_logger(LIVE_DIR) as log:
+    telemetry = Telemetry(TELEMETRY)
+    with live_logger(LIVE_DIR, telemetry) as log:
         result = fine_tune(
             model, params, len(seqs["train"]), loss_on, evaluate, device, on_eval=log, progress=True
         )
+    if tuner is not None:
+        extra = {"labels": labels}
+        lora.save_adapter(ADAPTER, backbone, base, settings, "classify", head=model.head, extra=extra)
+        lora.merge(tuner)  # in place: model.backbone is the merged network
+    else:
+        lora.save_no_adapter(ADAPTER)
 
-    report = {"labels": labels, "init": params.init, "train_blocks": params.train_blocks}
+    report = {
+        "labels": labels,
+        "init": params.init,
+        "train_blocks": params.train_blocks,
+        "method": params.method,
+    }
     confusion = {}
     for split in ("val", "test"):
         if seqs[split]:
@@ -93,8 +114,6 @@ def main() -> None:
         truncated_examples=sum(truncated.values()),
         trainable_parameters=trainable,
         steps=result.steps,
-        wall_seconds=round(result.wall_seconds, 1),
-        examples_per_second=round(result.examples / result.wall_seconds, 1),
     )
     classify.save(
         MODEL,
@@ -118,6 +137,14 @@ def main() -> None:
     plot_confusion(matrix, labels, CONFUSION_PNG, title="Test confusion matrix")
     write_json(REPORT, report)
     write_json(METRICS, headline(report, HEADLINE))
+    telemetry.write(
+        {
+            "steps": result.steps,
+            "examples": result.examples,
+            "wall_seconds": round(result.wall_seconds, 1),
+            "examples_per_second": round(result.examples / result.wall_seconds, 1),
+        }
+    )
     summary = f"classify: {result.steps} steps in {result.wall_seconds:.1f} s"
     if "test" in report:
         t = report["test"]

@@ -117,6 +117,12 @@ def test_fine_tuning_learns_a_separable_task() -> None:
             "seed": 0,
             "device": "cpu",
             "threads": 0,
+            "method": "full",
+            "lora_rank": 8,
+            "lora_alpha": 16,
+            "lora_dropout": 0.0,
+            "lora_targets": ["c_attn"],
+            "lora_init": None,
         },
     )
     device = torch.device("cpu")

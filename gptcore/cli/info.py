@@ -7,13 +7,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+import yaml
 
 from gptcore.checkpoint import MODEL_FILE
 from gptcore.cli.flags import DEFAULT_PARAMS, params_file_of
 from gptcore.device import resolve_device
 from gptcore.errors import DataError
+from gptcore.finetune import lora
 from gptcore.hf.convert import load_any
-from gptcore.memory import human_bytes
+from gptcore.memory import Sizes, device_memory, human_bytes, plan_memory
 from gptcore.model import GPT, flops_per_token
 from gptcore.params import TrainParams, load_section
 from gptcore.tokenizer import load_tokenizer
@@ -118,7 +120,54 @@ def cmd_info(args: argparse.Namespace) -> None:
         rows.append(("precision (dtype, compile, attention)", first))
         rows += [("", line) for line in candidates]
         rows += plan.memory.rows()
+    if params_file is not None:
+        rows += _finetune_rows(model, params_file)
     print(_table(rows))
+
+
+def _finetune_rows(model: GPT, params_file: Path) -> list[tuple[str, str]]:
+    """The memory plan of instruction fine-tuning this model with the params file's instruct
+    section, for both methods: every weight trained, or LoRA adapters alone (what a classifier
+    trains is the same, plus its head of n_embd + 1 parameters a class)."""
+    sections = yaml.safe_load(params_file.read_text(encoding="utf-8"))
+    if not isinstance(sections, dict) or "instruct" not in sections:
+        return []  # a file of the train section alone
+    params = load_section("instruct", params_file)
+    config = model.config
+    available, where = device_memory(resolve_device(params.device))
+    sizes = Sizes.of(config)
+    modules = lora.target_modules(model, params.lora_targets, "all", "instruct.lora_targets")
+    adapters = lora.adapter_parameters(model, modules, params.lora_rank)
+    rows = []
+    for method in ("full", "lora"):
+        chosen = "the params' method; " if method == params.method else ""
+        if method == "full":
+            plan = plan_memory(
+                config,
+                params.batch_size,
+                available=available,
+                where=where,
+                sizes=sizes,
+                trainable=sizes.total,
+            )
+            what = "every weight trains"
+        else:
+            per_token = lora.activation_bytes_per_token(model, modules, params.lora_rank, params.lora_dropout)
+            plan = plan_memory(
+                config,
+                params.batch_size,
+                available=available,
+                where=where,
+                sizes=sizes,
+                trainable=adapters,
+                adapters=adapters,
+                adapter_per_token=per_token,
+            )
+            what = f"rank {params.lora_rank} adapters on {', '.join(params.lora_targets)} of {config.n_layer} blocks"
+        (_, setting), *plan_rows = plan.rows()
+        rows.append((f"fine-tuning plan (instruct, method: {method})", f"{chosen}{what}; {setting}"))
+        rows += plan_rows
+    return rows
 
 
 def _precision_rows(train: TrainParams, plan: RunPlan) -> list[str]:
