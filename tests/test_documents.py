@@ -343,6 +343,30 @@ def test_jsonl_gives_one_document_per_line_named_file_and_line(tmp_path: Path, s
     ]
 
 
+@pytest.mark.parametrize("suffix", [".gz", ".xz", ".zst"])
+def test_compressed_json_is_json_lines_as_dolma_ships_it(tmp_path: Path, suffix: str) -> None:
+    dolma = jsonl(
+        {"id": "a", "text": "first page", "source": "cc", "metadata": {"url": "https://example.org"}},
+        {"id": "b", "text": "second page", "source": "cc", "metadata": {}},
+    )
+    write(tmp_path / "documents" / f"v1_5r2-0000.json{suffix}", compress(dolma, suffix))
+    docs, _ = read(tmp_path, ["documents/*.json" + suffix])
+    name = f"documents/v1_5r2-0000.json{suffix}"
+    assert docs == [Document(f"{name}:1", "first page"), Document(f"{name}:2", "second page")]
+    # a bad line is named as in any JSON Lines file
+    write(tmp_path / "documents" / f"v1_5r2-0000.json{suffix}", compress(jsonl({"id": 1, "text": 2}), suffix))
+    with pytest.raises(
+        DataError, match=rf'v1_5r2-0000\.json\{suffix}, line 1: "text" is a number, not a string'
+    ):
+        read(tmp_path, ["**"])
+
+
+def test_a_plain_json_file_is_one_text_document_as_before(tmp_path: Path) -> None:
+    write(tmp_path / "config.json", '{\n  "text": "not a record"\n}\n')
+    docs, _ = read(tmp_path)
+    assert docs == [Document("config.json", '{\n  "text": "not a record"\n}\n')]
+
+
 def test_jsonl_line_without_text_names_file_and_line(tmp_path: Path) -> None:
     write(tmp_path / "shard.jsonl.zst", zstd_stream(jsonl({"text": "ok"}, {"content": "no text key"})))
     with pytest.raises(DataError, match=r"shard\.jsonl\.zst, line 2: .*\"text\".*\['content'\]"):
@@ -520,12 +544,16 @@ def test_pile_set_names_keep_only_those_subsets_and_count_the_rest(tmp_path: Pat
     docs = list(iter_documents(tmp_path, ["**"], stats, pile_set_names=["Pile-CC", "Github"]))
     assert [d.text for d in docs] == ["web text one", "web text two", "code"]
     assert names(docs) == ["00.jsonl.zst:1", "00.jsonl.zst:3", "00.jsonl.zst:5"]
-    assert stats.skipped == {"other_pile_set": 2}
+    # the shorthand is a data.where condition: counted under its label; a line without meta fails it
+    assert stats.skipped == {"where": 2}
+    assert stats.where == {"meta.pile_set_name in [Pile-CC, Github]": 2}
 
 
 def test_pile_set_names_that_match_nothing_say_so(tmp_path: Path) -> None:
     write(tmp_path / "00.jsonl", jsonl(*PILE_LINES))
-    with pytest.raises(DataError, match=r"pile_set_name in data\.pile_set_names \(Wikipedia \(en\)\)"):
+    with pytest.raises(
+        DataError, match=r"passes data\.where .*meta\.pile_set_name in \[Wikipedia \(en\)\]: 5"
+    ):
         list(iter_documents(tmp_path, ["**"], pile_set_names=["Wikipedia (en)"]))
 
 

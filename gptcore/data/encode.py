@@ -5,28 +5,40 @@
 
 `encode_documents` yields `EncodedBlock`s: the ids of consecutive
 documents, each followed by the <|endoftext|> id, ready to append to a token file. The blocks are
-cut from the stream by text length alone, each is encoded by one worker process, and the results
-come back in stream order, so the concatenated ids are the same for any number of workers (1 runs
-in this process, without a pool).
+cut from the stream by text length alone, each is encoded by one worker, and the results come back
+in stream order, so the concatenated ids are the same for any number of workers (1 runs in this
+thread, without a pool).
 
-Memory stays flat on any corpus: at most `workers` blocks of about BLOCK_CHARS characters are in
-flight, and a document longer than PIECE_CHARS (a 200 MB one-line file) is encoded in pieces. A piece
-ends just before a space that sits between two non-space characters: every pre-tokenizer we use
-(GPT-2's regex and its successors, and the char kind) starts a new pre-token at such a space, so the
-pieces encode exactly as the whole would. A stretch of PIECE_CHARS without such a space (a base64
-blob) is cut at PIECE_CHARS, the same way on every run.
+A BPE block (bpe and tiktoken kinds) is encoded by tiktoken in one call: its documents joined, each
+followed by the <|endoftext|> string, and that string allowed as the special token, so that tiktoken
+cuts the text there and encodes each document on its own, exactly as `encode_ordinary` would, and
+hands back one array (no Python list of ints per document, which costs about as much as reading the
+split file). A document that itself holds the <|endoftext|> string is ordinary text, and its block
+is encoded a document at a time instead. tiktoken releases the GIL while it encodes, so BPE workers
+are threads of this process: no process start, no copies of the text through pipes, and the main
+thread reads the next block while they encode.
 
-Workers are spawned (not forked: the parent may hold threads and torch state) and import only this
-module and the tokenizer, not torch.
+The char kind encodes in Python and numpy, which hold the GIL: its workers are processes, spawned
+(not forked: the parent may hold threads and torch state), each importing only this module and the
+tokenizer, not torch.
+
+Memory stays flat on any corpus: at most `workers` + 1 blocks of about BLOCK_CHARS characters are
+in flight, and a document longer than PIECE_CHARS (a 200 MB one-line file) is encoded in pieces. A
+piece ends just before a space that sits between two non-space characters: every pre-tokenizer we
+use (GPT-2's regex and its successors, and the char kind) starts a new pre-token at such a space, so
+the pieces encode exactly as the whole would. A stretch of PIECE_CHARS without such a space (a
+base64 blob) is cut at PIECE_CHARS, the same way on every run.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import itertools
 import multiprocessing
 import os
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
@@ -37,13 +49,13 @@ import numpy as np
 from gptcore.bpe import piece_ends
 from gptcore.data.token_store import TokenFileSummary, TokenWriter
 from gptcore.errors import GptcoreError
-from gptcore.tokenizer import Tokenizer, tokenizer_from_dict
+from gptcore.tokenizer import EOT, BpeTokenizer, Tokenizer, tokenizer_from_dict
 
 BLOCK_CHARS = 1 << 20  # characters per block: enough BPE work per hand-off to hide its cost
 PIECE_CHARS = 1 << 20  # longer documents are encoded in pieces of at most this many characters
-# each worker process holds its own interpreter, numpy, tiktoken and the blocks in hand; 8 keeps
-# the stage within the data stages' 1 GB target (measured by benchmarks/data_memory.py:
-# docs/data.md, "Data stages: time and memory")
+# each char worker process holds its own interpreter, numpy and the blocks in hand; 8 keeps the
+# stage within the data stages' 1 GB target (measured by benchmarks/data_memory.py: docs/data.md,
+# "Data stages: time and memory")
 MAX_DEFAULT_WORKERS = 8
 
 
@@ -75,6 +87,9 @@ def encode_documents(texts: Iterable[str], tokenizer: Tokenizer, workers: int = 
         for block in blocks:
             yield _encode_block(tokenizer, block)
         return
+    if isinstance(tokenizer, BpeTokenizer):
+        yield from _encode_on_threads(blocks, tokenizer, workers)
+        return
     with _Workers(workers, tokenizer.to_dict()) as pool:
         # block k goes to worker k % n, one block per worker at a time: results come back in order,
         # and a worker is only ever sent a block once it has handed back the previous one, so
@@ -92,6 +107,22 @@ def encode_documents(texts: Iterable[str], tokenizer: Tokenizer, workers: int = 
                 pool.send(sent % workers, block)
                 sent += 1
             yield result
+
+
+def _encode_on_threads(blocks: Iterator[Block], tokenizer: Tokenizer, workers: int) -> Iterator[EncodedBlock]:
+    """Encode `blocks` on `workers` threads, in order: one block more than there are threads is
+    queued, so that every thread has the next block at hand while this thread reads and writes."""
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="tokenize")
+    pending: collections.deque[Future[EncodedBlock]] = collections.deque()
+    try:
+        for block in blocks:
+            pending.append(pool.submit(_encode_block, tokenizer, block))
+            if len(pending) > workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:  # an error, or a consumer that stopped early: drop the queued blocks, do not encode them
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 # a block: (text, whether the document ends with this text) pairs
@@ -115,20 +146,47 @@ def _blocks(texts: Iterable[str]) -> Iterator[Block]:
 
 
 def _encode_block(tokenizer: Tokenizer, block: Block) -> EncodedBlock:
-    texts = [text for text, _ in block]
+    documents = sum(ends for _, ends in block)
+    ids = _encode_joined(tokenizer, block, documents) if isinstance(tokenizer, BpeTokenizer) else None
+    if ids is None:
+        ids = _encode_each(tokenizer, block)
+    return EncodedBlock(
+        ids=ids,
+        documents=documents,
+        # an ASCII string knows it is ASCII: its length is its UTF-8 size, with no copy made
+        source_bytes=sum(
+            len(t) if t.isascii() else len(t.encode("utf-8", "surrogatepass")) for t, _ in block
+        ),
+    )
+
+
+def _encode_joined(tokenizer: BpeTokenizer, block: Block, documents: int) -> np.ndarray | None:
+    """The block's ids from one tiktoken call (module docstring), or None when the text itself holds
+    the <|endoftext|> string, or a lone surrogate (which only `encode_ordinary` turns into U+FFFD)."""
+    parts: list[str] = []
+    for text, ends in block:
+        parts.append(text)
+        if ends:
+            parts.append(EOT)
+    joined = "".join(parts)
+    # <|endoftext|> overlaps no shifted copy of itself, so the count finds every one in the text
+    if joined.count(EOT) != documents:
+        return None
+    try:
+        ids = tokenizer.encoding.encode_to_numpy(joined, allowed_special={EOT}, disallowed_special=())
+    except UnicodeEncodeError:
+        return None
+    return ids.astype(np.uint32, copy=False)
+
+
+def _encode_each(tokenizer: Tokenizer, block: Block) -> np.ndarray:
     eot = np.array([tokenizer.eot_id], dtype=np.uint32)
     parts: list[np.ndarray] = []
-    documents = 0
-    for (_, ends), ids in zip(block, tokenizer.encode_batch(texts), strict=True):
+    for (_, ends), ids in zip(block, tokenizer.encode_batch([text for text, _ in block]), strict=True):
         parts.append(ids)
         if ends:
             parts.append(eot)
-            documents += 1
-    return EncodedBlock(
-        ids=np.concatenate(parts) if parts else np.empty(0, dtype=np.uint32),
-        documents=documents,
-        source_bytes=sum(len(t.encode("utf-8", "surrogatepass")) for t in texts),
-    )
+    return np.concatenate(parts) if parts else np.empty(0, dtype=np.uint32)
 
 
 class _Workers:

@@ -27,6 +27,8 @@ writes `manifest.json`: for each file its path in `dest`, the source it came fro
   version (with those there are), or no such file; with what to do about it.
 
 A list of sources fetches each one into the same folder; two files with the same name are an error.
+`fetch_sources` fetches a mixture (data.sources): each source into a folder of its own, named after
+it, so that two sources may hold files of the same name and extract_split reads each apart.
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from email.message import Message
 from pathlib import Path, PurePosixPath
 
@@ -56,6 +59,7 @@ from tqdm import tqdm
 from gptcore.atomic import atomic_dir
 from gptcore.data.raw import MANIFEST_NAME
 from gptcore.errors import DataError
+from gptcore.params import SourceParams
 
 PIP_PREFIX = "pip:"
 PARTIAL_SUFFIX = ".partial"  # data/raw -> data/raw.partial: downloads in progress, kept across runs
@@ -117,25 +121,59 @@ def fetch_source(
     a missing path, an HTTP error, a failed pip download or a digest mismatch; `dest` is then left
     as it was, and what was downloaded stays in `<dest>.partial` for the next call to continue.
     """
-    sources = [source] if isinstance(source, str) else list(source)
+    return _fetch_parts([_Part("", source, sha256)], dest, retries, backoff_s)
+
+
+def fetch_sources(
+    sources: Sequence[SourceParams],
+    dest: Path | str,
+    retries: int = RETRIES,
+    backoff_s: float = BACKOFF_S,
+) -> dict:
+    """Fetch each source of a mixture (data.sources) into its own folder `dest/<name>/`, all
+    atomically as one; write and return the manifest, whose `sources` lists each source's name,
+    source, files and bytes. Errors name the source (`data.sources[1] (code): ...`)."""
+    parts = [
+        _Part(entry.name, entry.source, entry.sha256, f"data.sources[{i}] ({entry.name})")
+        for i, entry in enumerate(sources)
+    ]
+    return _fetch_parts(parts, dest, retries, backoff_s)
+
+
+@dataclass(frozen=True)
+class _Part:
+    """What goes into one folder of `dest`: a source (or a list), and its expected sha256."""
+
+    folder: str  # "" for dest itself: a single data.source
+    source: str | list[str]
+    sha256: str | None
+    label: str = ""  # how errors name it, when not data.source
+
+    @property
+    def sources(self) -> list[str]:
+        return [self.source] if isinstance(self.source, str) else list(self.source)
+
+
+def _fetch_parts(parts: list[_Part], dest: Path | str, retries: int, backoff_s: float) -> dict:
     dest = Path(dest)
     partial_dir = dest.with_name(dest.name + PARTIAL_SUFFIX)
-    expected = sha256.lower() if sha256 is not None and len(sources) == 1 else None
     try:
         with atomic_dir(dest) as staging:
-            found: dict[str, tuple[str, str | None]] = {}  # path in dest -> (source, sha256 if known)
-            for src in sources:
-                for rel, digest in _fetch_one(src, staging, partial_dir, expected, retries, backoff_s):
-                    found[rel] = (src, digest)
-            if not found:
-                raise DataError(f"data.source {source!r} gave no files")
-            manifest = {"files": [_describe(staging, rel, *found[rel]) for rel in sorted(found)]}
-            if sha256 is not None:
-                _check_sha256(manifest["files"], sha256)
+            files: list[dict] = []
+            for part in parts:
+                try:
+                    files += _fetch_part(part, staging, partial_dir, retries, backoff_s)
+                except DataError as exc:
+                    if not part.label:
+                        raise
+                    raise DataError(f"{part.label}: {exc}") from None
+            manifest: dict = {"files": sorted(files, key=lambda entry: entry["path"])}
+            if any(part.folder for part in parts):
+                manifest["sources"] = [_summary(part, files) for part in parts]
             text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
             (staging / MANIFEST_NAME).write_text(text, encoding="utf-8")
-        for src in sources:  # all in dest now: the partial copies (links) have done their job
-            if _is_url(src):
+        for src in (src for part in parts for src in part.sources):
+            if _is_url(src):  # all in dest now: the partial copies (links) have done their job
                 _Partial(partial_dir, src, _url_name(src)).discard()
         if partial_dir.is_dir() and (left := sorted(partial_dir.glob("*.part"))):
             size = sum(part.stat().st_size for part in left)
@@ -148,6 +186,35 @@ def fetch_source(
         with contextlib.suppress(OSError):  # kept while it holds a download to continue
             partial_dir.rmdir()
     return manifest
+
+
+def _fetch_part(part: _Part, staging: Path, partial_dir: Path, retries: int, backoff_s: float) -> list[dict]:
+    """Fetch one part into its folder of `staging`; return its manifest entries (paths from `staging`)."""
+    folder = staging / part.folder
+    folder.mkdir(exist_ok=True)
+    expected = part.sha256.lower() if part.sha256 is not None and len(part.sources) == 1 else None
+    found: dict[str, tuple[str, str | None]] = {}  # path in the folder -> (source, sha256 if known)
+    for src in part.sources:
+        for rel, digest in _fetch_one(src, folder, partial_dir, expected, retries, backoff_s):
+            found[rel] = (src, digest)
+    if not found:
+        raise DataError(f"data.source {part.source!r} gave no files")
+    files = [_describe(folder, rel, *found[rel]) for rel in sorted(found)]
+    if part.sha256 is not None:
+        _check_sha256(files, part.sha256)
+    prefix = f"{part.folder}/" if part.folder else ""
+    return [{**entry, "path": prefix + entry["path"]} for entry in files]
+
+
+def _summary(part: _Part, files: list[dict]) -> dict:
+    """A mixture source's entry in the manifest's `sources`."""
+    mine = [entry for entry in files if entry["path"].startswith(f"{part.folder}/")]
+    return {
+        "name": part.folder,
+        "source": part.source,
+        "files": len(mine),
+        "size": sum(entry["size"] for entry in mine),
+    }
 
 
 def file_sha256(path: Path | str) -> str:

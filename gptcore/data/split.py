@@ -17,7 +17,7 @@ import hashlib
 import io
 import itertools
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import NamedTuple
@@ -155,12 +155,16 @@ def write_splits(
     val_path: Path | str,
     seed: int,
     val_fraction: float,
+    tally: Callable[[str, Document], None] | None = None,
 ) -> dict[str, dict[str, int]]:
-    """Split `documents` and write both split files in one pass; return each file's counts."""
+    """Split `documents` and write both split files in one pass; return each file's counts.
+    `tally`, if given, sees each (split, document) written (a mixture counts its sources so)."""
     with SplitWriter(train_path) as train, SplitWriter(val_path) as val:
         writers = {TRAIN: train, VAL: val}
         for split, doc in iter_assigned(documents, seed, val_fraction):
             writers[split].write(doc)
+            if tally is not None:
+                tally(split, doc)
     return {TRAIN: train.stats, VAL: val.stats}
 
 

@@ -5,8 +5,8 @@
 - `open_zstd` reads across frames, with or without a content size in their headers (the Pile's
   shards have none), and raises EOFError when the data stops inside a frame: zstandard's own
   reader ends silently there, which would drop the tail of a cut-off file without a word.
-- `sniff(head)` tells gzip, xz, zstd, zip and tar apart by their first bytes; `peek` reads those
-  bytes without losing them.
+- `sniff(head)` tells gzip, xz, zstd, zip, Parquet and tar apart by their first bytes; `peek` reads
+  those bytes without losing them.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def compression_for(lower_name: str) -> tuple[Callable[[BinaryIO], BinaryIO] | N
 
 
 def sniff(head: bytes) -> str | None:
-    """What the first bytes of a stream say it is: a compression suffix, `zip`, `tar`, or None."""
+    """What the first bytes of a stream say it is: a compression suffix, `zip`, `parquet`, `tar`, or None."""
     for magic, kind in MAGIC:
         if head.startswith(magic):
             return kind
@@ -67,6 +67,7 @@ MAGIC = (
     (b"\x28\xb5\x2f\xfd", "zst"),
     (b"PK\x03\x04", "zip"),
     (b"PK\x05\x06", "zip"),  # an empty zip
+    (b"PAR1", "parquet"),  # a Parquet file starts (and ends) with it
 )
 
 
