@@ -151,33 +151,15 @@ def plan(preset: str, method: str, batch_size: int, seq_len: int | None) -> Any:
     """The plan `gptcore info` gives (gptcore.cli.info), for records of `seq_len` tokens."""
     import torch
 
-    from gptcore.finetune import lora
-    from gptcore.memory import Sizes, device_memory, plan_memory
+    from gptcore.cli.info import finetune_plan
+    from gptcore.memory import device_memory
     from gptcore.model import GPT
 
     config = model_config(preset, seq_len)
-    params = instruct_params(method)
     with torch.device("meta"):
         model = GPT(config)
-    sizes = Sizes.of(config)
     available, where = device_memory(torch.device("cpu"))
-    if method == "full":
-        return plan_memory(
-            config, batch_size, available=available, where=where, sizes=sizes, trainable=sizes.total
-        )
-    modules = lora.target_modules(model, params.lora_targets, "all", "instruct.lora_targets")
-    adapters = lora.adapter_parameters(model, modules, params.lora_rank)
-    per_token = lora.activation_bytes_per_token(model, modules, params.lora_rank, params.lora_dropout)
-    return plan_memory(
-        config,
-        batch_size,
-        available=available,
-        where=where,
-        sizes=sizes,
-        trainable=adapters,
-        adapters=adapters,
-        adapter_per_token=per_token,
-    )
+    return finetune_plan(model, instruct_params(method), method, batch_size, available, where)
 
 
 def steps(args: argparse.Namespace) -> None:

@@ -15,9 +15,9 @@ from gptcore.device import resolve_device
 from gptcore.errors import DataError
 from gptcore.finetune import lora
 from gptcore.hf.convert import load_any
-from gptcore.memory import Sizes, device_memory, human_bytes, plan_memory
+from gptcore.memory import MemoryPlan, Sizes, device_memory, human_bytes, plan_memory
 from gptcore.model import GPT, flops_per_token
-from gptcore.params import TrainParams, load_section
+from gptcore.params import FinetuneParams, TrainParams, load_section
 from gptcore.tokenizer import load_tokenizer
 from gptcore.train import RunPlan, plan_run, planned_config, torch_threads
 
@@ -125,6 +125,32 @@ def cmd_info(args: argparse.Namespace) -> None:
     print(_table(rows))
 
 
+def finetune_plan(
+    model: GPT, params: FinetuneParams, method: str, batch_size: int, available: int | None, where: str
+) -> MemoryPlan:
+    """The memory plan of instruction fine-tuning `model` by `method` (full: every weight trains;
+    lora: the adapters `params` names alone, with what they keep for the backward pass)."""
+    sizes = Sizes.of(model.config)
+    if method == "full":
+        return plan_memory(
+            model.config, batch_size, available=available, where=where, sizes=sizes, trainable=sizes.total
+        )
+    modules = lora.target_modules(model, params.lora_targets, "all", "instruct.lora_targets")
+    adapters = lora.adapter_parameters(model, modules, params.lora_rank)
+    return plan_memory(
+        model.config,
+        batch_size,
+        available=available,
+        where=where,
+        sizes=sizes,
+        trainable=adapters,
+        adapters=adapters,
+        adapter_per_token=lora.activation_bytes_per_token(
+            model, modules, params.lora_rank, params.lora_dropout
+        ),
+    )
+
+
 def _finetune_rows(model: GPT, params_file: Path) -> list[tuple[str, str]]:
     """The memory plan of instruction fine-tuning this model with the params file's instruct
     section, for both methods: every weight trained, or LoRA adapters alone (what a classifier
@@ -135,34 +161,13 @@ def _finetune_rows(model: GPT, params_file: Path) -> list[tuple[str, str]]:
     params = load_section("instruct", params_file)
     config = model.config
     available, where = device_memory(resolve_device(params.device))
-    sizes = Sizes.of(config)
-    modules = lora.target_modules(model, params.lora_targets, "all", "instruct.lora_targets")
-    adapters = lora.adapter_parameters(model, modules, params.lora_rank)
     rows = []
     for method in ("full", "lora"):
         chosen = "the params' method; " if method == params.method else ""
+        plan = finetune_plan(model, params, method, params.batch_size, available, where)
         if method == "full":
-            plan = plan_memory(
-                config,
-                params.batch_size,
-                available=available,
-                where=where,
-                sizes=sizes,
-                trainable=sizes.total,
-            )
             what = "every weight trains"
         else:
-            per_token = lora.activation_bytes_per_token(model, modules, params.lora_rank, params.lora_dropout)
-            plan = plan_memory(
-                config,
-                params.batch_size,
-                available=available,
-                where=where,
-                sizes=sizes,
-                trainable=adapters,
-                adapters=adapters,
-                adapter_per_token=per_token,
-            )
             what = f"rank {params.lora_rank} adapters on {', '.join(params.lora_targets)} of {config.n_layer} blocks"
         (_, setting), *plan_rows = plan.rows()
         rows.append((f"fine-tuning plan (instruct, method: {method})", f"{chosen}{what}; {setting}"))
