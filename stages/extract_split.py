@@ -25,21 +25,25 @@ from gptcore.data.documents import (
 from gptcore.data.mixture import Mixture
 from gptcore.data.split import Document, write_splits
 from gptcore.errors import run_main
-from gptcore.params import load_section
+from gptcore.params import DataParams, load_section
 
 RAW_DIR = Path("data/raw")
 SPLIT_DIR = Path("data/split")
 REPORT = Path("reports/data.json")
 
 
-def main() -> None:
-    params = load_section("data")
+def split_corpus(
+    raw: Path, split: Path, params: DataParams, progress: bool = False
+) -> tuple[dict[str, Any], DocumentStats, DedupStats, Mixture | None]:
+    """The documents of `raw` (one source, or a mixture of params.sources), duplicates dropped,
+    split into `split`/{train,val}.jsonl.zst (written whole or not at all): the splits' counts,
+    what reading counted, the duplicates dropped, and the mixture (None: one source)."""
     stats = DocumentStats()
     mixture = None
     documents: Iterable[Document]
     if params.sources is None:
         documents = iter_documents(
-            RAW_DIR,
+            raw,
             params.include,
             stats,
             text_field=params.text_field,
@@ -51,7 +55,7 @@ def main() -> None:
         )
     else:
         mixture = Mixture(
-            RAW_DIR,
+            raw,
             params.sources,
             seed=params.seed,
             max_docs=params.max_docs,
@@ -59,14 +63,16 @@ def main() -> None:
             max_document_bytes=params.max_document_bytes,
             newlines=params.newlines,
         )
-        print(f"a mixture of {len(params.sources)} sources: counting what each holds (a first pass)")
+        if progress:
+            print(f"a mixture of {len(params.sources)} sources: counting what each holds (a first pass)")
         mixture.count(stats)
         documents = mixture.documents(stats)
-    documents = tqdm(documents, desc="documents", unit=" docs")
+    if progress:
+        documents = tqdm(documents, desc="documents", unit=" docs")
     duplicates = DedupStats()
     # before the split: a copy in train and another in val would leak the val text into training
     documents = drop_duplicates(documents, params.dedup, duplicates)
-    with atomic_dir(SPLIT_DIR) as tmp:
+    with atomic_dir(split) as tmp:
         counts = write_splits(
             documents,
             tmp / "train.jsonl.zst",
@@ -75,6 +81,12 @@ def main() -> None:
             params.val_fraction,
             tally=None if mixture is None else mixture.tally,
         )
+    return counts, stats, duplicates, mixture
+
+
+def main() -> None:
+    params = load_section("data")
+    counts, stats, duplicates, mixture = split_corpus(RAW_DIR, SPLIT_DIR, params, progress=True)
     sources: dict[str, Any] = {} if mixture is None else mixture.report()
     report = {
         **counts,

@@ -20,13 +20,12 @@ import zstandard
 from conftest import REPO
 from support_pipeline import Repo, environment, ran
 
-from gptcore.data.dedup import DedupStats, drop_duplicates
-from gptcore.data.documents import DocumentStats
-from gptcore.data.mixture import Mixture, plan
+from gptcore.data.mixture import plan
 from gptcore.data.sources import fetch_sources
-from gptcore.data.split import iter_split_file, write_splits
+from gptcore.data.split import iter_split_file
 from gptcore.errors import DataError
 from gptcore.params import DataParams, ParamsError, load_section
+from stages.extract_split import split_corpus
 
 RAW: dict[str, Any] = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
 WORDS = [
@@ -124,22 +123,12 @@ def refused(tmp_path: Path, **changes: Any) -> str:
 
 
 def extract(raw: Path, out: Path, params: DataParams) -> dict[str, Any]:
-    """What extract_split does with a mixture in data/raw: count, sample, deduplicate, split; the
+    """extract_split's work on a mixture in data/raw (count, sample, deduplicate, split): the
     split files' counts, the mixture's report and the names of the documents in each split."""
     assert params.sources is not None
-    stats = DocumentStats()
-    mixture = Mixture(
-        raw,
-        params.sources,
-        seed=params.seed,
-        max_docs=params.max_docs,
-        max_bytes=params.max_bytes,
-        max_document_bytes=params.max_document_bytes,
-        newlines=params.newlines,
-    )
-    documents = drop_duplicates(mixture.documents(stats), params.dedup, DedupStats())
+    counts, stats, _, mixture = split_corpus(raw, out, params)
+    assert mixture is not None
     train, val = out / "train.jsonl.zst", out / "val.jsonl.zst"
-    counts = write_splits(documents, train, val, params.seed, params.val_fraction, tally=mixture.tally)
     names = {
         split: [d.name for d in iter_split_file(out / f"{split}.jsonl.zst")] for split in ("train", "val")
     }
@@ -344,7 +333,7 @@ def test_a_source_that_gives_no_document_is_an_error_naming_it(raw: Path, tmp_pa
     params = load(tmp_path, sources=sources)
     with pytest.raises(DataError, match=r"^data\.sources\[1\] \(code\): no document under .*code matches"):
         extract(raw, tmp_path / "split", params)
-    assert not list((tmp_path / "split").iterdir())  # no split file, not even a part of one
+    assert not (tmp_path / "split").exists()  # no split folder, not even a part of one
 
 
 def test_two_sources_may_hold_files_of_the_same_name(tmp_path: Path) -> None:
