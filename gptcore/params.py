@@ -834,6 +834,53 @@ class InstructParams(FinetuneParams):
         _positive("instruct.max_new_tokens", self.max_new_tokens)
 
 
+@dataclass(frozen=True)
+class ScalingParams:
+    """scaling: the grid of the scaling pipeline (scaling/dvc.yaml, gptcore.scaling): model sizes x
+    training budgets in FLOPs, each run's other settings from the train section."""
+
+    sizes: list[str]
+    budgets: list[str]
+    holdout_budget: str | None
+    head_dim: int
+    warmup_fraction: float
+    min_steps: int
+    evals: int
+    dtype: str | None
+    compile: bool | str | None
+    attention: str | None
+    threads: int | None
+    predict_flops: list[str]
+    predict_minutes: list[float]
+    bootstrap: int
+    seed: int
+
+    def check(self) -> None:
+        # the grid's own checks (a size's format, heads dividing the width, budgets as numbers)
+        # are gptcore.scaling.grid's, which names the entry; these are the section's plain ranges
+        if not self.sizes or not self.budgets:
+            _fail("scaling.sizes" if not self.sizes else "scaling.budgets", [], "must list at least one")
+        _positive("scaling.head_dim", self.head_dim)
+        if not 0.0 <= self.warmup_fraction < 1.0:
+            _fail("scaling.warmup_fraction", self.warmup_fraction, "must lie in [0, 1)")
+        _positive("scaling.min_steps", self.min_steps)
+        _positive("scaling.evals", self.evals)
+        _non_negative("scaling.bootstrap", self.bootstrap)
+        for key, allowed in (
+            ("dtype", "auto, bfloat16, float32"),
+            ("compile", "auto, true, false"),
+            ("attention", "auto, sdpa, explicit"),
+        ):
+            value = getattr(self, key)
+            valid = isinstance(value, bool) if key == "compile" else False
+            if value is not None and not valid and value not in allowed.split(", "):
+                _fail(f"scaling.{key}", value, f"allowed: {allowed}, or null (train's)")
+        if self.threads is not None:
+            _non_negative("scaling.threads", self.threads)
+        for minutes in self.predict_minutes:
+            _positive("scaling.predict_minutes", minutes)
+
+
 SECTIONS: dict[str, type] = {
     "data": DataParams,
     "vocab": VocabParams,
@@ -842,6 +889,7 @@ SECTIONS: dict[str, type] = {
     "evaluate": EvaluateParams,
     "sample": SampleParams,
     "benchmark": BenchmarkParams,
+    "scaling": ScalingParams,
     "classify_data": ClassifyDataParams,
     "classify": ClassifyParams,
     "instruct_data": InstructDataParams,

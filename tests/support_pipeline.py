@@ -143,6 +143,7 @@ class Repo:
             if src.is_dir():
                 shutil.copytree(src, self.path / name, ignore=shutil.ignore_patterns("__pycache__"))
             else:
+                (self.path / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(src, self.path / name)
 
     def run(self, *cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:

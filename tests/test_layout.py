@@ -32,7 +32,7 @@ LAYERS: list[tuple[str, set[str]]] = [
         },
     ),
     ("training", {"train", "autotune"}),
-    ("features", {"finetune", "serve"}),
+    ("features", {"finetune", "serve", "scaling"}),
     ("commands", {"cli"}),
 ]
 

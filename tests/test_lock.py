@@ -36,11 +36,27 @@ from support_pipeline import (
 from gptcore.reports import Telemetry, live_logger
 
 # every pipeline of the repository (its dvc.yaml, from the root) and the stages it holds
+# the scaling pipeline's grid at a size that runs in seconds: 3 sizes x 2 fitted budgets + 1 held out
+TINY_GRID = {
+    "sizes": ["1x16x2", "1x32x2", "2x32x2"],
+    "budgets": ["1e10", "2e10", "4e10"],
+    "holdout_budget": "4e10",
+    "min_steps": 5,
+    "evals": 2,
+    "dtype": "float32",
+    "compile": False,
+    "attention": "sdpa",
+    "threads": 1,
+    "predict_flops": ["1e11"],
+    "bootstrap": 20,
+}
+GRID_RUNS = [f"{size}-{budget}" for size in TINY_GRID["sizes"] for budget in TINY_GRID["budgets"]]
 PIPELINES = {
     "dvc.yaml": STAGES,
     "finetune/dvc.yaml": [
         f"finetune/dvc.yaml:{s}" for s in ("classify_data", "classify", "instruct_data", "instruct")
     ],
+    "scaling/dvc.yaml": [*(f"scaling/dvc.yaml:run@{run}" for run in GRID_RUNS), "scaling/dvc.yaml:fit"],
 }
 LOCKS = [str(Path(pipeline).with_name("dvc.lock")) for pipeline in PIPELINES]
 MODELS = ["models/model.pt", "models/classifier.pt", "models/instruct.pt"]
@@ -209,7 +225,10 @@ def tiny_repo(base: Path) -> Repo:
     # its own autotune cache: the first run times auto's candidates whatever ran before it
     repo.env["GPTCORE_CACHE_DIR"] = str(base / "autotune")
     repo.init()
-    repo.copy_in("dvc.yaml", "params.yaml", "stages", "gptcore", ".gitignore", ".dvcignore", "finetune")
+    repo.copy_in(
+        *("dvc.yaml", "params.yaml", "stages", "gptcore", ".gitignore", ".dvcignore", "finetune"),
+        *("scaling/dvc.yaml", "scaling/.gitignore"),  # not the repository's own runs and lock
+    )
     repo.edit_params("data", source=str(base / "plays"), include=["**/*.md"], val_fraction=0.2)
     repo.edit_params("vocab", vocab_size=300)
     repo.edit_params("train", **{**TINY_TRAIN, "block_size": 192})  # the Alpaca prompt is long
@@ -222,6 +241,7 @@ def tiny_repo(base: Path) -> Repo:
     repo.edit_params(
         "instruct", epochs=1, batch_size=4, eval_interval=2, samples=2, max_new_tokens=8, threads=1
     )
+    repo.edit_params("scaling", **TINY_GRID)
     repo.commit("pipelines")
     return repo
 
@@ -275,6 +295,7 @@ def test_a_forced_run_changes_nothing_in_git_but_the_telemetry(rerun: dict[str, 
             "reports/telemetry/train.tsv",
             "reports/telemetry/classify.tsv",
             "reports/telemetry/instruct.tsv",
+            *(f"reports/telemetry/scaling/{run}.{ext}" for run in GRID_RUNS for ext in ("json", "tsv")),
         ]
     )
     assert json.loads(repo.dvc("status", "--json").stdout) == {}
