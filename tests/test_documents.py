@@ -353,10 +353,10 @@ def test_compressed_json_is_json_lines_as_dolma_ships_it(tmp_path: Path, suffix:
     docs, _ = read(tmp_path, ["documents/*.json" + suffix])
     name = f"documents/v1_5r2-0000.json{suffix}"
     assert docs == [Document(f"{name}:1", "first page"), Document(f"{name}:2", "second page")]
-    # a bad line is named as in any JSON Lines file
-    write(tmp_path / "documents" / f"v1_5r2-0000.json{suffix}", compress(jsonl({"id": 1, "text": 2}), suffix))
+    # a line without text is named as in any JSON Lines file
+    write(tmp_path / "documents" / f"v1_5r2-0000.json{suffix}", compress(jsonl({"id": 1, "body": 2}), suffix))
     with pytest.raises(
-        DataError, match=rf'v1_5r2-0000\.json\{suffix}, line 1: "text" is a number, not a string'
+        DataError, match=rf'v1_5r2-0000\.json\{suffix}, line 1: expected an object with a "text"'
     ):
         read(tmp_path, ["**"])
 
@@ -380,12 +380,16 @@ def test_jsonl_line_that_is_not_json_names_file_and_line(tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize(
-    ("value", "said"), [(17, "a number"), (None, "null"), (["a"], "an array"), ({"nested": "x"}, "an object")]
+    ("value", "reason"),
+    [(17, "not_text"), (None, "null_text"), (["a"], "not_text"), ({"nested": "x"}, "not_text")],
 )
-def test_jsonl_non_string_text_names_file_and_line(tmp_path: Path, value: object, said: str) -> None:
-    write(tmp_path / "shard.jsonl", jsonl({"text": "ok"}, {"text": "ok"}, {"text": value}))
-    with pytest.raises(DataError, match=rf"shard\.jsonl, line 3: \"text\" is {said}, not a string$"):
-        read(tmp_path)
+def test_jsonl_null_or_non_string_text_is_skipped_counted_and_named(
+    tmp_path: Path, value: object, reason: str
+) -> None:
+    write(tmp_path / "shard.jsonl", jsonl({"text": "one"}, {"text": value}, {"text": "three"}))
+    docs, stats = read(tmp_path)
+    assert docs == [Document("shard.jsonl:1", "one"), Document("shard.jsonl:3", "three")]
+    assert stats.skipped[reason] == 1 and stats.names[reason] == ["shard.jsonl:2"]
 
 
 def test_jsonl_line_that_is_not_an_object_is_an_error(tmp_path: Path) -> None:
@@ -395,7 +399,7 @@ def test_jsonl_line_that_is_not_an_object_is_an_error(tmp_path: Path) -> None:
 
 
 def test_jsonl_error_inside_an_archive_names_archive_member_and_line(tmp_path: Path) -> None:
-    shard = zstd_stream(jsonl({"text": "ok"}, {"text": 3}))
+    shard = zstd_stream(jsonl({"text": "ok"}, {"body": 3}))
     write(tmp_path / "pile.tar", tar_bytes({"pile/00.jsonl.zst": shard}))
     with pytest.raises(DataError) as err:
         read(tmp_path)

@@ -10,7 +10,8 @@
   `urlsf_subsetNN-M_data.xz`) its members are read, otherwise it is one text document;
 - JSON Lines (`.jsonl`, `.jsonl.gz`, `.jsonl.xz`, `.jsonl.zst`, and `.json` compressed: Dolma's
   `.json.gz`): one document per line, taken from the object's `text_field` (`"text"`), named
-  `<file>:<line>`; a plain `.json` is a text file like any other;
+  `<file>:<line>`; a line whose text is null, a number, a list or an object is skipped and counted,
+  as a Parquet row's is; a plain `.json` is a text file like any other;
 - Parquet (`.parquet`, or a file whose first bytes are Parquet's magic): one document per row,
   taken from the `text_field` column, named `<file>:<row>` with rows counted from 0 as pandas and
   Hugging Face `datasets` count them; read a slice of rows at a time (gptcore/data/parquet.py).
@@ -103,8 +104,8 @@ NOT_A_FILE = "not_a_file"
 WHERE = "where"  # a record (JSON line, Parquet row) that fails a condition of data.where
 BINARY = "binary"  # a file whose content is not text
 TOO_LONG = "too_long"  # a JSON line or Parquet value longer than max_document_bytes
-NULL_TEXT = "null_text"  # a Parquet row whose text is null
-NOT_TEXT = "not_text"  # a Parquet row whose text column holds something else than text
+NULL_TEXT = "null_text"  # a record (Parquet row, JSON line) whose text is null
+NOT_TEXT = "not_text"  # a record whose text is something else than text (a number, a list)
 
 # what was done to documents that were read, as reported in reports/data.json
 CUT = "cut"  # read as several documents of at most max_document_bytes
@@ -461,9 +462,11 @@ class _Reader:
                 got = f"keys {sorted(obj)}" if isinstance(obj, dict) else _json_type(obj)
                 problem = f'expected an object with a "{self.text_field}" field, got {got}'
                 raise DataError(f"{self.where(name)}, line {lineno}: {problem}")
-            if not isinstance(text, str):
-                problem = f'"{self.text_field}" is {_json_type(text)}, not a string'
-                raise DataError(f"{self.where(name)}, line {lineno}: {problem}")
+            if not isinstance(text, str):  # as a Parquet row's: skipped, counted and named
+                reason = NULL_TEXT if text is None else NOT_TEXT
+                self.stats.skipped[reason] += 1
+                self.stats.note(reason, f"{name.text}:{lineno}")
+                continue
             if self.filters:
                 try:
                     failed = first_failed(self.filters, obj)
