@@ -157,3 +157,11 @@ def test_every_entry_that_cannot_run_is_named_before_any_run_starts() -> None:
     assert "1x32" not in text and "2x32" not in text  # the entries that can run are not named
     # a model far beyond this machine's memory, named at the budget where it had steps enough
     assert "64x8192x64-1e15: its memory plan does not fit" in text
+
+
+def test_a_budget_dvc_read_as_a_number_is_named_with_the_fix() -> None:
+    # unquoted, 2e9 is a string to PyYAML (YAML 1.1) and a number to DVC (YAML 1.2), which then
+    # passes the run 2000000000.0
+    section = scaling(sizes=["1x32"], budgets=["2e9"], holdout_budget=None)
+    with pytest.raises(ParamsError, match=r"no grid entry 1x32-2000000000.0: .*quote it in params.yaml"):
+        find_run(section, "1x32", "2000000000.0")

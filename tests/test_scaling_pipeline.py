@@ -35,8 +35,9 @@ RESULT_KEYS = {
 # three sizes by three budgets of a 1-layer model on the generated plays: seconds a run
 TINY_GRID = {
     "sizes": ["1x16x2", "1x32x2", "2x32x2"],
-    "budgets": ["2e9", "4e9", "8e9"],
-    "holdout_budget": "8e9",
+    # written as YAML 1.1 floats so that the tests' yaml.safe_dump quotes them, as params.yaml must
+    "budgets": ["2.0e+9", "4.0e+9", "8.0e+9"],
+    "holdout_budget": "8.0e+9",
     "min_steps": 5,
     "evals": 2,
     "dtype": None,
@@ -141,8 +142,8 @@ def test_a_new_size_trains_only_its_own_runs(grid: dict[str, Any], tmp_path: Pat
 @pytest.mark.e2e
 def test_a_killed_sweep_continues_where_it_stopped(grid: dict[str, Any], tmp_path: Path) -> None:
     repo = grid["repo"].copy(tmp_path / "repo")
-    repo.edit_params("scaling", budgets=[*TINY_GRID["budgets"][:-1], "5e9", "8e9"])  # three new runs
-    new = [run_stage(size, "5e9") for size in TINY_GRID["sizes"]]
+    repo.edit_params("scaling", budgets=[*TINY_GRID["budgets"][:-1], "5.0e+9", "8.0e+9"])  # three new runs
+    new = [run_stage(size, "5.0e+9") for size in TINY_GRID["sizes"]]
     sweep = subprocess.Popen(
         [sys.executable, "-m", "dvc", "repro", "scaling/dvc.yaml"],
         cwd=repo.path,
@@ -152,14 +153,23 @@ def test_a_killed_sweep_continues_where_it_stopped(grid: dict[str, Any], tmp_pat
         text=True,
         start_new_session=True,
     )
-    first_done = repo.path / "scaling/runs" / f"{TINY_GRID['sizes'][0]}-5e9"
+    lock = repo.path / "scaling/dvc.lock"
+
+    def finished(stage: str) -> bool:  # DVC records a stage in the lock once its outputs are cached
+        return lock.exists() and f"{stage.split(':', 1)[1]}:" in lock.read_text(encoding="utf-8")
+
     deadline = time.monotonic() + 300
-    while not first_done.exists() and sweep.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    os.killpg(sweep.pid, signal.SIGKILL)  # as a lost machine or a Ctrl-C would
-    sweep.communicate()
-    assert first_done.exists()
-    time.sleep(1)
+    second = f"--size {TINY_GRID['sizes'][1]} --budget 5"  # the run after the first new one
+    pids: list[int] = []
+    while not pids and sweep.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+        found = subprocess.run(["pgrep", "-f", "--", second], capture_output=True, text=True)
+        pids = [int(pid) for pid in found.stdout.split()]
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)  # the run dies mid-training, as on a lost machine or the OOM killer
+    out, _ = sweep.communicate()
+    assert pids and sweep.returncode != 0, out
+    assert finished(new[0]) and not finished(new[1]) and not finished(new[-1])
     again = repo.dvc("repro", "scaling/dvc.yaml").stdout
     assert not ran(again, new[0])  # done before the kill: kept
     assert ran(again, new[-1])  # not started before the kill: trained now
@@ -170,8 +180,8 @@ def test_a_killed_sweep_continues_where_it_stopped(grid: dict[str, Any], tmp_pat
 @pytest.mark.parametrize(
     ("changes", "named"),
     [
-        ({"sizes": ["1x16x2", "1x30x4"]}, "1x30x4: 4 heads do not divide the width 30"),
-        ({"budgets": ["1e6", "2e9", "8e9"]}, "1x16x2-1e6: the budget buys 0 steps"),
+        ({"sizes": [*TINY_GRID["sizes"], "1x30x4"]}, "1x30x4: 4 heads do not divide the width 30"),
+        ({"budgets": ["1.0e+6", "2.0e+9", "8.0e+9"]}, "1x16x2-1.0e+6: the budget buys 0 steps"),
     ],
 )
 def test_a_bad_grid_entry_is_named_before_any_run_starts(

@@ -128,8 +128,16 @@ def find_run(scaling: ScalingParams, size: str, budget: str) -> Run:
     for run in load_grid(scaling):
         if run.size.name == size and run.budget_name == budget:
             return run
+    hint = ""
+    try:
+        if any(float(budget) == float(b) for b in scaling.budgets):
+            # DVC reads params.yaml as YAML 1.2, where an unquoted 2e9 is a number
+            hint = f': DVC read a budget as the number {budget}; quote it in params.yaml ("2e9")'
+    except ValueError:
+        pass
     raise ParamsError(
-        f"no grid entry {size}-{budget}: scaling.sizes is {scaling.sizes}, scaling.budgets {scaling.budgets}"
+        f"no grid entry {size}-{budget}: scaling.sizes is {scaling.sizes}, scaling.budgets "
+        f"{scaling.budgets}{hint}"
     )
 
 
