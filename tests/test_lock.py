@@ -376,5 +376,5 @@ def test_going_back_to_the_committed_lock_retrains_nothing(rerun: dict[str, Any]
     finetune = repo.dvc("repro", "finetune/dvc.yaml").stdout
     assert not [stage for stage in STAGES if ran(finetune, stage)], finetune
     assert read(repo, [*LOCKS, *MODELS]) == {rel: committed[rel] for rel in [*LOCKS, *MODELS]}
-    assert json.loads(repo.dvc("status", "--json").stdout) == {}
+    assert json.loads(repo.dvc("status", "dvc.yaml", "finetune/dvc.yaml", "--json").stdout) == {}
     assert not [rel for rel in changed_in_git(repo) if not rel.startswith("reports/telemetry/")]
