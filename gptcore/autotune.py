@@ -11,9 +11,17 @@ your machine"). So `auto` is measured, never looked up:
    kernel (fused `sdpa`, `explicit`; gptcore.model) trains this run's model (the imported one's
    shape with `train.init_from`), micro-batch and gradient accumulation eagerly for a few steps of
    the run's own step function (gptcore.step), its model wrapped as the run's is (ddp or fsdp over
-   the run's processes, which all time it together): warm-up steps, then timed ones (median);
+   the run's processes, which all time it together): warm-up steps, then timed ones (median),
+   which stop once `SETTLED_STEPS` agree. Two cheap measurements rule a candidate out before its
+   steps cost much: bf16 is not stepped at all where a matmul of the model's width runs
+   `RULE_OUT` times slower in bf16 autocast than in fp32 (emulated bf16 runs ~100x slower on a
+   CPU without bf16 instructions, and a step there takes half a minute), and an eager candidate
+   whose first step alone takes `SLOW_START` times the fastest candidate's whole warm-up is
+   stopped there;
 2. the fastest of those is then timed compiled as well (when `compile: auto`); compiling does not
-   change which eager candidate is fastest often enough to pay for a second compile;
+   change which eager candidate is fastest often enough to pay for a second compile. When it
+   wins, its compiled code stays in memory and the run's own `torch.compile` reuses it, so its
+   compile is the run's, not the probe's; when it loses, it is dropped;
 3. each candidate's cost for this run is its warm-up (the compile, for a compiled one) plus its
    step time for the rest of the run's steps; the cheapest wins, and fp32 eager, then bf16, the
    fused kernel before the explicit one, then compiled, are preferred unless another candidate is
@@ -22,7 +30,7 @@ your machine"). So `auto` is measured, never looked up:
 
 Bounded: each candidate times at most `TIMED_STEPS` steps and stops early after `PROBE_SECONDS`,
 so the eager probes cost a small part of a run of the default length, the compiled one its compile
-(what they cost the reference run: docs/results.md, "The reference run").
+(what they cost: docs/training.md, "What the probes cost").
 The figures (not the decision) are cached per machine, torch version, device, threads and model
 shape in `~/.cache/gptcore/autotune.json` (`$GPTCORE_CACHE_DIR` moves it), so a repeated run pays
 nothing and a run of another length re-decides from the same figures. A resumed run keeps the
@@ -56,8 +64,21 @@ from gptcore.step import lm_loss, train_step
 
 WARM_STEPS = 2  # the first steps allocate, autotune oneDNN kernels, and (compiled) compile
 TIMED_STEPS = 5
+SETTLED_STEPS = 3  # timing stops once this many steps agree to within SETTLED
+SETTLED = 0.05
 PROBE_SECONDS = 10.0  # a candidate's timed steps stop after this much time (at least 2 are timed)
 MARGIN = 0.05  # a later candidate must be this much cheaper to win over an earlier one
+# bf16 is not stepped where its matmuls run this many times slower than fp32's: its step could
+# not win (matmuls are most of a step), and on a CPU that emulates bf16 one step takes ~100 fp32 ones
+RULE_OUT = 2.0
+# an eager candidate whose first step takes this many times the fastest one's whole warm-up is
+# stopped after it (a first step is slower than later ones, never by this much among equals)
+SLOW_START = 4.0
+MATMUL_ROWS = (
+    512  # rows of the matmul behind RULE_OUT: big enough to time, small enough to cost ~1 s at worst
+)
+MATMUL_SECONDS = 0.05  # each precision's matmuls are timed for about this long (at least 3)
+RULED_OUT = "ruled out: "  # how a Timing's error begins when a cheap measurement left it out
 # 2: candidates name their attention kernel; 3: a step is an optimizer step; 4: several processes
 # time their DDP or FSDP step together
 CACHE_VERSION = 4
@@ -92,6 +113,11 @@ class Timing:
     @property
     def choice(self) -> Choice:
         return Choice(self.dtype, self.compile, self.attention)
+
+    @property
+    def ruled_out(self) -> bool:
+        """Left out by a cheap measurement (RULE_OUT, SLOW_START) rather than failed."""
+        return self.error is not None and self.error.startswith(RULED_OUT)
 
     def run_seconds(self, steps: int) -> float:
         """What `steps` optimizer steps cost with this candidate, its compile included."""
@@ -138,7 +164,7 @@ class Decision:
         lines = [f"{self.choice.describe()} ({self.source})"]
         for t in self.timings:
             if t.step_seconds is None:
-                lines.append(f"  {t.choice.describe():40s} failed: {t.error}")
+                lines.append(f"  {t.choice.describe():40s} {'' if t.ruled_out else 'failed: '}{t.error}")
             else:
                 lines.append(
                     f"  {t.choice.describe():40s} {t.step_seconds * 1e3:8.1f} ms/step, warm-up "
@@ -326,7 +352,12 @@ def decide(
     if ranks.is_main:
         key = machine_key(params, config, device, micro_batch)
         store_timings(key, _merge(cached_timings(key, cache) or [], timings), cache)
-    return Decision(pick(timings, params.max_iters), "measured", timings)
+    choice = pick(timings, params.max_iters)
+    if not choice.compile and any(t.compile for t in timings):
+        # the compiled probe lost: its graphs would only hold memory (when it wins they stay,
+        # and the run's torch.compile of the same model code reuses them instead of compiling)
+        torch.compiler.reset()
+    return Decision(choice, "measured", timings)
 
 
 def _lookup(timings: list[Timing], choice: Choice) -> Timing:
@@ -349,9 +380,14 @@ class TrainingProbe:
     micro-batches of forward and backward, clip, optimizer step) on random tokens. The global RNG
     is left as it was, so a run measured and a run read from the cache train identically.
 
+    Before a bf16 candidate's model is built, `matmul_slowdown` may rule it out (RULE_OUT), and
+    an eager candidate after the first has its first step compared with `fastest_warm`, the
+    fastest finished candidate's warm-up (SLOW_START). A compiled candidate's graphs are kept
+    when it succeeds (`decide` drops them if it loses), so the run need not compile again.
+
     Under several processes every rank must call it with the same candidate, together: their
     steps are timed with the collectives in them, and each rank returns the same figures, the
-    slowest rank's (a step waits for it), or a rank's error."""
+    slowest rank's (a step waits for it), or a rank's error; rank 0's measurements rule out."""
 
     params: TrainParams
     config: GPTConfig
@@ -359,23 +395,28 @@ class TrainingProbe:
     micro_batch: int
     ranks: Ranks = field(default_factory=Ranks)
     clock: Callable[[], float] = time.perf_counter
+    fastest_warm: float | None = None
+    bf16_slowdown: float | None = None  # measured once, on the first bf16 candidate
 
     def _now(self) -> float:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return self.clock()
 
-    def _more(self, elapsed: float) -> bool:
-        """Whether to time another step: every rank takes each step (its collectives wait for
-        all), so rank 0's clock decides for all."""
-        return bool(from_main(elapsed < PROBE_SECONDS, self.ranks))
+    def _more(self, elapsed: float, times: list[float]) -> bool:
+        """Whether to time another step: not once PROBE_SECONDS are spent or the last
+        SETTLED_STEPS agree. Every rank takes each step (its collectives wait for all), so rank
+        0's clock decides for all."""
+        last = times[-SETTLED_STEPS:]
+        settled = len(last) == SETTLED_STEPS and max(last) <= (1.0 + SETTLED) * min(last)
+        return bool(from_main(elapsed < PROBE_SECONDS and not settled, self.ranks))
 
     def __call__(self, choice: Choice) -> Timing:
         devices = [self.device] if self.device.type == "cuda" else []
         failure: Exception | None = None
         with torch.random.fork_rng(devices=devices):
             try:
-                timing = self._time(choice)
+                timing = self._rule_out_bf16(choice) or self._time(choice)
             # an optional lever that does not work here (an Inductor error, a dtype the device
             # lacks) is a result: the candidate is out, the run goes on with the others
             except Exception as exc:
@@ -383,16 +424,34 @@ class TrainingProbe:
                 first_line = (str(exc).strip().splitlines() or [""])[0][:200]
                 error = f"{type(exc).__name__}: {first_line}"
                 timing = Timing(choice.dtype, choice.compile, 0.0, None, error, choice.attention)
-            finally:
                 if choice.compile:
                     torch.compiler.reset()
         timing = _agreed(gather_to_all(timing, self.ranks))
+        if timing.step_seconds is not None and not choice.compile:
+            warm = timing.warm_seconds
+            self.fastest_warm = warm if self.fastest_warm is None else min(self.fastest_warm, warm)
         if timing.error is not None and choice == Choice("float32", False):
             # the baseline every run can fall back to failed: that is the run's error, not a result
             if failure is not None:
                 raise failure
             raise RuntimeError(f"another process failed the float32 step: {timing.error}")
         return timing
+
+    def _rule_out_bf16(self, choice: Choice) -> Timing | None:
+        """A Timing that leaves a bf16 candidate out, where bf16 matmuls of this model's width run
+        RULE_OUT times slower than fp32's (measured once; rank 0's figure holds for all)."""
+        if choice.dtype != "bfloat16":
+            return None
+        if self.bf16_slowdown is None:
+            mine = matmul_slowdown(self.device, self.config.n_embd, self._now) if self.ranks.is_main else 0.0
+            self.bf16_slowdown = float(from_main(mine, self.ranks))
+        if self.bf16_slowdown < RULE_OUT:
+            return None
+        why = (
+            f"{RULED_OUT}a bf16 autocast matmul of width {self.config.n_embd} took "
+            f"{self.bf16_slowdown:.1f}x an fp32 one (not stepped: {RULE_OUT:g}x rules it out)"
+        )
+        return Timing(choice.dtype, choice.compile, 0.0, None, why, choice.attention)
 
     def _time(self, choice: Choice) -> Timing:
         torch.manual_seed(0)
@@ -421,16 +480,48 @@ class TrainingProbe:
             )
 
         start = self._now()
-        for _ in range(WARM_STEPS):
+        step()
+        ceiling = None if choice.compile or self.fastest_warm is None else SLOW_START * self.fastest_warm
+        if ceiling is not None:
+            first = self._now() - start
+            if from_main(first > ceiling, self.ranks):
+                why = (
+                    f"{RULED_OUT}its first step took {first:.1f} s, over {SLOW_START:g}x the fastest "
+                    f"candidate's {WARM_STEPS} warm-up steps ({self.fastest_warm:.1f} s)"
+                )
+                return Timing(choice.dtype, choice.compile, first, None, why, choice.attention)
+        for _ in range(WARM_STEPS - 1):
             step()
         warm = self._now() - start
         times: list[float] = []
         began = self._now()
-        while len(times) < TIMED_STEPS and (len(times) < 2 or self._more(self._now() - began)):
+        while len(times) < TIMED_STEPS and (len(times) < 2 or self._more(self._now() - began, times)):
             t0 = self._now()
             step()
             times.append(self._now() - t0)
         return Timing(choice.dtype, choice.compile, warm, statistics.median(times), None, choice.attention)
+
+
+def matmul_slowdown(device: torch.device, width: int, now: Callable[[], float] = time.perf_counter) -> float:
+    """How many times longer a matmul of a block's shape (MATMUL_ROWS x width by width x 4 width,
+    an MLP's up-projection) takes under bf16 autocast than in fp32 on `device`: the median of
+    repeats timed for about MATMUL_SECONDS each, after one untimed."""
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(MATMUL_ROWS, width, generator=gen).to(device)
+    b = torch.randn(width, 4 * width, generator=gen).to(device)
+
+    def median_seconds(dtype: torch.dtype | None) -> float:
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            torch.mm(a, b)
+            times: list[float] = []
+            began = now()
+            while len(times) < 3 or now() - began < MATMUL_SECONDS:
+                t0 = now()
+                torch.mm(a, b)
+                times.append(now() - t0)
+        return statistics.median(times)
+
+    return median_seconds(torch.bfloat16) / median_seconds(None)
 
 
 def _agreed(timings: list[Timing]) -> Timing:

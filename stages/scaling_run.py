@@ -17,6 +17,7 @@ stops the stage with all of them named, so a bad grid fails at its first stage, 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from gptcore.atomic import atomic_dir, write_json, write_text
@@ -28,7 +29,7 @@ from gptcore.evaluate import evaluate_sample, evaluate_split
 from gptcore.params import load_section
 from gptcore.reports import Telemetry
 from gptcore.scaling.grid import find_run
-from gptcore.scaling.plan import PlannedRun, check_grid
+from gptcore.scaling.plan import PlannedRun, check_grid, slow_bf16_warning
 from gptcore.tokenizer import load_tokenizer
 from gptcore.train import train
 
@@ -61,7 +62,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     scaling, params, evaluate = load_section("scaling"), load_section("train"), load_section("evaluate")
     tokenizer = load_tokenizer(VOCAB_DIR)
-    planned = check_grid(scaling, params, tokenizer.vocab_size, resolve_device(params.device))
+    device = resolve_device(params.device)
+    planned = check_grid(scaling, params, tokenizer.vocab_size, device)
+    warning = slow_bf16_warning(planned, device)
+    if warning:
+        print(f"scaling: warning: {warning}", file=sys.stderr)
     if args.plan:
         print(plan_table(planned))
         return

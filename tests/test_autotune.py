@@ -192,7 +192,7 @@ def test_cached_figures_serve_only_runs_of_the_same_micro_batch_threads_optimize
 def test_the_probe_times_real_steps_and_leaves_the_rng_alone() -> None:
     before = torch.get_rng_state()
     probe = TrainingProbe(AUTO, CONFIG, CPU, 4)
-    timings = [probe(FP32), probe(BF16)]
+    timings = [probe(FP32), probe(FP32_X)]  # (bf16: where a matmul says it is worth a step, below)
     assert all(t.step_seconds is not None and t.step_seconds > 0 for t in timings)
     assert all(t.warm_seconds > 0 for t in timings)
     assert torch.equal(torch.get_rng_state(), before)
@@ -204,6 +204,137 @@ def test_the_probe_is_bounded_when_steps_are_slow() -> None:
     assert timed.step_seconds == 100.0
     # two warm-up steps and two timed ones, then PROBE_SECONDS is spent: 4 steps, not 2 + TIMED_STEPS
     assert next(ticks) / 100.0 < 2 * (autotune.WARM_STEPS + autotune.TIMED_STEPS)
+
+
+def test_timing_stops_once_the_steps_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    forwards = count_forwards(monkeypatch)
+    ticks = itertools.count(step=0.25)  # every step "takes" the same time: settled after three
+    timed = TrainingProbe(AUTO, CONFIG, CPU, 4, clock=lambda: next(ticks))(FP32)
+    assert timed.step_seconds == 0.25
+    assert (
+        len(forwards)
+        == autotune.WARM_STEPS + autotune.SETTLED_STEPS
+        < autotune.WARM_STEPS + autotune.TIMED_STEPS
+    )
+    # steps that keep changing are timed up to TIMED_STEPS
+    forwards.clear()
+    uneven = itertools.accumulate(itertools.cycle([0.1, 0.2, 0.1, 0.3]))
+    TrainingProbe(AUTO, CONFIG, CPU, 4, clock=lambda: next(uneven))(FP32)
+    assert len(forwards) == autotune.WARM_STEPS + autotune.TIMED_STEPS
+
+
+def count_forwards(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    from gptcore.model import GPT
+
+    calls: list[int] = []
+    real = GPT.forward
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(GPT, "forward", counted)
+    return calls
+
+
+def test_bf16_is_not_stepped_where_its_matmuls_are_slow(monkeypatch: pytest.MonkeyPatch) -> None:
+    measured: list[int] = []
+
+    def slow(device, width, now):
+        measured.append(width)
+        return 40.0
+
+    monkeypatch.setattr(autotune, "matmul_slowdown", slow)
+    forwards = count_forwards(monkeypatch)
+    probe = TrainingProbe(AUTO, CONFIG, CPU, 4)
+    out, out_x = probe(BF16), probe(BF16_X)
+    assert forwards == [] and measured == [CONFIG.n_embd]  # one matmul measurement, no step
+    assert out.step_seconds is None and out.ruled_out and "40.0x an fp32 one" in out.error
+    assert out_x.ruled_out and not timing(FP32_C, None, error="RuntimeError: x").ruled_out
+    # the search goes on with fp32, compiles the fastest that stepped, and says why bf16 is out
+    timings = search(AUTO, CPU, FakeProbeWith(probe, {FP32: 1.0, FP32_C: 0.5}))
+    assert [t.choice for t in timings] == [FP32, BF16, FP32_C]
+    assert pick(timings, 100) == FP32_C
+    summary = autotune.Decision(FP32_C, "measured", timings).summary(100)
+    assert "eager bf16 autocast, sdpa attention" in summary and "ruled out: a bf16 autocast matmul" in summary
+    assert "failed" not in summary
+
+
+class FakeProbeWith:
+    """Fixed step times for the choices given; the others go to a real probe."""
+
+    def __init__(self, probe: TrainingProbe, steps: dict[Choice, float]) -> None:
+        self.probe, self.steps = probe, steps
+
+    def __call__(self, choice: Choice) -> Timing:
+        if choice in self.steps:
+            return timing(choice, self.steps[choice], 2 * self.steps[choice])
+        return self.probe(choice)
+
+
+def test_bf16_is_stepped_where_its_matmuls_keep_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(autotune, "matmul_slowdown", lambda device, width, now: 1.5)
+    timed = TrainingProbe(AUTO, CONFIG, CPU, 4)(BF16)
+    assert timed.step_seconds is not None and timed.error is None
+
+
+def test_the_matmul_measurement_runs_on_this_machine() -> None:
+    probe = TrainingProbe(AUTO, CONFIG, CPU, 4)
+    out = probe(BF16)
+    assert probe.bf16_slowdown is not None and probe.bf16_slowdown > 0
+    # on a CPU without bf16 instructions it is ruled out, with the figure; elsewhere it stepped
+    assert (out.step_seconds is None) == (probe.bf16_slowdown >= autotune.RULE_OUT)
+    if out.step_seconds is None:
+        assert out.ruled_out and f"{probe.bf16_slowdown:.1f}x" in str(out.error)
+
+
+def test_an_eager_candidate_far_slower_at_its_first_step_is_stopped_there(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    forwards = count_forwards(monkeypatch)
+    # as if an earlier candidate had warmed up in a microsecond: this one's first step is far over
+    out = TrainingProbe(AUTO, CONFIG, CPU, 4, fastest_warm=1e-6)(FP32_X)
+    assert out.step_seconds is None and out.ruled_out and "its first step took" in str(out.error)
+    assert len(forwards) == 1 and out.warm_seconds > 0
+    # the first candidate sets the bar for the next: an equal one is timed in full
+    probe = TrainingProbe(AUTO, CONFIG, CPU, 4)
+    assert probe(FP32).step_seconds is not None and probe.fastest_warm is not None
+    assert probe(FP32_X).step_seconds is not None
+
+
+def test_a_compiled_candidate_is_not_stopped_at_its_compile(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.compiler, "reset", lambda: None)
+    out = TrainingProbe(AUTO, CONFIG, CPU, 4, fastest_warm=1e-6)(FP32_C)
+    assert out.step_seconds is not None and out.warm_seconds > 1e-6 * autotune.SLOW_START
+
+
+def test_decide_keeps_the_compiled_probe_only_when_it_wins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    resets: list[int] = []
+    monkeypatch.setattr(torch.compiler, "reset", lambda: resets.append(1))
+    wins = FakeProbe({FP32: 1.0, BF16: 1.0, FP32_C: 0.1}, {FP32_C: 2.0})
+    assert decide(AUTO, CONFIG, CPU, 4, probe=wins, cache=tmp_path / "a.json").choice == FP32_C
+    assert resets == []  # the run's torch.compile reuses the probe's graphs
+    loses = FakeProbe({FP32: 1.0, BF16: 1.0, FP32_C: 0.99}, {FP32_C: 50.0})
+    assert decide(AUTO, CONFIG, CPU, 4, probe=loses, cache=tmp_path / "b.json").choice == FP32
+    assert resets == [1]
+
+
+def test_a_run_that_reuses_the_compiled_probe_trains_as_a_forced_compiled_run(
+    stores, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = dataclasses.replace(AUTO, dtype="float32", max_iters=6)
+    monkeypatch.setattr(autotune, "cache_path", lambda: tmp_path / "cache.json")
+    monkeypatch.setattr(autotune, "pick", lambda timings, steps: FP32_C)  # compiled wins, whatever the times
+    torch.compiler.reset()
+    measured = train(p, *stores, progress=False)
+    assert (measured.precision.choice, measured.precision.source) == (FP32_C, "measured")
+    torch.compiler.reset()  # compiled afresh
+    forced = train(dataclasses.replace(p, compile=True), *stores, progress=False)
+    assert forced.precision.source == "params"
+    state, forced_state = measured.model.state_dict(), forced.model.state_dict()
+    assert all(torch.equal(state[k], forced_state[k]) for k in state)
 
 
 def test_a_candidate_that_fails_is_reported_and_left_out(monkeypatch: pytest.MonkeyPatch) -> None:

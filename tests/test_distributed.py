@@ -297,13 +297,14 @@ def probe_under_torchrun(tmp_path: Path, parallel: str) -> list[dict[str, float]
 
 @pytest.mark.slow
 def test_the_probe_times_the_ddp_step_on_every_rank_and_they_agree_on_the_slowest(tmp_path: Path) -> None:
-    from gptcore.autotune import TIMED_STEPS, WARM_STEPS
+    from gptcore.autotune import SETTLED_STEPS, WARM_STEPS
 
     ranks = probe_under_torchrun(tmp_path, "ddp")
     assert [r["rank"] for r in ranks] == [0, 1]
     # every micro-batch of every probed step went through DDP, which all-reduces the gradients;
-    # rank 0's clock decided how many steps both timed
-    steps = WARM_STEPS + TIMED_STEPS
+    # rank 0's clock decided how many steps both timed (its steps all take a tick: settled after
+    # SETTLED_STEPS, where rank 1's long ticks alone would have stopped it after two)
+    steps = WARM_STEPS + SETTLED_STEPS
     assert [r["ddp_forwards"] for r in ranks] == [2 * steps, 2 * steps]
     assert [r["shards"] for r in ranks] == [0, 0]
     # the clock is read once around the warm-up steps and once around each timed step: one tick;

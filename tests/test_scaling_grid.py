@@ -165,3 +165,29 @@ def test_a_budget_dvc_read_as_a_number_is_named_with_the_fix() -> None:
     section = scaling(sizes=["1x32"], budgets=["2e9"], holdout_budget=None)
     with pytest.raises(ParamsError, match=r"no grid entry 1x32-2000000000.0: .*quote it in params.yaml"):
         find_run(section, "1x32", "2000000000.0")
+
+
+def test_a_grid_in_bf16_where_bf16_matmuls_are_slow_is_warned_about(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gptcore.scaling import plan as plan_module
+
+    widths: list[int] = []
+
+    def slowdown(ratio: float):
+        def measure(device: torch.device, width: int) -> float:
+            widths.append(width)
+            return ratio
+
+        return measure
+
+    section = load_section("scaling", ROOT / "params.yaml")
+    bf16 = check_grid(dataclasses.replace(section, dtype="bfloat16"), train(), 1024, CPU)
+    monkeypatch.setattr(plan_module, "matmul_slowdown", slowdown(78.0))
+    warning = plan_module.slow_bf16_warning(bf16, CPU)
+    assert warning is not None and "78x slower than fp32" in warning and "scaling.dtype to float32" in warning
+    assert widths == [max(p.params.n_embd for p in bf16)]  # measured at the grid's widest model
+    monkeypatch.setattr(plan_module, "matmul_slowdown", slowdown(1.2))
+    assert plan_module.slow_bf16_warning(bf16, CPU) is None
+    # a grid in fp32 is not measured at all
+    fp32 = check_grid(dataclasses.replace(section, dtype="float32"), train(), 1024, CPU)
+    widths.clear()
+    assert plan_module.slow_bf16_warning(fp32, CPU) is None and widths == []

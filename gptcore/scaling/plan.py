@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from gptcore.autotune import RULE_OUT, matmul_slowdown
 from gptcore.errors import GptcoreError
 from gptcore.model import GPT, flops_per_token
 from gptcore.params import ScalingParams, TrainParams
@@ -99,3 +100,20 @@ def check_grid(
             "run; no run started:\n  " + "\n  ".join(problems)
         )
     return planned
+
+
+def slow_bf16_warning(planned: list[PlannedRun], device: torch.device) -> str | None:
+    """A warning when the grid trains in bf16 on a device whose bf16 matmuls run RULE_OUT times
+    slower than fp32's (a CPU without bf16 instructions: ~80x), where the grid would take that
+    much longer than it need; None otherwise. `auto` rules bf16 out by the same measurement."""
+    if not planned or planned[0].params.dtype != "bfloat16" or device.type != "cpu":
+        return None
+    width = max(p.params.n_embd for p in planned)
+    slowdown = matmul_slowdown(device, width)
+    if slowdown < RULE_OUT:
+        return None
+    return (
+        f"bf16 autocast matmuls run {slowdown:.0f}x slower than fp32 on this machine, and the grid "
+        "trains in bf16 (scaling.dtype): set scaling.dtype to float32, or to null for train's "
+        "(auto leaves bf16 out here), or expect the runs to take that much longer"
+    )
