@@ -14,8 +14,8 @@ your machine"). So `auto` is measured, never looked up:
    the run's processes, which all time it together): warm-up steps, then timed ones (median),
    which stop once `SETTLED_STEPS` agree. Two cheap measurements rule a candidate out before its
    steps cost much: bf16 is not stepped at all where a matmul of the model's width runs
-   `RULE_OUT` times slower in bf16 autocast than in fp32 (emulated bf16 runs ~100x slower on a
-   CPU without bf16 instructions, and a step there takes half a minute), and an eager candidate
+   `RULE_OUT` times slower in bf16 autocast than in fp32 (a CPU without bf16 instructions
+   emulates it, far slower still, and each of its steps would cost as much), and an eager candidate
    whose first step alone takes `SLOW_START` times the fastest candidate's whole warm-up is
    stopped there;
 2. the fastest of those is then timed compiled as well (when `compile: auto`); compiling does not
@@ -30,7 +30,8 @@ your machine"). So `auto` is measured, never looked up:
 
 Bounded: each candidate times at most `TIMED_STEPS` steps and stops early after `PROBE_SECONDS`,
 so the eager probes cost a small part of a run of the default length, the compiled one its compile
-(what they cost: docs/training.md, "What the probes cost").
+(what they cost: docs/training.md, "Precision, compiling and the attention kernel: measured on
+your machine").
 The figures (not the decision) are cached per machine, torch version, device, threads and model
 shape in `~/.cache/gptcore/autotune.json` (`$GPTCORE_CACHE_DIR` moves it), so a repeated run pays
 nothing and a run of another length re-decides from the same figures. A resumed run keeps the
@@ -69,14 +70,13 @@ SETTLED = 0.05
 PROBE_SECONDS = 10.0  # a candidate's timed steps stop after this much time (at least 2 are timed)
 MARGIN = 0.05  # a later candidate must be this much cheaper to win over an earlier one
 # bf16 is not stepped where its matmuls run this many times slower than fp32's: its step could
-# not win (matmuls are most of a step), and on a CPU that emulates bf16 one step takes ~100 fp32 ones
+# not win (matmuls are most of a step), and where a CPU emulates bf16 a step costs far more
 RULE_OUT = 2.0
 # an eager candidate whose first step takes this many times the fastest one's whole warm-up is
 # stopped after it (a first step is slower than later ones, never by this much among equals)
 SLOW_START = 4.0
-MATMUL_ROWS = (
-    512  # rows of the matmul behind RULE_OUT: big enough to time, small enough to cost ~1 s at worst
-)
+# rows of the matmul behind RULE_OUT: enough to time, few enough to stay cheap where bf16 is emulated
+MATMUL_ROWS = 512
 MATMUL_SECONDS = 0.05  # each precision's matmuls are timed for about this long (at least 3)
 RULED_OUT = "ruled out: "  # how a Timing's error begins when a cheap measurement left it out
 # 2: candidates name their attention kernel; 3: a step is an optimizer step; 4: several processes

@@ -850,6 +850,7 @@ class ScalingParams:
     compile: bool | str | None
     attention: str | None
     threads: int | None
+    batch_size: int | None
     predict_flops: list[str]
     predict_minutes: list[float]
     bootstrap: int
@@ -877,6 +878,8 @@ class ScalingParams:
                 _fail(f"scaling.{key}", value, f"allowed: {allowed}, or null (train's)")
         if self.threads is not None:
             _non_negative("scaling.threads", self.threads)
+        if self.batch_size is not None:
+            _positive("scaling.batch_size", self.batch_size)
         for minutes in self.predict_minutes:
             _positive("scaling.predict_minutes", minutes)
 

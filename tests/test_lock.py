@@ -47,6 +47,7 @@ TINY_GRID = {
     "compile": False,
     "attention": "sdpa",
     "threads": 1,
+    "batch_size": None,
     "predict_flops": ["1e11"],
     "bootstrap": 20,
 }

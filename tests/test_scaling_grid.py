@@ -131,13 +131,24 @@ def test_a_run_trains_for_the_steps_its_budget_buys_with_the_schedule_scaled_to_
     }  # fmt: skip
     assert {k: getattr(big.params, k) for k in same} == {k: getattr(base, k) for k in same}
     # but precision and threads are scaling's where it sets them, train's where it says null
-    assert (big.params.dtype, big.params.threads) == (
+    assert (big.params.dtype, big.params.threads, big.params.batch_size) == (
         section.dtype or base.dtype,
         section.threads or base.threads,
+        section.batch_size or base.batch_size,
     )
-    unset = plan(load_grid(section)[0], base, dataclasses.replace(section, dtype=None, threads=None), 1024)
-    assert (unset.params.dtype, unset.params.threads) == (base.dtype, base.threads)
-    assert big.parameters > 0 and big.tokens == big.steps * base.batch_size * base.block_size
+    unset = plan(
+        load_grid(section)[0],
+        base,
+        dataclasses.replace(section, dtype=None, threads=None, batch_size=None),
+        1024,
+    )
+    assert (unset.params.dtype, unset.params.threads, unset.params.batch_size) == (
+        base.dtype,
+        base.threads,
+        base.batch_size,
+    )
+    batch = section.batch_size or base.batch_size
+    assert big.parameters > 0 and big.tokens == big.steps * batch * base.block_size
 
 
 def test_every_entry_that_cannot_run_is_named_before_any_run_starts() -> None:
@@ -146,6 +157,7 @@ def test_every_entry_that_cannot_run_is_named_before_any_run_starts() -> None:
         budgets=["1e11", "2e11", "1e15"],
         holdout_budget=None,
         min_steps=20,
+        batch_size=None,  # train's 32 sequences a step
     )
     with pytest.raises(GptcoreError) as err:
         check_grid(section, train(), 1024, CPU)

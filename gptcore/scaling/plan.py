@@ -19,7 +19,7 @@ from gptcore.scaling.grid import Run, check_fittable, load_grid
 from gptcore.train import memory_plan, model_config
 
 # scaling keys that, when not null, replace the train section's for every run
-OVERRIDES = ("dtype", "compile", "attention", "threads")
+OVERRIDES = ("dtype", "compile", "attention", "threads", "batch_size")
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ def check_grid(
 
 def slow_bf16_warning(planned: list[PlannedRun], device: torch.device) -> str | None:
     """A warning when the grid trains in bf16 on a device whose bf16 matmuls run RULE_OUT times
-    slower than fp32's (a CPU without bf16 instructions: ~80x), where the grid would take that
+    slower than fp32's (a CPU without bf16 instructions emulates them), where the grid would take that
     much longer than it need; None otherwise. `auto` rules bf16 out by the same measurement."""
     if not planned or planned[0].params.dtype != "bfloat16" or device.type != "cpu":
         return None
