@@ -83,8 +83,12 @@ print(json.dumps({
 
 
 def parse_override(text: str) -> tuple[str, object]:
+    """`key=value`: the value as JSON (2, 1.0e-3, true, null) where it is, else the text."""
     key, _, value = text.partition("=")
-    return key, json.loads(value) if value not in ("auto",) and not value.isalpha() else value
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
 
 
 def measure(variant: str, overrides: dict[str, object], vocab_size: int) -> dict[str, object]:

@@ -440,8 +440,8 @@ class TrainingProbe:
     def _rule_out_bf16(self, choice: Choice) -> Timing | None:
         """A Timing that leaves a bf16 candidate out, where bf16 matmuls of this model's width run
         RULE_OUT times slower than fp32's (measured once; rank 0's figure holds for all)."""
-        if choice.dtype != "bfloat16":
-            return None
+        if choice.dtype != "bfloat16" or self.params.dtype != "auto":
+            return None  # a run told to train in bf16 is timed in it, however slow
         if self.bf16_slowdown is None:
             mine = matmul_slowdown(self.device, self.config.n_embd, self._now) if self.ranks.is_main else 0.0
             self.bf16_slowdown = float(from_main(mine, self.ranks))

@@ -444,3 +444,11 @@ def test_auto_does_not_try_the_explicit_kernel_where_its_memory_plan_would_not_f
     probe.asked.clear()
     assert train(p, *stores, progress=False).precision.choice == FP32_X
     assert probe.asked == [FP32, FP32_X]
+
+
+def test_a_run_told_to_train_in_bf16_is_timed_in_it_however_slow(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(autotune, "matmul_slowdown", lambda device, width, now: 40.0)
+    forced = dataclasses.replace(AUTO, dtype="bfloat16", attention="auto", compile=False)
+    timings = search(forced, CPU, TrainingProbe(forced, CONFIG, CPU, 4))
+    assert {t.dtype for t in timings} == {"bfloat16"}
+    assert all(t.step_seconds is not None for t in timings)  # the attention kernels still compared
