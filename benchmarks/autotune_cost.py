@@ -30,7 +30,7 @@ import torch
 from gptcore import autotune
 from gptcore.distributed import Ranks, prepare
 from gptcore.model import GPT
-from gptcore.params import load_section, parse_section
+from gptcore.params import load_section
 from gptcore.step import lm_loss, train_step
 from gptcore.train import model_config
 
