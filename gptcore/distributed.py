@@ -34,20 +34,21 @@ import signal
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, TypeGuard, cast
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.nn.parallel import DistributedDataParallel
 
 from gptcore.memory import blocks, checkpoint_blocks
 from gptcore.model import GPT, GPTConfig
 from gptcore.optimizers import Optimizers, configure_optimizer
 from gptcore.params import TrainParams
+
+if TYPE_CHECKING:
+    from torch.distributed.tensor import DTensor
 
 
 @dataclass(frozen=True)
@@ -214,6 +215,16 @@ def prepare(
 
 
 # --- FSDP2 ---------------------------------------------------------------------------------------
+# torch.distributed.fsdp and .tensor are imported where a model is sharded, not with this module:
+# they take longer to import than torch itself, and every training process and every `gptcore`
+# command imports this module while few shard.
+
+
+def _is_dtensor(value: object) -> TypeGuard[DTensor]:
+    """Whether `value` is a DTensor, without importing torch.distributed.tensor: if nothing has
+    imported it, no DTensor exists."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return module is not None and isinstance(value, module.DTensor)
 
 
 def shard_model(model: nn.Module, device: torch.device, ranks: Ranks, bf16: bool) -> None:
@@ -222,6 +233,8 @@ def shard_model(model: nn.Module, device: torch.device, ranks: Ranks, bf16: bool
 
     With bf16 the gathered weights are cast to bf16 for compute and gradients are reduced in
     fp32, PyTorch's recommended mixed-precision policy; the masters and moments stay fp32."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
     mesh = init_device_mesh(device.type, (ranks.world_size,))
     policy = (
         MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
@@ -236,7 +249,7 @@ def shard_model(model: nn.Module, device: torch.device, ranks: Ranks, bf16: bool
 def _gathered(value: Any, keep: bool) -> Any:
     """`value` with every DTensor in it gathered whole (a collective: every rank calls it, in the
     same order), on the CPU where `keep`, else dropped as soon as it is gathered."""
-    if isinstance(value, DTensor):
+    if _is_dtensor(value):
         whole = value.full_tensor()
         return whole.cpu() if keep else None
     if isinstance(value, dict):
@@ -255,8 +268,10 @@ def full_state(model: nn.Module, optimizer: Any, ranks: Ranks) -> tuple[dict[str
 
 def _shard_like(whole: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
     """`whole` cut as `param` is sharded: every rank holds `whole`, so no data moves."""
-    if not isinstance(param, DTensor):
+    if not _is_dtensor(param):
         return whole.to(param.device)
+    from torch.distributed.tensor import distribute_tensor
+
     return distribute_tensor(whole.to(param.device), param.device_mesh, param.placements, src_data_rank=None)
 
 
@@ -271,12 +286,10 @@ def load_full_state(
     torch optimizer's per name): each rank keeps its shard of every tensor."""
     with torch.no_grad():
         for name, param in model.named_parameters():
-            local = param.to_local() if isinstance(param, DTensor) else param
-            local.copy_(
-                cast(DTensor, _shard_like(model_state[name], param)).to_local()
-                if isinstance(param, DTensor)
-                else model_state[name]
-            )
+            if _is_dtensor(param):
+                param.to_local().copy_(cast("DTensor", _shard_like(model_state[name], param)).to_local())
+            else:
+                param.copy_(model_state[name])
     parts = getattr(optimizer, "optimizers", None)
     if parts is None:
         optimizer.load_state_dict(_sharded_optimizer_state(optimizer, optimizer_state))
@@ -306,8 +319,7 @@ def _sharded_optimizer_state(optimizer: torch.optim.Optimizer, whole: dict[str, 
 def full_model(model: nn.Module, config: GPTConfig) -> GPT:
     """A plain, unsharded copy of a sharded model, on the CPU, on every rank."""
     gathered = {
-        name: t.full_tensor().cpu() if isinstance(t, DTensor) else t.cpu()
-        for name, t in model.state_dict().items()
+        name: t.full_tensor().cpu() if _is_dtensor(t) else t.cpu() for name, t in model.state_dict().items()
     }
     plain = GPT(config)
     plain.load_state_dict(gathered)
