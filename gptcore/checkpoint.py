@@ -42,7 +42,7 @@ import torch
 from gptcore.atomic import atomic_file
 from gptcore.errors import DataError
 from gptcore.limits import check_config_values, check_finite, check_memory, model_bytes
-from gptcore.model import GPT, GPTConfig
+from gptcore.model import GPT, GPTConfig, meta_device
 from gptcore.params import TRAIN_KEYS_WITHOUT_OUTPUT, TrainParams
 from gptcore.tokenizer import Tokenizer, tokenizer_from_dict
 
@@ -285,7 +285,7 @@ def _checked_values(path: Path, values: Any) -> GPTConfig:
 def _check_shapes(path: Path, config: GPTConfig, state: dict[str, Any]) -> None:
     """Every tensor the config implies is in `state`, with its shape, and nothing else is.
     The model is built on the meta device: shapes only, no memory."""
-    with torch.device("meta"):
+    with meta_device():
         expected = {k: v for k, v in GPT(config).state_dict().items() if k not in _derived(config)}
     for key, want in expected.items():
         got = state.get(key)

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from gptcore.errors import DataError
-from gptcore.model import GPT, GPTConfig
+from gptcore.model import GPT, GPTConfig, meta_device
 
 # the most each size of a model config may be (GPTConfig's fields, by name); each lies well above
 # the largest real model of the families gptcore reads and well below a model no machine could hold
@@ -89,7 +89,7 @@ def check_finite(where: str, tensors: Mapping[str, torch.Tensor]) -> None:
 def model_bytes(config: GPTConfig) -> int:
     """Bytes a model of `config` holds once built: its parameters (float32, a tied head once) and
     buffers (llama's rotary tables). Counted on the meta device, which allocates nothing."""
-    with torch.device("meta"):
+    with meta_device():
         model = GPT(config)
     tensors = [*model.parameters(), *model.buffers()]
     return sum(t.numel() * t.element_size() for t in tensors)

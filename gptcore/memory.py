@@ -49,7 +49,7 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.checkpoint import checkpoint
 
-from gptcore.model import GPT, GPTConfig
+from gptcore.model import GPT, GPTConfig, meta_device
 from gptcore.optimizers import hidden_matrices
 
 # the share of a device's memory a plan may fill: the rest is for what the plan leaves out
@@ -199,7 +199,7 @@ class Sizes:
     @classmethod
     def of(cls, config: GPTConfig) -> Sizes:
         # the meta device builds the modules without allocating their weights
-        with torch.device("meta"):
+        with meta_device():
             model = GPT(config)
         params = list(model.parameters())
         linear = {id(p): p for m in model.modules() if isinstance(m, nn.Linear) for p in m.parameters()}

@@ -33,13 +33,17 @@ docs/results.md, "The reference run"), so `train.attention: auto` times both (gp
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 ARCHS = ("gpt2", "llama")
 ATTENTION_KERNELS = ("sdpa", "explicit")  # GPT.attention: fused scaled_dot_product_attention, or written out
@@ -198,12 +202,16 @@ class Rotary(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         dim = config.head_dim
-        inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
-        freqs = torch.outer(torch.arange(config.block_size).float(), inv_freq)
-        angles = torch.cat((freqs, freqs), dim=-1)  # (block_size, hs)
+        if torch.empty(0).is_meta:  # built under meta_device: shapes only, no values to compute
+            cos, sin = torch.empty(config.block_size, dim), torch.empty(config.block_size, dim)
+        else:
+            inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+            freqs = torch.outer(torch.arange(config.block_size).float(), inv_freq)
+            angles = torch.cat((freqs, freqs), dim=-1)  # (block_size, hs)
+            cos, sin = angles.cos(), angles.sin()
         # derived from the config, not learned: left out of the state dict
-        self.register_buffer("cos", angles.cos(), persistent=False)
-        self.register_buffer("sin", angles.sin(), persistent=False)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
 
     def forward(self, start: int | torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The tables of positions start..start + length - 1 (length, hs); for a tensor `start`
@@ -384,6 +392,30 @@ class Block(nn.Module):
         else:
             x = x + (self.attn.forward_explicit(h, rope)[0] if explicit else self.attn(h, rope))
         return x + self.mlp(self.ln_2(x))
+
+
+_NORMAL = (torch.nn.init.normal_, torch.Tensor.normal_)  # the init function and the method it calls
+
+
+class _NoRandomInitOnMeta(TorchFunctionMode):
+    """Skips `normal_` on meta tensors: they hold no values to draw, and torch's meta kernel of
+    `normal_` is a Python decomposition whose first call imports torch._dynamo, the compiler, which
+    nothing else of an eager run needs and which takes longer to import than torch itself."""
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        if func in _NORMAL:
+            tensor = args[0] if args else kwargs.get("tensor")  # nn.init passes it by name
+            if isinstance(tensor, torch.Tensor) and tensor.is_meta:
+                return tensor
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def meta_device() -> Iterator[None]:
+    """Build modules on the meta device: every shape, no memory, no values (for counts and shapes)."""
+    with torch.device("meta"), _NoRandomInitOnMeta():
+        yield
 
 
 class GPT(nn.Module):

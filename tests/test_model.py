@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
+from conftest import REPO
 
 from gptcore.model import GPT, GPTConfig, KVCache, flops_per_token
 
@@ -291,3 +294,30 @@ def test_sequences_packed_in_one_row_compute_what_each_computes_alone(config: GP
     assert not torch.allclose(leaky[7:12], alone[1], atol=1e-3)
     with pytest.raises(ValueError, match="exceeds block_size"):
         model.packed_hidden_states(idx, torch.full_like(positions, SMALL.block_size), allowed)
+
+
+@pytest.mark.slow
+def test_meta_device_builds_every_family_shape_for_shape_and_loads_no_compiler() -> None:
+    # a fresh process: whether torch._dynamo is imported is a property of the whole process
+    script = """
+import sys, torch
+from gptcore.model import GPT, GPTConfig, meta_device
+for arch, qk_norm in (("gpt2", False), ("llama", False), ("llama", True)):
+    config = GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=16, arch=arch, qk_norm=qk_norm)
+    with meta_device():
+        shapes = GPT(config)
+    real = GPT(config)
+    assert all(t.is_meta for t in [*shapes.parameters(), *shapes.buffers()])
+    for got, want in ((shapes.state_dict(), real.state_dict()), (dict(shapes.named_buffers()), dict(real.named_buffers()))):
+        assert {k: (v.shape, v.dtype) for k, v in got.items()} == {k: (v.shape, v.dtype) for k, v in want.items()}
+    assert shapes.num_params() == real.num_params()
+with meta_device():  # any other op still runs on the meta device
+    assert torch.empty(3, 4).normal_().is_meta and torch.zeros(2).is_meta
+print("torch._dynamo" in sys.modules)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    # the meta kernels of normal_ and of the rotary tables' arithmetic would import it
+    assert done.stdout.strip() == "False"

@@ -18,7 +18,7 @@ from gptcore.errors import DataError
 from gptcore.finetune import lora
 from gptcore.hf.convert import load_any
 from gptcore.memory import MemoryPlan, Sizes, device_memory, human_bytes, plan_memory
-from gptcore.model import GPT, flops_per_token
+from gptcore.model import GPT, flops_per_token, meta_device
 from gptcore.params import FinetuneParams, TrainParams, load_section
 from gptcore.tokenizer import load_tokenizer
 from gptcore.train import RunPlan, plan_run, planned_config, torch_threads
@@ -83,7 +83,7 @@ def cmd_info(args: argparse.Namespace) -> None:
         vocab_size, vocab_note = _vocab_from_folder()
         config = planned_config(train, vocab_size)
         # the meta device builds the modules without allocating their weights: exact counts, no memory
-        with torch.device("meta"):
+        with meta_device():
             model = GPT(config)
         rows.append(("model file", f"none ({MODEL_FILE} not found): sizes from {params_file} train section"))
         rows.append(("vocab_size", vocab_note))

@@ -37,7 +37,7 @@ from gptcore.checkpoint import contents_sha256
 from gptcore.errors import DataError, parse_json
 from gptcore.hf.convert import weight_map
 from gptcore.limits import MAX_JSON_BYTES, check_finite
-from gptcore.model import GPT, GPTConfig
+from gptcore.model import GPT, GPTConfig, meta_device
 from gptcore.params import FinetuneParams, ParamsError
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -261,7 +261,7 @@ def read_adapter(folder: Path | str) -> Adapter:
     base = facts["base"]
     try:
         config = GPTConfig(**{**base["config"], "dropout": 0.0})
-        with torch.device("meta"):  # shapes only
+        with meta_device():  # shapes only
             shaped = GPT(config)
     except (TypeError, ValueError) as exc:
         raise DataError(f"{folder / FACTS}: the base model's config is invalid: {exc}") from None

@@ -39,7 +39,7 @@ from gptcore.checkpoint import load_model, load_torch_file
 from gptcore.errors import DataError, parse_json
 from gptcore.hf.tokenizer import TOKENIZER_FILE, tokenizer_files, tokenizer_from_hf
 from gptcore.limits import MAX_JSON_BYTES, check_config_values, check_finite, check_memory, model_bytes
-from gptcore.model import GPT, GPTConfig
+from gptcore.model import GPT, GPTConfig, meta_device
 from gptcore.output_folder import output_folder
 from gptcore.params import TrainParams
 from gptcore.tokenizer import BpeTokenizer, CharTokenizer, Tokenizer
@@ -557,7 +557,7 @@ def state_from_hf(
 
 
 def _shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
-    with torch.device("meta"):  # shapes only: no memory, no initialisation
+    with meta_device():  # shapes only: no memory, no initialisation
         model = GPT(config)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 

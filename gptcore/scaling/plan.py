@@ -13,7 +13,7 @@ import torch
 
 from gptcore.autotune import RULE_OUT, matmul_slowdown
 from gptcore.errors import GptcoreError
-from gptcore.model import GPT, flops_per_token
+from gptcore.model import GPT, flops_per_token, meta_device
 from gptcore.params import ScalingParams, TrainParams
 from gptcore.scaling.grid import Run, check_fittable, load_grid
 from gptcore.train import memory_plan, model_config
@@ -59,7 +59,7 @@ def plan(run: Run, train: TrainParams, scaling: ScalingParams, vocab_size: int) 
         n_embd=run.size.n_embd,
     )
     config = model_config(shaped, vocab_size)
-    with torch.device("meta"):  # counted without allocating the weights
+    with meta_device():  # counted without allocating the weights
         parameters = GPT(config).num_params()
     per_token = flops_per_token(config, parameters)
     steps = int(run.budget // (per_token * tokens_per_step(shaped)))
