@@ -76,9 +76,15 @@ def write_counting_store(path: Path, documents: list[np.ndarray]) -> TokenStore:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # an end-to-end run is slow by definition: `pytest -m "not slow"` leaves it out with the others
+    pipelines = set()
     for item in items:
         if item.get_closest_marker("e2e"):
             item.add_marker(pytest.mark.slow)
+            pipelines.add(item.path)
+    # pytest-xdist (pyproject.toml's addopts) runs each module whole on one worker, modules handed
+    # out in this order: the modules that run whole pipelines, the longest, go first, so that the
+    # workers end together instead of one running the longest module alone at the end
+    items.sort(key=lambda item: item.path not in pipelines)
 
 
 @pytest.fixture(scope="session", autouse=True)
