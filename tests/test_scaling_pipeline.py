@@ -1,6 +1,7 @@
 """The scaling pipeline (scaling/dvc.yaml): its wiring, and end to end on a tiny grid in a temporary
-repo: every run trained and fitted, a new size training only its own runs, a killed sweep
-continuing where it stopped, and a bad grid stopping before any run starts."""
+repo: every run trained and fitted, runs forced to run again giving the same bytes, a new size
+training only its own runs, a killed sweep continuing where it stopped, and a bad grid stopping
+before any run starts."""
 
 from __future__ import annotations
 
@@ -123,6 +124,36 @@ def test_every_size_trains_at_every_budget_for_the_flops_it_was_given(grid: dict
         for b in TINY_GRID["budgets"]
     ]
     assert smallest == sorted(smallest, reverse=True)
+    assert json.loads(repo.dvc("status", "scaling/dvc.yaml", "--json").stdout) == {}
+
+
+@pytest.mark.e2e
+def test_forcing_runs_and_the_fit_to_run_again_leaves_their_lock_and_outputs_byte_identical(
+    grid: dict[str, Any], tmp_path: Path
+) -> None:
+    # a fitted budget's run, the held-out budget's and the fit stand for the grid: every run is the
+    # same code at another size and budget (tests/test_lock.py does this for the other pipelines)
+    repo = grid["repo"].copy(tmp_path / "repo")
+    runs = [
+        f"{TINY_GRID['sizes'][0]}-{TINY_GRID['budgets'][0]}",
+        f"{TINY_GRID['sizes'][-1]}-{TINY_GRID['holdout_budget']}",
+    ]
+    files = sorted(
+        str(path.relative_to(repo.path))
+        for run in runs
+        for path in (repo.path / "scaling/runs" / run).rglob("*")
+        if path.is_file()
+    )
+    assert len(files) >= 2 * 3  # model.pt, result.json and loss.tsv in each
+    kept = ["scaling/dvc.lock", *files]
+    before = {rel: (repo.path / rel).read_bytes() for rel in kept}
+    for stage in [*(f"scaling/dvc.yaml:run@{run}" for run in runs), "scaling/dvc.yaml:fit"]:
+        assert ran(repo.dvc("repro", "--force", "--single-item", stage).stdout, stage)
+    assert {rel: (repo.path / rel).read_bytes() for rel in kept} == before
+    changed = repo.run("git", "status", "--porcelain", "-uall").stdout.splitlines()
+    assert sorted(line[3:] for line in changed) == sorted(
+        f"reports/telemetry/scaling/{run}.{ext}" for run in runs for ext in ("json", "tsv")
+    )
     assert json.loads(repo.dvc("status", "scaling/dvc.yaml", "--json").stdout) == {}
 
 
