@@ -22,13 +22,6 @@ from gptcore.data.token_store import TokenStore
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_stage(ws: Path, name: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TQDM_DISABLE": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", f"stages.{name}"], cwd=ws, env=env, capture_output=True, text=True, timeout=300
-    )
-
-
 # runs a command and writes the peak resident memory of it and every process it waited for, in
 # KiB, to the file named first: the test process's own RUSAGE_CHILDREN would count every process an
 # earlier test in it started
@@ -39,18 +32,19 @@ PEAK = (
 )
 
 
-def run_stage_measured(ws: Path, name: str, peak: Path) -> tuple[subprocess.CompletedProcess[str], float]:
-    """Run a stage as `run_stage` does; with the peak resident memory of its processes, in MB."""
+def run_stage(ws: Path, name: str, peak: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """`python -m stages.<name>` in `ws`; with `peak`, the peak resident memory of its processes
+    (KiB) is written to that file."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "TQDM_DISABLE": "1"}
-    done = subprocess.run(
-        [sys.executable, "-c", PEAK, str(peak), sys.executable, "-m", f"stages.{name}"],
+    measure = [] if peak is None else [sys.executable, "-c", PEAK, str(peak)]
+    return subprocess.run(
+        [*measure, sys.executable, "-m", f"stages.{name}"],
         cwd=ws,
         env=env,
         capture_output=True,
         text=True,
         timeout=300,
     )
-    return done, int(peak.read_text()) / 1024
 
 
 def zstd_stream(data: bytes) -> bytes:
@@ -156,8 +150,9 @@ def test_a_200_megabyte_single_line_document_goes_through_every_data_stage(tmp_p
     del line
     peaks = {}
     for stage in ("extract_split", "build_vocab", "tokenize"):
-        done, peaks[stage] = run_stage_measured(ws, stage, tmp_path / f"{stage}.peak")
+        done = run_stage(ws, stage, peak=tmp_path / f"{stage}.peak")
         assert done.returncode == 0, done.stderr
+        peaks[stage] = int((tmp_path / f"{stage}.peak").read_text()) / 1024  # MB
     # over data.max_document_bytes (16 MiB), it was read as parts, each cut between two words and
     # followed by an eot; parts that start at the same word of the repeated sentence are the same
     # text, and exact deduplication drops all but the first: the two token files hold every
